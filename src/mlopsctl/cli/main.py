@@ -1,0 +1,52 @@
+"""``mlopsctl``: the root Typer app. Keep imports light: ``mlopsctl --help`` must stay instant."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from mlopsctl import __version__
+from mlopsctl.cli import data, project, runs, train
+
+app = typer.Typer(
+    name="mlopsctl",
+    help=(
+        "Single-node MLOps: train from a CSV file, track experiments, export ONNX, and record everything "
+        "in a local SQLite store.\n\n"
+        "Quick start:  mlopsctl init demo --example breast-cancer && cd demo && mlopsctl train"
+    ),
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+    rich_markup_mode=None,  # plain Click help: rendering it with rich costs ~70 ms per --help
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"mlopsctl {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    ctx: typer.Context,
+    project: Annotated[Optional[Path], typer.Option(
+        "--project", "-C", help="Project folder (default: the nearest folder with .mlops.toml).",
+        file_okay=False)] = None,
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Show the version and exit.")] = False,
+) -> None:
+    ctx.obj = {"project": project}
+
+
+project.register(app)
+train.register(app)
+app.add_typer(data.app, name="data")
+app.add_typer(runs.app, name="runs")
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,172 @@
+"""Data: reading CSV/Parquet, column kinds, task inference, fingerprints and the contract.
+
+No database here; ``services`` records what this module computes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mlopsctl.contract import ColumnSpec, Contract
+from mlopsctl.errors import InvalidInputError, NotFoundError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
+
+SUPPORTED_SUFFIXES = (".csv", ".parquet", ".pq")
+MAX_CLASSES_FOR_INTEGER_TARGET = 20
+
+
+def read_table(path: Path) -> pd.DataFrame:
+    """Read a CSV or Parquet file with one-line errors for every way it can go wrong."""
+    import pandas as pd
+
+    path = Path(path)
+    if not path.exists():
+        raise NotFoundError(f"data file {path} does not exist; check the path or set data.path in .mlops.toml.")
+    if path.is_dir():
+        raise InvalidInputError(f"{path} is a folder, not a data file; point at a .csv or .parquet file.")
+    suffix = path.suffix.lower()
+    if suffix not in SUPPORTED_SUFFIXES:
+        raise InvalidInputError(
+            f"{path.name} has an unsupported extension {suffix or '(none)'!r}; use one of {', '.join(SUPPORTED_SUFFIXES)}."
+        )
+    if path.stat().st_size == 0:
+        raise InvalidInputError(f"{path} is empty; add a header row and data rows.")
+    try:
+        if suffix == ".csv":
+            df = pd.read_csv(path, low_memory=False)
+        else:
+            df = pd.read_parquet(path)
+    except pd.errors.EmptyDataError:
+        raise InvalidInputError(f"{path} is empty; add a header row and data rows.") from None
+    except UnicodeDecodeError:
+        raise InvalidInputError(f"{path} is not UTF-8 text; save it as UTF-8 CSV or as Parquet.") from None
+    except (pd.errors.ParserError, ValueError, OSError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise InvalidInputError(f"{path} could not be parsed as {suffix[1:].upper()} ({first}); fix the file.") from None
+    except Exception as e:  # pyarrow raises its own hierarchy for junk parquet
+        raise InvalidInputError(f"{path} could not be parsed as {suffix[1:].upper()} ({type(e).__name__}: {e}); fix the file.") from None
+    if len(df.columns) == 0 or len(df) == 0:
+        raise InvalidInputError(f"{path} has no data rows; add rows below the header.")
+    unnamed = [str(c) for c in df.columns if str(c).startswith("Unnamed: ")]
+    if len(unnamed) == len(df.columns):
+        raise InvalidInputError(f"{path} has no header row; add a first line with the column names.")
+    return df
+
+
+def column_kind(series: pd.Series) -> str:
+    """numeric | categorical | boolean, from the values pandas read."""
+    import pandas as pd
+
+    if pd.api.types.is_bool_dtype(series):
+        return "boolean"
+    if pd.api.types.is_numeric_dtype(series):
+        return "numeric"
+    values = series.dropna()
+    if len(values) and values.map(lambda v: str(v).strip().lower()).isin(["true", "false"]).all():
+        return "boolean"
+    return "categorical"
+
+
+def infer_task(y: pd.Series, requested: str = "auto") -> str:
+    import pandas as pd
+
+    if requested in ("classification", "regression"):
+        if requested == "regression" and not pd.api.types.is_numeric_dtype(y):
+            raise InvalidInputError(
+                f"task 'regression' needs a numeric target, but {y.name!r} holds text; use task = \"classification\"."
+            )
+        return requested
+    if not pd.api.types.is_numeric_dtype(y) or pd.api.types.is_bool_dtype(y):
+        return "classification"
+    values = y.dropna()
+    integral = bool((values == values.round()).all())
+    if integral and values.nunique() <= MAX_CLASSES_FOR_INTEGER_TARGET:
+        return "classification"
+    return "regression"
+
+
+def fingerprint(df: pd.DataFrame) -> str:
+    """A stable content hash: column names, kinds and cell values (not file formatting or row index)."""
+    import pandas as pd
+
+    h = hashlib.sha256()
+    for name in df.columns:
+        h.update(f"{name}\x1f{column_kind(df[name])}\x1e".encode())
+    h.update(pd.util.hash_pandas_object(df, index=False).to_numpy().tobytes())
+    return h.hexdigest()
+
+
+def schema_of(df: pd.DataFrame) -> dict[str, Any]:
+    return {
+        "columns": [
+            {"name": str(c), "dtype": str(df[c].dtype), "kind": column_kind(df[c]),
+             "null_rate": round(float(df[c].isna().mean()), 6)}
+            for c in df.columns
+        ]
+    }
+
+
+@dataclass
+class TrainingFrame:
+    X: pd.DataFrame
+    y: pd.Series
+    target: str
+    task: str
+
+
+def split_target(df: pd.DataFrame, target: str, task: str = "auto", *, source: str = "the data") -> TrainingFrame:
+    """Separate the target; errors for an absent or all-null target. Rows with a null target are dropped."""
+    if target not in df.columns:
+        raise InvalidInputError(
+            f"target column {target!r} is not in {source}; columns are: {', '.join(map(str, df.columns))} "
+            "(set data.target or pass --target)."
+        )
+    y = df[target]
+    if y.isna().all():
+        raise InvalidInputError(f"target column {target!r} in {source} has no values (all null); fill it in.")
+    keep = y.notna()
+    X = df.loc[keep].drop(columns=[target]).reset_index(drop=True)
+    if X.shape[1] == 0:
+        raise InvalidInputError(f"{source} has only the target column {target!r}; add feature columns.")
+    y = y[keep].reset_index(drop=True)
+    return TrainingFrame(X=X, y=y, target=target, task=infer_task(y, task))
+
+
+def build_contract(
+    X: pd.DataFrame, y: pd.Series, *, target: str, task: str, classes: Any = None,
+    reference_rows: int = 1000, seed: int = 0,
+) -> Contract:
+    """Learn the input contract (types, categories, ranges, null rates, reference sample) from X."""
+    cols = []
+    for name in X.columns:
+        s = X[name]
+        kind = column_kind(s)
+        spec: dict[str, Any] = {"name": str(name), "kind": kind, "dtype": str(s.dtype),
+                                "null_rate": float(s.isna().mean())}
+        if kind == "numeric":
+            v = s.dropna().astype("float64")
+            if len(v):
+                spec.update(min=float(v.min()), max=float(v.max()), mean=float(v.mean()),
+                            std=float(v.std(ddof=0)))
+        elif kind == "categorical":
+            spec["categories"] = tuple(sorted({str(x) for x in s.dropna()}))
+        cols.append(ColumnSpec(**spec))
+    ref = X.sample(n=min(reference_rows, len(X)), random_state=seed) if reference_rows else X.iloc[:0]
+    reference = {
+        "columns": [str(c) for c in X.columns],
+        "rows": ref.astype(object).where(ref.notna(), None).to_numpy().tolist(),
+    }
+    return Contract(
+        target=target, task=task, columns=tuple(cols),
+        classes=tuple(_plain(c) for c in classes) if classes is not None else None,
+        reference=reference,
+    )
+
+
+def _plain(v: Any) -> Any:
+    return v.item() if hasattr(v, "item") else v

@@ -1,0 +1,1 @@
+"""The store: SQLAlchemy models, the engine with its pragmas, and migrations (Alembic)."""

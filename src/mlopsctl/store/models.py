@@ -1,0 +1,126 @@
+"""SQLAlchemy 2.x typed models. The only place that defines tables.
+
+Schema changes go in a new Alembic migration under ``store/migrations/versions``; never edit a merged one.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any, Optional
+
+from sqlalchemy import JSON, ForeignKey, Index, MetaData, String, Text, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
+
+
+class Experiment(Base):
+    __tablename__ = "experiments"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    runs: Mapped[list[Run]] = relationship(back_populates="experiment")
+
+
+class Dataset(Base):
+    __tablename__ = "datasets"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    versions: Mapped[list[DatasetVersion]] = relationship(back_populates="dataset", order_by="DatasetVersion.version")
+
+
+class DatasetVersion(Base):
+    __tablename__ = "dataset_versions"
+    __table_args__ = (
+        UniqueConstraint("dataset_id", "version", name="uq_dataset_versions_dataset_id_version"),
+        UniqueConstraint("dataset_id", "fingerprint", name="uq_dataset_versions_dataset_id_fingerprint"),
+    )
+    id: Mapped[int] = mapped_column(primary_key=True)
+    dataset_id: Mapped[int] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"))
+    version: Mapped[int]
+    source_path: Mapped[str] = mapped_column(Text)
+    file_sha256: Mapped[Optional[str]] = mapped_column(String(64))
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    row_count: Mapped[int]
+    column_count: Mapped[int]
+    schema: Mapped[dict[str, Any]]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    dataset: Mapped[Dataset] = relationship(back_populates="versions")
+
+
+class Run(Base):
+    __tablename__ = "runs"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    experiment_id: Mapped[int] = mapped_column(ForeignKey("experiments.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    status: Mapped[str] = mapped_column(String(16), index=True)  # RUNNING | FINISHED | FAILED
+    failure_reason: Mapped[Optional[str]] = mapped_column(Text)
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    ended_at: Mapped[Optional[datetime]]
+    duration_s: Mapped[Optional[float]]
+    dataset_version_id: Mapped[Optional[int]] = mapped_column(ForeignKey("dataset_versions.id", ondelete="SET NULL"))
+    task: Mapped[Optional[str]] = mapped_column(String(32))
+    model_class: Mapped[Optional[str]] = mapped_column(String(300))
+    seed: Mapped[Optional[int]]
+    git_commit: Mapped[Optional[str]] = mapped_column(String(64))
+    environment: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    parity: Mapped[Optional[dict[str, Any]]]
+    pid: Mapped[Optional[int]]
+    experiment: Mapped[Experiment] = relationship(back_populates="runs")
+    dataset_version: Mapped[Optional[DatasetVersion]] = relationship()
+    params: Mapped[list[Param]] = relationship(cascade="all, delete-orphan", order_by="Param.key")
+    tags: Mapped[list[Tag]] = relationship(cascade="all, delete-orphan", order_by="Tag.key")
+    artifacts: Mapped[list[Artifact]] = relationship(cascade="all, delete-orphan", order_by="Artifact.name")
+
+
+class Param(Base):
+    __tablename__ = "params"
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
+    key: Mapped[str] = mapped_column(String(250), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+
+
+class Metric(Base):
+    __tablename__ = "metrics"
+    __table_args__ = (Index("ix_metrics_run_id_key_step", "run_id", "key", "step"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
+    key: Mapped[str] = mapped_column(String(250))
+    value: Mapped[float]
+    step: Mapped[int] = mapped_column(default=0)
+    timestamp: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Tag(Base):
+    __tablename__ = "tags"
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
+    key: Mapped[str] = mapped_column(String(250), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+
+
+class Artifact(Base):
+    __tablename__ = "artifacts"
+    __table_args__ = (UniqueConstraint("run_id", "name", name="uq_artifacts_run_id_name"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(250))
+    sha256: Mapped[str] = mapped_column(String(64))
+    size: Mapped[int]
+    media_type: Mapped[str] = mapped_column(String(100))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -1,0 +1,1 @@
+"""Training: estimators, preprocessing, metrics, ONNX export and parity. scikit-learn + skl2onnx only; no DB."""

@@ -1,0 +1,150 @@
+"""Resolve an estimator class path, check it fast (before any fitting) and build the full pipeline."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from mlopsctl.contract import MISSING_CATEGORY, Contract
+from mlopsctl.errors import InvalidInputError, TrainingError
+
+# The matrix tested in tests/test_export_matrix.py. Other estimators with a skl2onnx converter are
+# accepted too (the parity check then tells how well they export); those without one fail fast.
+TESTED_ESTIMATORS = {
+    "classification": (
+        "sklearn.linear_model.LogisticRegression",
+        "sklearn.ensemble.RandomForestClassifier",
+        "sklearn.ensemble.GradientBoostingClassifier",
+        "sklearn.ensemble.HistGradientBoostingClassifier",
+        "sklearn.ensemble.ExtraTreesClassifier",
+        "sklearn.tree.DecisionTreeClassifier",
+        "sklearn.svm.SVC",
+        "sklearn.neighbors.KNeighborsClassifier",
+    ),
+    "regression": (
+        "sklearn.linear_model.LinearRegression",
+        "sklearn.linear_model.Ridge",
+        "sklearn.ensemble.RandomForestRegressor",
+        "sklearn.ensemble.GradientBoostingRegressor",
+        "sklearn.ensemble.HistGradientBoostingRegressor",
+        "sklearn.ensemble.ExtraTreesRegressor",
+        "sklearn.tree.DecisionTreeRegressor",
+        "sklearn.svm.SVR",
+        "sklearn.neighbors.KNeighborsRegressor",
+    ),
+}
+
+_SHORT_NAMES = {path.rsplit(".", 1)[1]: path for paths in TESTED_ESTIMATORS.values() for path in paths}
+
+
+def supported_list(task: str | None = None) -> str:
+    tasks = [task] if task in TESTED_ESTIMATORS else list(TESTED_ESTIMATORS)
+    return ", ".join(p.rsplit(".", 1)[1] for t in tasks for p in TESTED_ESTIMATORS[t])
+
+
+def resolve_class(path: str) -> type:
+    """Import ``package.module.Class``; a bare tested name like ``RandomForestClassifier`` works too."""
+    path = _SHORT_NAMES.get(path, path)
+    module_name, _, cls_name = path.rpartition(".")
+    if not module_name:
+        raise InvalidInputError(
+            f"model {path!r} is not a class path; use e.g. sklearn.ensemble.RandomForestClassifier "
+            f"(supported: {supported_list()})."
+        )
+    try:
+        module = importlib.import_module(module_name)
+        cls = getattr(module, cls_name)
+    except (ImportError, AttributeError):
+        raise InvalidInputError(
+            f"model {path!r} cannot be imported; check the spelling (supported: {supported_list()})."
+        ) from None
+    if not isinstance(cls, type):
+        raise InvalidInputError(f"model {path!r} is not a class.")
+    return cls
+
+
+def class_path(cls: type) -> str:
+    module = cls.__module__
+    # sklearn's private module paths (sklearn.ensemble._forest) shown as the public ones
+    public = _SHORT_NAMES.get(cls.__name__)
+    return public if public else f"{module}.{cls.__name__}"
+
+
+def make_estimator(path: str, params: dict[str, Any], task: str, seed: int) -> Any:
+    """Instantiate and validate the estimator; every failure here happens before any fitting."""
+    from sklearn.base import is_classifier, is_regressor
+
+    cls = resolve_class(path)
+    name = class_path(cls)
+    if not hasattr(cls, "fit") or not hasattr(cls, "get_params"):
+        raise InvalidInputError(f"{name} is not a scikit-learn estimator (it has no fit/get_params).")
+    check_convertible(cls, task)
+    try:
+        est = cls()
+        valid = est.get_params(deep=False)
+        unknown = sorted(set(params) - set(valid))
+        if unknown:
+            raise InvalidInputError(
+                f"{name} has no parameter {', '.join(map(repr, unknown))}; valid: {', '.join(sorted(valid))}."
+            )
+        if "random_state" in valid and "random_state" not in params:
+            params = {**params, "random_state": seed}
+        est.set_params(**params)
+        validate = getattr(est, "_validate_params", None)
+        if validate is not None:
+            validate()
+    except InvalidInputError:
+        raise
+    except (ValueError, TypeError) as e:
+        raise InvalidInputError(f"{name}: {str(e).splitlines()[0]}") from None
+    if task == "classification" and not is_classifier(est):
+        raise InvalidInputError(
+            f"{name} is not a classifier but the task is classification; pick a classifier "
+            f"({supported_list('classification')}) or set data.task = \"regression\"."
+        )
+    if task == "regression" and not is_regressor(est):
+        raise InvalidInputError(
+            f"{name} is not a regressor but the task is regression; pick a regressor "
+            f"({supported_list('regression')}) or set data.task = \"classification\"."
+        )
+    if task == "classification" and not hasattr(est, "predict_proba"):
+        hint = " (pass --param probability=true)" if "probability" in valid else ""
+        raise InvalidInputError(f"{name} gives no class probabilities as configured{hint}; mlopsctl needs predict_proba.")
+    return est
+
+
+def check_convertible(cls: type, task: str | None = None) -> None:
+    """Fail fast, before training, when skl2onnx has no converter for ``cls``."""
+    from mlopsctl.training.export import has_converter
+
+    if not has_converter(cls):
+        raise TrainingError(
+            f"{class_path(cls)} cannot be exported to ONNX (skl2onnx has no converter for it); "
+            f"use one of: {supported_list(task)}."
+        )
+
+
+def build_pipeline(contract: Contract, estimator: Any):
+    """Preprocessing from the column kinds (impute + scale numeric/boolean, impute + one-hot categorical)."""
+    from sklearn.compose import ColumnTransformer
+    from sklearn.impute import SimpleImputer
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+    numeric = [c.name for c in contract.columns if c.kind in ("numeric", "boolean")]
+    categorical = [c.name for c in contract.columns if c.kind == "categorical"]
+    transformers = []
+    if numeric:
+        transformers.append(
+            ("numeric", Pipeline([("impute", SimpleImputer(strategy="median", keep_empty_features=True)),
+                                  ("scale", StandardScaler())]), numeric)
+        )
+    if categorical:
+        transformers.append(
+            ("categorical", Pipeline([
+                ("impute", SimpleImputer(missing_values=MISSING_CATEGORY, strategy="constant",
+                                         fill_value="__missing__")),
+                ("onehot", OneHotEncoder(handle_unknown="ignore", sparse_output=False)),
+            ]), categorical)
+        )
+    return Pipeline([("preprocess", ColumnTransformer(transformers)), ("model", estimator)])

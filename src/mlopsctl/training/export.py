@@ -1,0 +1,153 @@
+"""ONNX export of the whole fitted pipeline (one graph over raw columns) and the parity check.
+
+Inputs are one ``[N, 1]`` tensor per column: float32 for numeric/boolean columns, string for categorical
+ones. Probabilities come out as a plain tensor (no ZipMap). Double-precision inputs were tried and
+rejected: ONNX Runtime has no double kernel for the ``Imputer`` op and skl2onnx's tree converters emit
+float outputs, so float32 is as close as the converters allow; the parity report records what we got.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from mlopsctl.contract import Contract
+from mlopsctl.errors import TrainingError
+
+# Parity bounds. Trees compare float32 thresholds, so a borderline row can flip: we allow a small share
+# of label disagreements and bound the probability error; regression is bounded relative to the target.
+MIN_LABEL_AGREEMENT = 0.99
+MAX_PROBA_DIFF = 0.05
+MAX_REL_REGRESSION_DIFF = 1e-3
+
+
+@functools.cache
+def _patch_skl2onnx() -> None:
+    """skl2onnx 1.20 passes numpy/Python booleans for ``nodes_missing_value_tracks_true`` when converting
+    scikit-learn >= 1.8 HistGradientBoosting trees, which onnx rejects ("Expected an int, got a boolean").
+    Cast the flag to int where it is produced."""
+    from skl2onnx.common import tree_ensemble
+
+    original = tree_ensemble.add_node
+    if getattr(original, "_mlopsctl_patched", False):
+        return
+
+    @functools.wraps(original)
+    def add_node(*args, **kwargs):
+        if "nodes_missing_value_tracks_true" in kwargs:
+            kwargs["nodes_missing_value_tracks_true"] = int(bool(kwargs["nodes_missing_value_tracks_true"]))
+        return original(*args, **kwargs)
+
+    add_node._mlopsctl_patched = True  # type: ignore[attr-defined]
+    tree_ensemble.add_node = add_node
+
+
+def has_converter(cls: type) -> bool:
+    from skl2onnx._supported_operators import sklearn_operator_name_map
+
+    return any(issubclass(cls, known) for known in sklearn_operator_name_map)
+
+
+def _initial_types(contract: Contract):
+    from skl2onnx.common.data_types import DoubleTensorType, FloatTensorType, StringTensorType
+
+    numeric = DoubleTensorType if contract.numeric_dtype == "float64" else FloatTensorType
+    return [
+        (c.name, StringTensorType([None, 1]) if c.kind == "categorical" else numeric([None, 1]))
+        for c in contract.columns
+    ]
+
+
+def export_onnx(pipeline: Any, contract: Contract) -> tuple[bytes, Contract]:
+    """Convert the fitted pipeline; returns the serialized model and the contract with output names."""
+    from dataclasses import replace
+
+    from skl2onnx import convert_sklearn
+
+    _patch_skl2onnx()
+    final = pipeline.steps[-1][1] if hasattr(pipeline, "steps") else pipeline
+    options = {id(final): {"zipmap": False}} if contract.task == "classification" else None
+    try:
+        onx = convert_sklearn(pipeline, initial_types=_initial_types(contract), options=options)
+    except Exception as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise TrainingError(f"ONNX export of {type(final).__name__} failed: {msg[:300]}") from None
+    names = [o.name for o in onx.graph.output]
+    if contract.task == "classification":
+        if len(names) < 2:
+            raise TrainingError(f"ONNX export of {type(final).__name__} produced no probability output ({names}).")
+        outputs = {"label": names[0], "probabilities": names[1]}
+    else:
+        outputs = {"prediction": names[0]}
+    inputs = [i.name for i in onx.graph.input]
+    if len(inputs) != len(contract.columns):
+        raise TrainingError(f"ONNX export produced {len(inputs)} inputs for {len(contract.columns)} columns.")
+    columns = tuple(replace(c, input=name) for c, name in zip(contract.columns, inputs))
+    onx.doc_string = f"mlopsctl model: {type(final).__name__} on {len(contract.columns)} columns"
+    return onx.SerializeToString(), replace(contract, outputs=outputs, columns=columns)
+
+
+def make_session(model_bytes: bytes, providers: list[str] | None = None, threads: int = 0):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = threads
+    opts.log_severity_level = 3
+    return ort.InferenceSession(model_bytes, sess_options=opts, providers=providers or ["CPUExecutionProvider"])
+
+
+@dataclass
+class Parity:
+    rows: int
+    max_abs_diff: float
+    mean_abs_diff: float
+    label_agreement: float | None  # classification only
+    relative_max_diff: float | None  # regression only
+    passed: bool
+    numeric_dtype: str
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dict(self.__dict__)
+        d["bounds"] = (
+            {"min_label_agreement": MIN_LABEL_AGREEMENT, "max_proba_diff": MAX_PROBA_DIFF}
+            if self.label_agreement is not None
+            else {"max_relative_diff": MAX_REL_REGRESSION_DIFF}
+        )
+        return d
+
+
+def onnx_predict(session: Any, contract: Contract, normalized: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    wanted = list(contract.outputs.values())
+    results = session.run(wanted, contract.onnx_feeds(normalized))
+    return dict(zip(contract.outputs, results))
+
+
+def parity_check(pipeline: Any, model_bytes: bytes, contract: Contract, frame: Any) -> Parity:
+    """Score ``frame`` (a normalized DataFrame) with scikit-learn and ONNX Runtime and compare."""
+    import pandas as pd
+
+    if len(frame) == 0:
+        raise TrainingError("the parity check needs at least one held-out row.")
+    normalized = {c: frame[c].to_numpy() for c in contract.feature_names}
+    session = make_session(model_bytes)
+    got = onnx_predict(session, contract, normalized)
+    X = pd.DataFrame(normalized)
+    if contract.task == "classification":
+        ref_proba = np.asarray(pipeline.predict_proba(X), dtype=np.float64)
+        ref_labels = np.asarray(pipeline.predict(X))
+        diff = np.abs(np.asarray(got["probabilities"], dtype=np.float64) - ref_proba)
+        labels = np.asarray(got["label"]).ravel()
+        agreement = float(np.mean(labels.astype(str) == ref_labels.astype(str)))
+        max_diff = float(diff.max())
+        passed = agreement >= MIN_LABEL_AGREEMENT and max_diff <= MAX_PROBA_DIFF
+        return Parity(len(X), max_diff, float(diff.mean()), agreement, None, passed, contract.numeric_dtype)
+    ref = np.asarray(pipeline.predict(X), dtype=np.float64).ravel()
+    diff = np.abs(np.asarray(got["prediction"], dtype=np.float64).ravel() - ref)
+    scale = max(1.0, float(np.abs(ref).max()))
+    rel = float(diff.max() / scale)
+    return Parity(len(X), float(diff.max()), float(diff.mean()), None, rel, rel <= MAX_REL_REGRESSION_DIFF,
+                  contract.numeric_dtype)

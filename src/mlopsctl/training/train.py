@@ -1,0 +1,178 @@
+"""The training flow without a database: split, fit, evaluate, export, parity.
+
+``TrainSpec`` is plain data (validated when :func:`train` runs, like a scikit-learn estimator's params);
+``services`` records the :class:`TrainResult` in the store.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+
+from mlopsctl.contract import Contract
+from mlopsctl.data import build_contract, split_target
+from mlopsctl.errors import InvalidInputError
+from mlopsctl.training import estimators, export, metrics
+
+Progress = Callable[[str], None]
+STAGES = ("prepare", "fit", "evaluate", "export", "parity")
+
+
+@dataclass
+class TrainSpec:
+    model: str
+    params: dict[str, Any] = field(default_factory=dict)
+    target: str = "label"
+    task: str = "auto"
+    test_size: float = 0.2
+    seed: int = 42
+    reference_rows: int = 1000
+    source: str = "the data"  # how errors name the input (usually its path)
+
+
+@dataclass
+class TrainResult:
+    pipeline: Any
+    contract: Contract
+    onnx_bytes: bytes
+    metrics: dict[str, float]
+    parity: export.Parity
+    task: str
+    model_class: str
+    params: dict[str, Any]
+    n_train: int
+    n_test: int
+    heldout: pd.DataFrame  # raw held-out features plus the target column
+    timings: dict[str, float]
+
+
+def _clean_target(y: pd.Series, task: str) -> pd.Series:
+    """Class labels the converters handle: bools and integral floats become int64, the rest str."""
+    if task != "classification":
+        return y.astype("float64")
+    if pd.api.types.is_bool_dtype(y):
+        return y.astype("int64")
+    if pd.api.types.is_numeric_dtype(y):
+        if bool((y == y.round()).all()):
+            return y.astype("int64")
+        raise InvalidInputError(
+            f"target {y.name!r} has fractional values, which cannot be classes; set data.task = \"regression\"."
+        )
+    return y.astype(str)
+
+
+def _check_split(y: pd.Series, task: str, test_size: float, source: str) -> None:
+    n = len(y)
+    n_test = math.ceil(n * test_size)
+    n_train = n - n_test
+    if task == "classification":
+        counts = y.value_counts()
+        k = len(counts)
+        if k < 2:
+            raise InvalidInputError(
+                f"target {y.name!r} in {source} has a single class ({counts.index[0]!r}); classification needs at least two."
+            )
+        need = max(2 * k, math.ceil(k / min(test_size, 1 - test_size)))
+        if n < need or n_test < k or n_train < k:
+            raise InvalidInputError(
+                f"{source} has {n} rows, fewer than the split needs (at least {need} for {k} classes with "
+                f"test_size={test_size}); add rows or change train.test_size."
+            )
+        rare = counts[counts < 2]
+        if len(rare):
+            raise InvalidInputError(
+                f"class {rare.index[0]!r} of {y.name!r} has only 1 row in {source}; the stratified split needs at "
+                "least 2 per class (add rows or drop that class)."
+            )
+    elif n_test < 2 or n_train < 2:
+        need = math.ceil(2 / min(test_size, 1 - test_size))
+        raise InvalidInputError(
+            f"{source} has {n} rows, fewer than the split needs (at least {need} with test_size={test_size}); "
+            "add rows or change train.test_size."
+        )
+
+
+@dataclass
+class Prepared:
+    """Checked inputs: everything that can be wrong with the data or the model spec fails here, fast."""
+
+    spec: TrainSpec
+    X: pd.DataFrame
+    y: pd.Series
+    task: str
+    estimator: Any
+
+
+def prepare(df: pd.DataFrame, spec: TrainSpec) -> Prepared:
+    tf = split_target(df, spec.target, spec.task, source=spec.source)
+    y = _clean_target(tf.y, tf.task)
+    estimator = estimators.make_estimator(spec.model, dict(spec.params), tf.task, spec.seed)
+    _check_split(y, tf.task, spec.test_size, spec.source)
+    return Prepared(spec=spec, X=tf.X, y=y, task=tf.task, estimator=estimator)
+
+
+def train(prepared: Prepared, progress: Progress = lambda stage: None) -> TrainResult:
+    from sklearn.model_selection import train_test_split
+
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    progress("prepare")
+    spec, estimator, y = prepared.spec, prepared.estimator, prepared.y
+    task = prepared.task
+    X_train, X_test, y_train, y_test = train_test_split(
+        prepared.X, y, test_size=spec.test_size, random_state=spec.seed,
+        stratify=y if task == "classification" else None,
+    )
+    X_train, X_test = X_train.reset_index(drop=True), X_test.reset_index(drop=True)
+    y_train, y_test = y_train.reset_index(drop=True), y_test.reset_index(drop=True)
+    classes = sorted(y_train.unique().tolist()) if task == "classification" else None
+    contract = build_contract(X_train, y_train, target=spec.target, task=task, classes=classes,
+                              reference_rows=spec.reference_rows, seed=spec.seed)
+    pipeline = estimators.build_pipeline(contract, estimator)
+    Xn_train = pd.DataFrame(contract.normalize(X_train))
+    Xn_test = pd.DataFrame(contract.normalize(X_test))
+    timings["prepare"] = time.perf_counter() - t0
+
+    t = time.perf_counter()
+    progress("fit")
+    try:
+        pipeline.fit(Xn_train, y_train)
+    except (ValueError, TypeError) as e:
+        from mlopsctl.errors import TrainingError
+
+        raise TrainingError(f"fitting {type(estimator).__name__} failed: {str(e).splitlines()[0]}") from None
+    timings["fit"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    progress("evaluate")
+    if task == "classification":
+        proba = pipeline.predict_proba(Xn_test)
+        labels = pipeline.classes_[np.argmax(proba, axis=1)]
+        scores = metrics.classification_metrics(y_test, labels, proba, pipeline.classes_)
+    else:
+        scores = metrics.regression_metrics(y_test, pipeline.predict(Xn_test))
+    timings["evaluate"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    progress("export")
+    onnx_bytes, contract = export.export_onnx(pipeline, contract)
+    timings["export"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    progress("parity")
+    parity = export.parity_check(pipeline, onnx_bytes, contract, Xn_test)
+    timings["parity"] = time.perf_counter() - t
+
+    heldout = X_test.copy()
+    heldout[spec.target] = y_test.to_numpy()
+    return TrainResult(
+        pipeline=pipeline, contract=contract, onnx_bytes=onnx_bytes, metrics=scores, parity=parity,
+        task=task, model_class=estimators.class_path(type(estimator)),
+        params={k: v for k, v in estimator.get_params(deep=False).items()},
+        n_train=len(X_train), n_test=len(X_test), heldout=heldout, timings=timings,
+    )
