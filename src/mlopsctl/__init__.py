@@ -4,7 +4,7 @@ Only ``__version__`` is defined eagerly; the Python API (``start_run``) is resol
 ``import mlopsctl`` and ``mlopsctl --help`` stay instant.
 """
 
-__version__ = "0.1.0"
+from mlopsctl._version import __version__
 
 __all__ = ["__version__", "start_run"]
 

@@ -11,7 +11,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping
 
-from mlopsctl import __version__
+from mlopsctl._version import __version__
 from mlopsctl.errors import InvalidInputError
 
 FORMAT_VERSION = 1
@@ -39,6 +39,24 @@ class ColumnSpec:
     @property
     def nullable(self) -> bool:
         return self.null_rate > 0
+
+
+@dataclass(frozen=True)
+class RowError:
+    row: int  # 0-based position in the input
+    column: str
+    message: str
+
+
+@dataclass
+class CheckResult:
+    normalized: dict[str, Any]
+    errors: list[RowError]  # at most ``max_errors`` messages
+    bad_rows: Any  # boolean numpy mask over all rows
+
+    @property
+    def n_bad(self) -> int:
+        return int(self.bad_rows.sum())
 
 
 @dataclass(frozen=True)
@@ -111,7 +129,19 @@ class Contract:
         """Columns as 1-D numpy arrays the pipeline and the ONNX graph agree on.
 
         numeric/boolean -> float64 with NaN for nulls; categorical -> object array of ``str`` with
-        ``""`` for nulls. Raises InvalidInputError naming missing columns or non-numeric values.
+        ``""`` for nulls. Raises InvalidInputError naming the first missing column or bad value.
+        """
+        checked = self.check(data)
+        if checked.errors:
+            raise InvalidInputError(checked.errors[0].message + ".")
+        return checked.normalized
+
+    def check(self, data: Mapping[str, Any], *, unknown_category: str = "accept",
+              max_errors: int = 1000) -> CheckResult:
+        """Normalize and validate column-wise; rows that break the contract are marked, not dropped.
+
+        ``unknown_category``: ``accept`` (the model ignores unseen categories) or ``reject``.
+        A missing column is an error for the whole input (InvalidInputError).
         """
         import numpy as np
         import pandas as pd
@@ -122,25 +152,43 @@ class Contract:
                 f"missing column(s) {', '.join(map(repr, missing))}; the model needs {', '.join(self.feature_names)}."
             )
         out: dict[str, Any] = {}
+        bad_any = None
+        errors: list[RowError] = []
+
+        def flag(mask: Any, col: str, describe) -> None:
+            nonlocal bad_any
+            if not mask.any():
+                return
+            bad_any = mask if bad_any is None else (bad_any | mask)
+            for row in np.flatnonzero(mask)[: max(0, max_errors - len(errors))]:
+                errors.append(RowError(int(row), col, describe(int(row))))
+
         for c in self.columns:
             values = data[c.name]
             if c.kind == "categorical":
                 arr = np.asarray(values, dtype=object).ravel()
                 nulls = pd.isna(arr)
-                out[c.name] = np.where(nulls, MISSING_CATEGORY, arr.astype(str)).astype(object)
+                norm = np.where(nulls, MISSING_CATEGORY, arr.astype(str)).astype(object)
+                out[c.name] = norm
+                if unknown_category == "reject" and c.categories is not None:
+                    unknown = ~nulls & ~pd.Series(norm).isin(c.categories).to_numpy()
+                    flag(unknown, c.name, lambda r, c=c, v=norm: (
+                        f"column {c.name!r} has unknown category {v[r]!r} at row {r}; "
+                        f"known: {', '.join(c.categories[:20])}{' ...' if len(c.categories) > 20 else ''}"))
             else:
-                s = pd.Series(np.asarray(values).ravel())
+                raw = np.asarray(values).ravel()
+                if raw.dtype.kind in "fiub":
+                    out[c.name] = raw.astype("float64", copy=False)
+                    continue
+                s = pd.Series(raw)
                 if c.kind == "boolean" and s.dtype == object:
                     s = s.map(_to_bool_or_nan)
                 num = pd.to_numeric(s, errors="coerce")
-                bad = num.isna() & ~s.isna()
-                if bad.any():
-                    row = int(np.flatnonzero(bad.to_numpy())[0])
-                    raise InvalidInputError(
-                        f"column {c.name!r} must be {c.kind}, got {s.iloc[row]!r} at row {row}."
-                    )
+                bad = (num.isna() & ~s.isna()).to_numpy()
+                flag(bad, c.name, lambda r, c=c, s=s: f"column {c.name!r} must be {c.kind}, got {s.iloc[r]!r} at row {r}")
                 out[c.name] = num.to_numpy(dtype="float64", na_value=np.nan)
-        return out
+        n = len(next(iter(out.values()))) if out else 0
+        return CheckResult(out, errors, bad_any if bad_any is not None else np.zeros(n, dtype=bool))
 
     def onnx_feeds(self, normalized: Mapping[str, Any]) -> dict[str, Any]:
         """ONNX Runtime feeds (one ``[N, 1]`` tensor per column) from :meth:`normalize` output."""

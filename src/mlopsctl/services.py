@@ -15,10 +15,10 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable
 
-from mlopsctl import __version__
+from mlopsctl._version import __version__
 from mlopsctl.artifacts import ArtifactStore
 from mlopsctl.config import CONFIG_FILE, Settings
-from mlopsctl.contract import Contract
+from mlopsctl.contract import Contract, _jsonable
 from mlopsctl.errors import ConflictError, InvalidInputError, NotFoundError
 from mlopsctl.store.db import Store, open_store
 
@@ -203,6 +203,13 @@ def fail_run(store: Store, run_id: int, reason: str) -> None:
 
     with store.session() as s:
         tracking.finish_run(s, run_id, tracking.FAILED, reason[:2000])
+        _training_event(s, run_id, "training_failed", f"run {run_id} failed: {reason[:500]}", {"reason": reason[:2000]})
+
+
+def _training_event(s: Any, run_id: int, kind: str, message: str, payload: dict[str, Any]) -> None:
+    from mlopsctl import registry
+
+    registry.add_event(s, kind, message, run_id=run_id, payload=payload)
 
 
 def describe_failure(exc: BaseException) -> str:
@@ -259,9 +266,11 @@ def train_and_track(
                                             "seed": spec.seed, "n_train": result.n_train, "n_test": result.n_test})
             tracking.log_metrics(s, run_id, result.metrics)
             tracking.set_tags(s, run_id, {f"timing.{k}": f"{v:.3f}" for k, v in result.timings.items()})
-            record_model(s, run_id, files, result.parity.to_dict(),
+            record_model(s, run_id, files, _jsonable(result.parity.to_dict()),
                          {"heldout.parquet": (heldout_sha, len(heldout.getvalue()), "application/vnd.apache.parquet")})
             tracking.finish_run(s, run_id)
+            _training_event(s, run_id, "trained", f"run {run_id} finished: " + ", ".join(
+                f"{k}={v:.4f}" for k, v in sorted(result.metrics.items())), result.metrics)
     except BaseException as exc:
         fail_run(store, run_id, describe_failure(exc))
         raise
@@ -309,3 +318,298 @@ def run_artifact(settings: Settings, ref: str, name: str) -> bytes:
     raise NotFoundError(f"run {run['id']} has no artifact {name!r}; it has {', '.join(a['name'] for a in run['artifacts']) or 'none'}.")
 
 
+
+
+# ---- registry -----------------------------------------------------------------------------------------
+
+def _artifact_map(run_view: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {a["name"]: a for a in run_view["artifacts"]}
+
+
+def register(settings: Settings, run_ref: str, name: str | None = None) -> dict[str, Any]:
+    """A new immutable, consecutively numbered version of ``name`` from a finished, exported run."""
+    from mlopsctl import registry, tracking
+
+    name = registry.validate_name(name or settings.registry.model_name)
+    arts = artifacts_for(settings)
+    with store_for(settings).session() as s:
+        run = tracking.get_run(s, run_ref)
+        if run.status != tracking.FINISHED:
+            why = f" ({run.failure_reason})" if run.failure_reason else ""
+            raise ConflictError(f"run {run.id} is {run.status}{why}; only FINISHED runs can be registered.")
+        files = {a.name: a for a in run.artifacts}
+        if "model.onnx" not in files or "contract.json" not in files:
+            raise ConflictError(f"run {run.id} has no ONNX export (model.onnx + contract.json); it cannot be registered.")
+        if not (run.parity or {}).get("passed"):
+            raise ConflictError(
+                f"run {run.id} failed its ONNX parity check ({_parity_text(run.parity)}); it cannot be registered."
+            )
+        for f in ("model.onnx", "contract.json"):
+            if not arts.path(files[f].sha256).exists():
+                raise NotFoundError(f"run {run.id}'s {f} is missing from {arts.root}; retrain the run.")
+        model = registry.get_or_create_model(s, name)
+        dv = run.dataset_version
+        mv = registry.create_version(
+            s, model, run_id=run.id, onnx_sha256=files["model.onnx"].sha256,
+            contract_sha256=files["contract.json"].sha256,
+            heldout_sha256=files["heldout.parquet"].sha256 if "heldout.parquet" in files else None,
+            task=run.task or "", dataset_version_id=dv.id if dv else None,
+            dataset_fingerprint=dv.fingerprint if dv else None, git_commit=run.git_commit,
+            metrics=_jsonable(tracking.latest_metrics(s, run.id)), parity=run.parity or {},
+        )
+        registry.add_event(s, "registered", f"run {run.id} registered as {name}/{mv.version}",
+                           model=name, version=mv.version, run_id=run.id)
+        return _version_view(mv, name)
+
+
+def _parity_text(parity: dict[str, Any] | None) -> str:
+    if not parity:
+        return "no parity recorded"
+    parts = [f"max diff {parity.get('max_abs_diff', float('nan')):.3g}"]
+    if parity.get("label_agreement") is not None:
+        parts.append(f"label agreement {parity['label_agreement']:.4f}")
+    return ", ".join(parts)
+
+
+def _version_view(mv: Any, name: str) -> dict[str, Any]:
+    from mlopsctl.tracking import _iso
+
+    return {
+        "model": name, "version": mv.version, "ref": f"{name}/{mv.version}", "run_id": mv.run_id, "task": mv.task,
+        "onnx_sha256": mv.onnx_sha256, "contract_sha256": mv.contract_sha256,
+        "dataset_fingerprint": mv.dataset_fingerprint, "git_commit": mv.git_commit, "metrics": mv.metrics,
+        "parity": mv.parity, "gate": mv.gate, "created_by": mv.created_by, "created_at": _iso(mv.created_at),
+    }
+
+
+def _move_view(m: Any) -> dict[str, Any]:
+    from mlopsctl.tracking import _iso
+
+    return {"alias": m.alias, "from_version": m.from_version, "to_version": m.to_version, "action": m.action,
+            "forced": m.forced, "reason": m.reason, "actor": m.actor, "at": _iso(m.created_at)}
+
+
+@dataclass
+class LoadedModel:
+    """A resolved version with its verified ONNX bytes and contract (what predict and serve need)."""
+
+    name: str
+    version: int
+    onnx_sha256: str
+    onnx: bytes
+    contract: Contract
+    heldout_sha256: str | None = None
+
+
+def load_model(settings: Settings, ref: str, *, alias: str | None = None) -> LoadedModel:
+    """Resolve ``name``, ``name/3`` or ``name@alias`` and read its ONNX file, verified against its sha256."""
+    from mlopsctl import registry
+
+    parsed = registry.parse_ref(ref, alias or settings.registry.alias)
+    with store_for(settings).session() as s:
+        mv = registry.resolve(s, parsed)
+        version, onnx_sha, contract_sha, heldout = mv.version, mv.onnx_sha256, mv.contract_sha256, mv.heldout_sha256
+    arts = artifacts_for(settings)
+    return LoadedModel(parsed.name, version, onnx_sha, arts.get_bytes(onnx_sha),
+                       Contract.from_json(arts.get_bytes(contract_sha)), heldout)
+
+
+def contract_compatibility(holder: Contract, candidate: Contract) -> dict[str, Any]:
+    """The holder's required inputs must be a subset of the candidate's, with the same kinds."""
+    cand = {c.name: c.kind for c in candidate.columns}
+    held = {c.name: c.kind for c in holder.columns}
+    missing = sorted(set(held) - set(cand))
+    kinds = sorted(f"{n}: {held[n]} -> {cand[n]}" for n in set(held) & set(cand) if held[n] != cand[n])
+    return {"compatible": not missing and not kinds and holder.task == candidate.task,
+            "missing_in_candidate": missing, "kind_changes": kinds,
+            "new_in_candidate": sorted(set(cand) - set(held)),
+            "task_change": None if holder.task == candidate.task else f"{holder.task} -> {candidate.task}"}
+
+
+def _score(model: LoadedModel, frame: Any, target: str, metric: str) -> float:
+    import numpy as np
+
+    from mlopsctl.scoring import Scorer
+    from mlopsctl.training import metrics as m
+
+    out = Scorer(model.onnx, model.contract).predict_frame(frame)
+    y = frame[target].to_numpy()
+    if model.contract.task == "classification":
+        proba = np.asarray(out["probabilities"], dtype=np.float64)
+        proba = proba / proba.sum(axis=1, keepdims=True)  # float32 rows sum to 1 only within ~1e-7
+        classes = np.asarray(model.contract.classes, dtype=object)
+        labels = classes[np.argmax(proba, axis=1)]
+        y = y.astype(object) if classes.dtype == object else y
+        return m.classification_metrics(y, labels, proba, list(model.contract.classes))[metric]
+    return m.regression_metrics(y.astype("float64"), np.asarray(out["prediction"]).ravel())[metric]
+
+
+def evaluate_gate(settings: Settings, candidate: LoadedModel, holder: LoadedModel | None, *, alias: str,
+                  min_delta: float, metric: str | None = None, heldout: Any = None, data_label: str | None = None) -> dict[str, Any]:
+    """Score candidate and holder through ONNX Runtime on the same held-out rows and decide."""
+    import math
+
+    import pandas as pd
+
+    from mlopsctl.training import metrics as m
+    from mlopsctl.tracking import _iso
+    from mlopsctl.store.models import utcnow
+
+    metric = m.primary_metric(candidate.contract.task, metric or settings.train.metric)
+    higher = metric not in m.LOWER_IS_BETTER
+    report: dict[str, Any] = {"alias": alias, "metric": metric, "higher_is_better": higher, "min_delta": min_delta,
+                              "candidate": {"version": candidate.version}, "holder": None, "delta": None,
+                              "reasons": [], "measured_at": _iso(utcnow())}
+    if heldout is None:
+        if not candidate.heldout_sha256:
+            raise ConflictError(f"{candidate.name}/{candidate.version} has no held-out data to gate on; retrain it.")
+        heldout = pd.read_parquet(io.BytesIO(artifacts_for(settings).get_bytes(candidate.heldout_sha256)))
+        data_label = f"held-out split of {candidate.name}/{candidate.version}"
+    target = candidate.contract.target
+    report["data"] = {"source": data_label, "rows": int(len(heldout)), "target": target}
+    cand_score = _score(candidate, heldout, target, metric)
+    report["candidate"]["score"] = cand_score
+    passed = True
+    if holder is not None:
+        compat = contract_compatibility(holder.contract, candidate.contract)
+        report["contract"] = compat
+        report["holder"] = {"version": holder.version}
+        if not compat["compatible"]:
+            passed = False
+            report["reasons"].append(
+                "contract incompatible: " + "; ".join(filter(None, [
+                    compat["missing_in_candidate"] and f"candidate lacks {', '.join(compat['missing_in_candidate'])}",
+                    compat["kind_changes"] and f"type changes {', '.join(compat['kind_changes'])}",
+                    compat["task_change"] and f"task {compat['task_change']}"])))
+        else:
+            holder_score = _score(holder, heldout, target, metric)
+            report["holder"]["score"] = holder_score
+            delta = (cand_score - holder_score) if higher else (holder_score - cand_score)
+            report["delta"] = delta
+            if math.isnan(delta):
+                passed = False
+                report["reasons"].append(f"{metric} could not be computed on the held-out rows")
+            elif delta < -min_delta:
+                passed = False
+                report["reasons"].append(
+                    f"{metric} {cand_score:.4f} is worse than {holder.name}/{holder.version}'s {holder_score:.4f} "
+                    f"by {-delta:.4f} (min_delta {min_delta})")
+    report["passed"] = passed
+    return report
+
+
+def promote(settings: Settings, name: str, version: int, *, alias: str | None = None, force: bool = False,
+            reason: str | None = None, min_delta: float | None = None, metric: str | None = None,
+            heldout: Any = None, data_label: str | None = None) -> dict[str, Any]:
+    """Move ``alias`` to ``name/version`` if the gate passes (or ``force``). A rejection raises ConflictError
+    after recording the gate report and a ``rejected`` event; the alias does not move."""
+    from mlopsctl import registry
+
+    alias = registry.validate_name(alias or settings.registry.alias, "alias")
+    min_delta = settings.registry.min_delta if min_delta is None else min_delta
+    store = store_for(settings)
+    for _attempt in range(5):
+        candidate = load_model(settings, f"{name}/{version}")
+        with store.session() as s:
+            model = registry.get_model(s, name)
+            holder_mv = registry.alias_holder(s, model, alias)
+            holder_version = holder_mv.version if holder_mv else None
+        if holder_version == version:
+            return {"model": name, "version": version, "alias": alias, "changed": False,
+                    "decision": "unchanged", "message": f"{name}@{alias} already points at version {version}"}
+        holder = load_model(settings, f"{name}/{holder_version}") if holder_version else None
+        gate = evaluate_gate(settings, candidate, holder, alias=alias, min_delta=min_delta, metric=metric,
+                             heldout=heldout, data_label=data_label)
+        decision = "promoted" if gate["passed"] else ("forced" if force else "rejected")
+        gate["decision"] = decision
+        gate = _jsonable(gate)
+        with store.session() as s:
+            model = registry.get_model(s, name, lock=True)
+            now_holder = registry.alias_holder(s, model, alias)
+            if (now_holder.version if now_holder else None) != holder_version:
+                continue  # the alias moved while we were scoring: gate again against the new holder
+            target = registry.get_version(s, model, version)
+            target.gate = gate
+            if decision == "rejected":
+                registry.add_event(s, "rejected", f"{name}/{version} rejected for @{alias}: {'; '.join(gate['reasons'])}",
+                                   model=name, version=version, payload=gate)
+            else:
+                why = reason or ("forced past the gate: " + "; ".join(gate["reasons"]) if decision == "forced"
+                                 else _gate_summary(gate))
+                registry.move_alias(s, model, alias, target, action="promote", reason=why, forced=decision == "forced",
+                                    gate=gate)
+                registry.add_event(s, "promoted", f"{name}/{version} -> @{alias} ({decision}): {why}",
+                                   model=name, version=version, payload=gate)
+        if decision == "rejected":
+            raise ConflictError(
+                f"gate rejected {name}/{version} for @{alias}: {'; '.join(gate['reasons'])}; use --force to promote anyway."
+            )
+        return {"model": name, "version": version, "alias": alias, "changed": True, "decision": decision,
+                "from_version": holder_version, "gate": gate}
+    raise ConflictError(f"{name}@{alias} kept moving while the gate ran; try again.")
+
+
+def _gate_summary(gate: dict[str, Any]) -> str:
+    c = gate["candidate"]
+    if gate["holder"] is None:
+        return f"first holder of @{gate['alias']}: {gate['metric']} {c['score']:.4f}"
+    h = gate["holder"]
+    return (f"gate passed: {gate['metric']} {c['score']:.4f} vs {h['score']:.4f} of version {h['version']} "
+            f"(delta {gate['delta']:+.4f}, min_delta {gate['min_delta']})")
+
+
+def rollback(settings: Settings, name: str, *, alias: str | None = None, reason: str | None = None) -> dict[str, Any]:
+    from mlopsctl import registry
+
+    alias = registry.validate_name(alias or settings.registry.alias, "alias")
+    with store_for(settings).session() as s:
+        model = registry.get_model(s, name, lock=True)
+        current = registry.alias_holder(s, model, alias)
+        if current is None:
+            raise NotFoundError(f"{name} has no alias {alias!r}; nothing to roll back.")
+        target_version = registry.rollback_target(registry.history(s, model, alias))
+        if target_version is None:
+            raise ConflictError(f"{name}@{alias} has no previous holder to roll back to (it has only held version {current.version}).")
+        target = registry.get_version(s, model, target_version)
+        why = reason or f"rollback from version {current.version}"
+        registry.move_alias(s, model, alias, target, action="rollback", reason=why)
+        registry.add_event(s, "rolled_back", f"{name}@{alias}: {current.version} -> {target_version} ({why})",
+                           model=name, version=target_version)
+        return {"model": name, "alias": alias, "from_version": current.version, "to_version": target_version}
+
+
+def list_models(settings: Settings) -> list[dict[str, Any]]:
+    from mlopsctl import registry
+
+    with store_for(settings).session() as s:
+        return [{"name": m.name, "versions": len(m.versions),
+                 "latest": m.versions[-1].version if m.versions else None,
+                 "aliases": {a.name: a.version.version for a in m.aliases}} for m in registry.list_models(s)]
+
+
+def show_model(settings: Settings, ref: str) -> dict[str, Any]:
+    """``MODEL`` (all versions, aliases, history), ``MODEL/3`` or ``MODEL@alias`` (one version + gate report)."""
+    from mlopsctl import registry
+
+    parsed = registry.parse_ref(ref)
+    with store_for(settings).session() as s:
+        model = registry.get_model(s, parsed.name)
+        if parsed.version is None and parsed.alias is None:
+            return {"name": model.name, "aliases": {a.name: a.version.version for a in model.aliases},
+                    "versions": [_version_view(v, model.name) for v in model.versions],
+                    "history": [_move_view(m) for m in registry.history(s, model)]}
+        mv = registry.resolve(s, parsed)
+        view = _version_view(mv, model.name)
+        view["aliases"] = [a.name for a in model.aliases if a.version_id == mv.id]
+        view["history"] = [_move_view(m) for m in registry.history(s, model, parsed.alias)]
+        return view
+
+
+def list_events(settings: Settings, model: str | None = None, limit: int = 200) -> list[dict[str, Any]]:
+    from mlopsctl import registry
+    from mlopsctl.tracking import _iso
+
+    with store_for(settings).session() as s:
+        return [{"id": e.id, "at": _iso(e.created_at), "kind": e.kind, "model": e.model, "version": e.version,
+                 "run_id": e.run_id, "message": e.message, "actor": e.actor}
+                for e in registry.list_events(s, model, limit)]

@@ -7,8 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from mlopsctl import __version__
-from mlopsctl.cli import data, project, runs, train
+from mlopsctl._version import __version__
+from mlopsctl.cli import data, project, registry, runs, train
 
 app = typer.Typer(
     name="mlopsctl",
@@ -45,7 +45,9 @@ def root(
 project.register(app)
 train.register(app)
 app.add_typer(data.app, name="data")
+registry.register_commands(app)
 app.add_typer(runs.app, name="runs")
+app.add_typer(registry.models_app, name="models")
 
 
 def main() -> None:

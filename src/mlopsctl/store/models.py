@@ -124,3 +124,89 @@ class Artifact(Base):
     size: Mapped[int]
     media_type: Mapped[str] = mapped_column(String(100))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+# ---- registry (m002_registry) -------------------------------------------------------------------------
+
+class RegisteredModel(Base):
+    __tablename__ = "registered_models"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    versions: Mapped[list[ModelVersion]] = relationship(back_populates="model", order_by="ModelVersion.version")
+    aliases: Mapped[list[Alias]] = relationship(back_populates="model", order_by="Alias.name")
+
+
+class ModelVersion(Base):
+    """An immutable version: which run, which ONNX file (by sha256), which contract, which data."""
+
+    __tablename__ = "model_versions"
+    __table_args__ = (
+        UniqueConstraint("model_id", "version", name="uq_model_versions_model_id_version"),
+        UniqueConstraint("model_id", "run_id", name="uq_model_versions_model_id_run_id"),
+    )
+    id: Mapped[int] = mapped_column(primary_key=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("registered_models.id", ondelete="CASCADE"))
+    version: Mapped[int]
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="RESTRICT"), index=True)
+    onnx_sha256: Mapped[str] = mapped_column(String(64))
+    contract_sha256: Mapped[str] = mapped_column(String(64))
+    heldout_sha256: Mapped[Optional[str]] = mapped_column(String(64))
+    task: Mapped[str] = mapped_column(String(32))
+    dataset_version_id: Mapped[Optional[int]] = mapped_column(ForeignKey("dataset_versions.id", ondelete="SET NULL"))
+    dataset_fingerprint: Mapped[Optional[str]] = mapped_column(String(64))
+    git_commit: Mapped[Optional[str]] = mapped_column(String(64))
+    metrics: Mapped[dict[str, Any]]
+    parity: Mapped[dict[str, Any]]
+    gate: Mapped[Optional[dict[str, Any]]]  # the latest gate report for this version
+    created_by: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    model: Mapped[RegisteredModel] = relationship(back_populates="versions")
+
+
+class Alias(Base):
+    """A mutable pointer (``production``, ``champion``, ...) to one version of a model."""
+
+    __tablename__ = "aliases"
+    __table_args__ = (UniqueConstraint("model_id", "name", name="uq_aliases_model_id_name"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("registered_models.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(100))
+    version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id", ondelete="RESTRICT"))
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    model: Mapped[RegisteredModel] = relationship(back_populates="aliases")
+    version: Mapped[ModelVersion] = relationship()
+
+
+class AliasMove(Base):
+    """Append-only history of every alias move: who, when, from, to, why (never rewritten)."""
+
+    __tablename__ = "alias_history"
+    __table_args__ = (Index("ix_alias_history_model_id_alias", "model_id", "alias", "id"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("registered_models.id", ondelete="CASCADE"))
+    alias: Mapped[str] = mapped_column(String(100))
+    from_version: Mapped[Optional[int]]
+    to_version: Mapped[int]
+    action: Mapped[str] = mapped_column(String(20))  # promote | rollback
+    forced: Mapped[bool] = mapped_column(default=False)
+    reason: Mapped[str] = mapped_column(Text)
+    actor: Mapped[str] = mapped_column(String(200))
+    gate: Mapped[Optional[dict[str, Any]]]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Event(Base):
+    """The audit trail: trainings, registrations, promotions, rejections, rollbacks."""
+
+    __tablename__ = "events"
+    __table_args__ = (Index("ix_events_model", "model", "id"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    kind: Mapped[str] = mapped_column(String(40))
+    model: Mapped[Optional[str]] = mapped_column(String(100))
+    version: Mapped[Optional[int]]
+    run_id: Mapped[Optional[int]]
+    message: Mapped[str] = mapped_column(Text)
+    payload: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    actor: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -16,6 +16,7 @@ import numpy as np
 
 from mlopsctl.contract import Contract
 from mlopsctl.errors import TrainingError
+from mlopsctl.scoring import Scorer
 
 # Parity bounds. Trees compare float32 thresholds, so a borderline row can flip: we allow a small share
 # of label disagreements and bound the probability error; regression is bounded relative to the target.
@@ -90,16 +91,6 @@ def export_onnx(pipeline: Any, contract: Contract) -> tuple[bytes, Contract]:
     return onx.SerializeToString(), replace(contract, outputs=outputs, columns=columns)
 
 
-def make_session(model_bytes: bytes, providers: list[str] | None = None, threads: int = 0):
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    if threads:
-        opts.intra_op_num_threads = threads
-    opts.log_severity_level = 3
-    return ort.InferenceSession(model_bytes, sess_options=opts, providers=providers or ["CPUExecutionProvider"])
-
-
 @dataclass
 class Parity:
     rows: int
@@ -120,12 +111,6 @@ class Parity:
         return d
 
 
-def onnx_predict(session: Any, contract: Contract, normalized: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    wanted = list(contract.outputs.values())
-    results = session.run(wanted, contract.onnx_feeds(normalized))
-    return dict(zip(contract.outputs, results))
-
-
 def parity_check(pipeline: Any, model_bytes: bytes, contract: Contract, frame: Any) -> Parity:
     """Score ``frame`` (a normalized DataFrame) with scikit-learn and ONNX Runtime and compare."""
     import pandas as pd
@@ -133,8 +118,7 @@ def parity_check(pipeline: Any, model_bytes: bytes, contract: Contract, frame: A
     if len(frame) == 0:
         raise TrainingError("the parity check needs at least one held-out row.")
     normalized = {c: frame[c].to_numpy() for c in contract.feature_names}
-    session = make_session(model_bytes)
-    got = onnx_predict(session, contract, normalized)
+    got = Scorer(model_bytes, contract).run(normalized)
     X = pd.DataFrame(normalized)
     if contract.task == "classification":
         ref_proba = np.asarray(pipeline.predict_proba(X), dtype=np.float64)
