@@ -45,7 +45,7 @@ class ColumnSpec:
 class RowError:
     row: int  # 0-based position in the input
     column: str
-    message: str
+    message: str  # what is wrong, without the row (callers number rows their own way)
 
 
 @dataclass
@@ -133,7 +133,8 @@ class Contract:
         """
         checked = self.check(data)
         if checked.errors:
-            raise InvalidInputError(checked.errors[0].message + ".")
+            e = checked.errors[0]
+            raise InvalidInputError(f"{e.message} at row {e.row}.")
         return checked.normalized
 
     def check(self, data: Mapping[str, Any], *, unknown_category: str = "accept",
@@ -173,8 +174,8 @@ class Contract:
                 if unknown_category == "reject" and c.categories is not None:
                     unknown = ~nulls & ~pd.Series(norm).isin(c.categories).to_numpy()
                     flag(unknown, c.name, lambda r, c=c, v=norm: (
-                        f"column {c.name!r} has unknown category {v[r]!r} at row {r}; "
-                        f"known: {', '.join(c.categories[:20])}{' ...' if len(c.categories) > 20 else ''}"))
+                        f"column {c.name!r} has unknown category {v[r]!r} (known: "
+                        f"{', '.join(c.categories[:20])}{' ...' if len(c.categories) > 20 else ''})"))
             else:
                 raw = np.asarray(values).ravel()
                 if raw.dtype.kind in "fiub":
@@ -185,7 +186,7 @@ class Contract:
                     s = s.map(_to_bool_or_nan)
                 num = pd.to_numeric(s, errors="coerce")
                 bad = (num.isna() & ~s.isna()).to_numpy()
-                flag(bad, c.name, lambda r, c=c, s=s: f"column {c.name!r} must be {c.kind}, got {s.iloc[r]!r} at row {r}")
+                flag(bad, c.name, lambda r, c=c, s=s: f"column {c.name!r} must be {c.kind}, got {s.iloc[r]!r}")
                 out[c.name] = num.to_numpy(dtype="float64", na_value=np.nan)
         n = len(next(iter(out.values()))) if out else 0
         return CheckResult(out, errors, bad_any if bad_any is not None else np.zeros(n, dtype=bool))
