@@ -68,7 +68,18 @@ class ServeSettings:
     port: int = _opt(8080, "port to bind")
     device: str = _opt("cpu", "inference device", choices=("cpu", "cuda", "auto"))
     workers: int = _opt(2, "server worker processes")
-    token: str = _opt("", "bearer token required on prediction endpoints (empty: none)")
+    token: str = _opt("", "bearer token required on prediction and admin endpoints (empty: none)")
+    dev: bool = _opt(False, "use Flask's development server instead of gunicorn")
+    unknown_category: str = _opt("accept", "a category not seen in training", choices=("accept", "reject"))
+    out_of_range: str = _opt("flag", "a numeric value far outside the training range", choices=("accept", "flag", "reject"))
+    range_tolerance: float = _opt(1.0, "how far outside [min, max] is 'far', in multiples of the training span")
+    unseen_nulls: str = _opt("reject", "a null in a column that had none in training", choices=("accept", "reject"))
+    extra_columns: str = _opt("reject", "a column the model does not take", choices=("ignore", "reject"))
+    max_batch_rows: int = _opt(100_000, "most rows one request may carry")
+    max_body_mb: float = _opt(32.0, "largest request body accepted, in MiB (larger: 413)")
+    reload_interval: float = _opt(1.0, "seconds between checks of the served alias (hot reload)")
+    log_predictions: bool = _opt(True, "write every prediction to the store's prediction log")
+    log_queue_size: int = _opt(10_000, "prediction-log queue bound; overflow is counted in /metrics")
 
 
 @dataclass(frozen=True)
@@ -263,6 +274,12 @@ def _check_ranges(s: Settings) -> None:
         raise ConfigError(f"serve.port must be between 1 and 65535, got {s.serve.port}.")
     if s.serve.workers < 1:
         raise ConfigError(f"serve.workers must be at least 1, got {s.serve.workers}.")
+    for key in ("max_batch_rows", "log_queue_size"):
+        if getattr(s.serve, key) < 1:
+            raise ConfigError(f"serve.{key} must be at least 1, got {getattr(s.serve, key)}.")
+    for key in ("max_body_mb", "reload_interval", "range_tolerance"):
+        if getattr(s.serve, key) <= 0:
+            raise ConfigError(f"serve.{key} must be greater than 0, got {getattr(s.serve, key)}.")
 
 
 def with_overrides(settings: Settings, **sections: dict[str, Any]) -> Settings:

@@ -53,6 +53,7 @@ class CheckResult:
     normalized: dict[str, Any]
     errors: list[RowError]  # at most ``max_errors`` messages
     bad_rows: Any  # boolean numpy mask over all rows
+    warnings: list[RowError] = field(default_factory=list)  # flagged, still scored (out_of_range="flag")
 
     @property
     def n_bad(self) -> int:
@@ -137,59 +138,76 @@ class Contract:
             raise InvalidInputError(f"{e.message} at row {e.row}.")
         return checked.normalized
 
-    def check(self, data: Mapping[str, Any], *, unknown_category: str = "accept",
+    def check(self, data: Mapping[str, Any], *, unknown_category: str = "accept", extra_columns: str = "ignore",
+              unseen_nulls: str = "accept", out_of_range: str = "accept", range_tolerance: float = 1.0,
               max_errors: int = 1000) -> CheckResult:
         """Normalize and validate column-wise; rows that break the contract are marked, not dropped.
 
-        ``unknown_category``: ``accept`` (the model ignores unseen categories) or ``reject``.
-        A missing column is an error for the whole input (InvalidInputError).
+        Policies: ``unknown_category`` accept|reject (the model ignores unseen categories);
+        ``extra_columns`` ignore|reject; ``unseen_nulls`` accept|reject (a null where training had none);
+        ``out_of_range`` accept|flag|reject (beyond [min, max] by more than ``range_tolerance`` x the
+        training span). A missing column, or an extra one under ``reject``, fails the whole input.
         """
         import numpy as np
-        import pandas as pd
 
         missing = [c.name for c in self.columns if c.name not in data]
         if missing:
             raise InvalidInputError(
                 f"missing column(s) {', '.join(map(repr, missing))}; the model needs {', '.join(self.feature_names)}."
             )
-        out: dict[str, Any] = {}
-        bad_any = None
-        errors: list[RowError] = []
+        if extra_columns == "reject" and len(data) > len(self.columns):
+            known = set(self.feature_names)
+            extra = [str(k) for k in data if k not in known]
+            if extra:
+                raise InvalidInputError(
+                    f"unexpected column(s) {', '.join(map(repr, extra[:10]))}; the model takes {', '.join(self.feature_names)}."
+                )
+        result = CheckResult({}, [], None, [])
 
-        def flag(mask: Any, col: str, describe) -> None:
-            nonlocal bad_any
+        def flag(mask: Any, col: str, describe, *, warn: bool = False) -> None:
             if not mask.any():
                 return
-            bad_any = mask if bad_any is None else (bad_any | mask)
-            for row in np.flatnonzero(mask)[: max(0, max_errors - len(errors))]:
-                errors.append(RowError(int(row), col, describe(int(row))))
+            if warn:
+                result.warnings.extend(RowError(int(r), col, describe(int(r))) for r in np.flatnonzero(mask)[:max_errors])
+                return
+            result.bad_rows = mask if result.bad_rows is None else (result.bad_rows | mask)
+            for row in np.flatnonzero(mask)[: max(0, max_errors - len(result.errors))]:
+                result.errors.append(RowError(int(row), col, describe(int(row))))
 
         for c in self.columns:
             values = data[c.name]
+            bad = None
             if c.kind == "categorical":
-                arr = np.asarray(values, dtype=object).ravel()
-                nulls = pd.isna(arr)
-                norm = np.where(nulls, MISSING_CATEGORY, arr.astype(str)).astype(object)
-                out[c.name] = norm
+                norm, nulls = _as_categorical(values)
+                result.normalized[c.name] = norm
                 if unknown_category == "reject" and c.categories is not None:
-                    unknown = ~nulls & ~pd.Series(norm).isin(c.categories).to_numpy()
+                    unknown = ~nulls & ~_isin(norm, c.categories)
                     flag(unknown, c.name, lambda r, c=c, v=norm: (
                         f"column {c.name!r} has unknown category {v[r]!r} (known: "
                         f"{', '.join(c.categories[:20])}{' ...' if len(c.categories) > 20 else ''})"))
             else:
-                raw = np.asarray(values).ravel()
-                if raw.dtype.kind in "fiub":
-                    out[c.name] = raw.astype("float64", copy=False)
-                    continue
-                s = pd.Series(raw)
-                if c.kind == "boolean" and s.dtype == object:
-                    s = s.map(_to_bool_or_nan)
-                num = pd.to_numeric(s, errors="coerce")
-                bad = (num.isna() & ~s.isna()).to_numpy()
-                flag(bad, c.name, lambda r, c=c, s=s: f"column {c.name!r} must be {c.kind}, got {s.iloc[r]!r}")
-                out[c.name] = num.to_numpy(dtype="float64", na_value=np.nan)
-        n = len(next(iter(out.values()))) if out else 0
-        return CheckResult(out, errors, bad_any if bad_any is not None else np.zeros(n, dtype=bool))
+                arr, bad, raw = _as_float(values, c.kind == "boolean")
+                if bad is not None:
+                    flag(bad, c.name, lambda r, c=c, raw=raw: f"column {c.name!r} must be {c.kind}, got {raw[r]!r}")
+                result.normalized[c.name] = arr
+                if c.kind == "numeric" and c.min is not None and c.max is not None and out_of_range != "accept":
+                    span = (c.max - c.min) or max(abs(c.max), 1.0)
+                    lo, hi = c.min - range_tolerance * span, c.max + range_tolerance * span
+                    with np.errstate(invalid="ignore"):
+                        far = (arr < lo) | (arr > hi)
+                    flag(far, c.name, lambda r, c=c, a=arr, lo=lo, hi=hi: (
+                        f"column {c.name!r} value {a[r]:g} is far outside the training range "
+                        f"[{c.min:g}, {c.max:g}] (accepted: [{lo:g}, {hi:g}])"), warn=out_of_range == "flag")
+            if unseen_nulls == "reject" and c.null_rate == 0:
+                col = result.normalized[c.name]
+                nulls_mask = (col == MISSING_CATEGORY) if c.kind == "categorical" else np.isnan(col)
+                if bad is not None and c.kind != "categorical":
+                    nulls_mask = nulls_mask & ~bad
+                flag(nulls_mask, c.name, lambda r, c=c: f"column {c.name!r} is null, but it had no nulls in training")
+        n = len(next(iter(result.normalized.values()))) if result.normalized else 0
+        if result.bad_rows is None:
+            result.bad_rows = np.zeros(n, dtype=bool)
+        return result
 
     def onnx_feeds(self, normalized: Mapping[str, Any]) -> dict[str, Any]:
         """ONNX Runtime feeds (one ``[N, 1]`` tensor per column) from :meth:`normalize` output."""
@@ -201,6 +219,52 @@ class Contract:
             else:
                 feeds[c.input_name] = arr.astype(self.numeric_dtype).reshape(-1, 1)
         return feeds
+
+
+def _as_float(values: Any, boolean: bool) -> tuple[Any, Any, Any]:
+    """(float64 array with NaN for nulls, mask of unparseable values or None, raw values for messages).
+
+    The fast path (numbers, numeric strings) is one numpy call; anything else goes through pandas."""
+    import numpy as np
+
+    raw = values if hasattr(values, "dtype") else None
+    if raw is not None and raw.dtype.kind in "fiub":
+        return np.asarray(raw, dtype=np.float64).ravel(), None, raw
+    try:
+        return np.asarray(values, dtype=np.float64).ravel(), None, values
+    except (TypeError, ValueError):
+        pass
+    import pandas as pd
+
+    s = pd.Series(np.asarray(values, dtype=object).ravel())
+    if boolean:
+        s = s.map(_to_bool_or_nan)
+    num = pd.to_numeric(s, errors="coerce")
+    bad = (num.isna() & ~s.isna()).to_numpy()
+    return num.to_numpy(dtype="float64", na_value=np.nan), (bad if bad.any() else None), s.to_numpy()
+
+
+def _as_categorical(values: Any) -> tuple[Any, Any]:
+    """(object array of str with "" for nulls, null mask)."""
+    import numpy as np
+
+    arr = np.asarray(values, dtype=object).ravel()
+    if len(arr) <= 64:  # requests: a Python loop beats pandas' overhead
+        nulls = np.fromiter((v is None or (isinstance(v, float) and v != v) for v in arr), dtype=bool, count=len(arr))
+        norm = np.array([MISSING_CATEGORY if n else (v if isinstance(v, str) else str(v)) for v, n in zip(arr, nulls)],
+                        dtype=object)
+        return norm, nulls
+    import pandas as pd
+
+    nulls = pd.isna(arr)
+    return np.where(nulls, MISSING_CATEGORY, arr.astype(str)).astype(object), nulls
+
+
+def _isin(values: Any, categories: tuple[str, ...]) -> Any:
+    import numpy as np
+
+    known = set(categories)
+    return np.fromiter((v in known for v in values), dtype=bool, count=len(values))
 
 
 def _to_bool_or_nan(v: Any) -> Any:

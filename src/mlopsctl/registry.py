@@ -16,6 +16,8 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, selectinload
 
+from mlopsctl.artifacts import ArtifactStore
+from mlopsctl.contract import Contract
 from mlopsctl.errors import ConflictError, InvalidInputError, NotFoundError
 from mlopsctl.store.models import Alias, AliasMove, Event, ModelVersion, RegisteredModel, utcnow
 
@@ -132,6 +134,33 @@ def resolve(s: Session, ref: ModelRef) -> ModelVersion:
             + (f"its aliases are {', '.join(names)}." if names else f"promote a version first (mlopsctl promote {ref.name} 1 --alias {ref.alias}).")
         )
     return mv
+
+
+@dataclass
+class LoadedModel:
+    """A resolved version with its verified ONNX bytes and contract (what predict and serve need)."""
+
+    name: str
+    version: int
+    onnx_sha256: str
+    onnx: bytes
+    contract: Contract
+    heldout_sha256: str | None = None
+
+
+def load_model(store: Any, arts: ArtifactStore, ref: ModelRef) -> LoadedModel:
+    """Resolve ``ref`` in a read transaction, then read the blobs (verified against their sha256)."""
+    with store.read() as s:
+        mv = resolve(s, ref)
+        version, onnx_sha, contract_sha, heldout = mv.version, mv.onnx_sha256, mv.contract_sha256, mv.heldout_sha256
+    return LoadedModel(ref.name, version, onnx_sha, arts.get_bytes(onnx_sha),
+                       Contract.from_json(arts.get_bytes(contract_sha)), heldout)
+
+
+def current_version(store: Any, ref: ModelRef) -> int:
+    """The version ``ref`` points at now (one indexed read; used by hot reload)."""
+    with store.read() as s:
+        return resolve(s, ref).version
 
 
 # ---- aliases ------------------------------------------------------------------------------------------

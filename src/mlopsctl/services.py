@@ -20,6 +20,7 @@ from mlopsctl.artifacts import ArtifactStore
 from mlopsctl.config import CONFIG_FILE, Settings
 from mlopsctl.contract import Contract, _jsonable
 from mlopsctl.errors import ConflictError, InvalidInputError, NotFoundError
+from mlopsctl.registry import LoadedModel
 from mlopsctl.store.db import Store, open_store
 
 ONNX_MEDIA = "application/onnx"
@@ -389,29 +390,12 @@ def _move_view(m: Any) -> dict[str, Any]:
             "forced": m.forced, "reason": m.reason, "actor": m.actor, "at": _iso(m.created_at)}
 
 
-@dataclass
-class LoadedModel:
-    """A resolved version with its verified ONNX bytes and contract (what predict and serve need)."""
-
-    name: str
-    version: int
-    onnx_sha256: str
-    onnx: bytes
-    contract: Contract
-    heldout_sha256: str | None = None
-
-
 def load_model(settings: Settings, ref: str, *, alias: str | None = None) -> LoadedModel:
     """Resolve ``name``, ``name/3`` or ``name@alias`` and read its ONNX file, verified against its sha256."""
     from mlopsctl import registry
 
     parsed = registry.parse_ref(ref, alias or settings.registry.alias)
-    with store_for(settings).session() as s:
-        mv = registry.resolve(s, parsed)
-        version, onnx_sha, contract_sha, heldout = mv.version, mv.onnx_sha256, mv.contract_sha256, mv.heldout_sha256
-    arts = artifacts_for(settings)
-    return LoadedModel(parsed.name, version, onnx_sha, arts.get_bytes(onnx_sha),
-                       Contract.from_json(arts.get_bytes(contract_sha)), heldout)
+    return registry.load_model(store_for(settings), artifacts_for(settings), parsed)
 
 
 def contract_compatibility(holder: Contract, candidate: Contract) -> dict[str, Any]:

@@ -32,11 +32,18 @@ class Store:
     url: str
     engine: Engine
     sessions: sessionmaker[Session]
+    read_sessions: sessionmaker[Session]
 
     @contextlib.contextmanager
     def session(self) -> Iterator[Session]:
-        """One short transaction: committed on success, rolled back on any error."""
+        """One short write transaction: committed on success, rolled back on any error."""
         with self.sessions.begin() as s:
+            yield s
+
+    @contextlib.contextmanager
+    def read(self) -> Iterator[Session]:
+        """A read-only transaction; on SQLite it takes no write lock, so it never waits for writers."""
+        with self.read_sessions.begin() as s:
             yield s
 
     @property
@@ -86,7 +93,7 @@ def make_engine(url: str, busy_timeout_ms: int = 30000) -> Engine:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn):
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get("mlops_readonly") else "BEGIN IMMEDIATE")
 
     return engine
 
@@ -111,7 +118,8 @@ def open_store(url: str, busy_timeout_ms: int = 30000, migrate: bool = True) -> 
     except DBAPIError as e:
         engine.dispose()
         raise StoreError(f"cannot open the store at {url}: {e.orig}.") from None
-    store = Store(url=url, engine=engine, sessions=sessionmaker(engine, expire_on_commit=False))
+    store = Store(url=url, engine=engine, sessions=sessionmaker(engine, expire_on_commit=False),
+                  read_sessions=sessionmaker(engine.execution_options(mlops_readonly=True), expire_on_commit=False))
     _STORES[key] = store
     return store
 

@@ -210,3 +210,22 @@ class Event(Base):
     payload: Mapped[dict[str, Any]] = mapped_column(default=dict)
     actor: Mapped[str] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+# ---- prediction log (m003_prediction_log) --------------------------------------------------------------
+
+class PredictionRecord(Base):
+    """One served request: its inputs and outputs (columnar JSON), the version that answered, the latency."""
+
+    __tablename__ = "predictions"
+    __table_args__ = (Index("ix_predictions_model_version_id", "model", "version", "id"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    request_id: Mapped[str] = mapped_column(String(100), index=True)
+    model: Mapped[str] = mapped_column(String(100))
+    version: Mapped[int]
+    endpoint: Mapped[str] = mapped_column(String(40))
+    n_rows: Mapped[int]
+    latency_ms: Mapped[float]
+    inputs: Mapped[dict[str, Any]]
+    outputs: Mapped[dict[str, Any]]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)

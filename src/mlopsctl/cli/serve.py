@@ -1,0 +1,48 @@
+"""``mlopsctl serve``."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from mlopsctl.cli._console import err_console, settings_from
+from mlopsctl.cli._errors import reports_errors
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    @reports_errors
+    def serve(
+        ctx: typer.Context,
+        model: Annotated[Optional[str], typer.Argument(
+            help="MODEL@ALIAS (followed: hot reload), MODEL/VERSION or MODEL (default: registry.model_name@registry.alias).")] = None,
+        host: Annotated[Optional[str], typer.Option(help="Address to bind (default 127.0.0.1).")] = None,
+        port: Annotated[Optional[int], typer.Option(help="Port (default 8080).")] = None,
+        workers: Annotated[Optional[int], typer.Option(help="Worker processes (default 2).")] = None,
+        device: Annotated[Optional[str], typer.Option(help="cpu, cuda or auto (CUDA when present, said in the log).")] = None,
+        dev: Annotated[bool, typer.Option("--dev", help="Flask's development server instead of gunicorn.")] = False,
+    ) -> None:
+        """Serve a model over HTTP: Open Inference Protocol V2, MLflow's /invocations, /predict, /metrics.
+
+        The bearer token comes from serve.token or MLOPS_SERVE_TOKEN (never the command line).
+
+        Examples:
+
+          mlopsctl serve churn@production
+
+          mlopsctl serve churn/3 --port 9000 --workers 4
+
+          curl -s localhost:8080/predict -d '{"records": [{"tenure_months": 3, "plan": "basic"}]}'
+        """
+        from mlopsctl.serving import server
+
+        settings = settings_from(ctx, **{"serve.host": host, "serve.port": port, "serve.workers": workers,
+                                         "serve.device": device, "serve.dev": dev or None})
+        s = settings.serve
+
+        def ready(url: str) -> None:
+            err_console().print(f"[green]Serving[/] {model or settings.registry.model_name} on {url}; Ctrl-C to stop.")
+
+        server.run(settings, model, host=s.host, port=s.port, workers=s.workers, device=s.device, dev=s.dev,
+                   on_ready=ready)

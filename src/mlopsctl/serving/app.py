@@ -1,0 +1,169 @@
+"""The Flask application factory: ``create_app(settings, "churn@production")``."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import os
+import time
+from typing import Any
+
+import numpy as np
+from flask import Flask, Response, g, request
+from werkzeug.exceptions import HTTPException
+
+from mlopsctl.artifacts import ArtifactStore
+from mlopsctl.config import Settings
+from mlopsctl.errors import InvalidInputError, MlopsError
+from mlopsctl.registry import parse_ref
+from mlopsctl.serving import mlflow, v2
+from mlopsctl.serving.core import (
+    ServerState, Unauthorized, error_response, infer, json_response, parse_json, records_to_columns, request_id,
+    state,
+)
+from mlopsctl.serving.metrics import Metrics
+from mlopsctl.serving.openapi import spec
+from mlopsctl.serving.predlog import PredictionLog
+from mlopsctl.serving.runtime import ModelHolder, ServedModel
+from mlopsctl.store.db import open_store
+
+log = logging.getLogger("mlopsctl.serve")
+
+# endpoints that need the bearer token when one is configured (health and metadata stay open)
+PROTECTED = {"predict", "mlflow.invocations", "v2.model_infer", "metrics", "reload"}
+
+
+def create_app(settings: Settings, model_ref: str | None = None, *, workers: int = 1, device: str | None = None,
+               watch: bool = True) -> Flask:
+    """Load the model (verified ONNX, warmed-up session) and build the app. ``model_ref`` defaults to
+    ``registry.model_name`` at ``registry.alias``; an alias reference is followed (hot reload)."""
+    serve = settings.serve
+    ref = parse_ref(model_ref or settings.registry.model_name, settings.registry.alias)
+    store = open_store(settings.store_url, settings.store.busy_timeout_ms)
+    arts = ArtifactStore(settings.artifacts_dir)
+    metrics = Metrics()
+    threads = max(1, (os.cpu_count() or 1) // max(1, workers))
+
+    def on_swap(new: ServedModel, old: ServedModel | None) -> None:
+        if old is not None:
+            metrics.model_version.labels(old.name, old.provider).set(new.version)
+            metrics.reloads.labels(new.name).inc()
+        metrics.model_version.labels(new.name, new.provider).set(new.version)
+
+    holder = ModelHolder(store, arts, ref, device=device or serve.device, threads=threads,
+                         reload_interval=serve.reload_interval, on_swap=on_swap)
+    log.warning("serving %s version %s on %s (requested device: %s)", ref, holder.current.version,
+                holder.current.provider, device or serve.device)
+    predlog = None
+    if serve.log_predictions:
+        predlog = PredictionLog(store, serve.log_queue_size, on_drop=metrics.log_dropped.inc,
+                                on_write_error=metrics.log_write_errors.inc)
+    if watch:
+        holder.start()
+
+    app = Flask("mlopsctl.serving")
+    app.config.update(MAX_CONTENT_LENGTH=int(serve.max_body_mb * 1024 * 1024))
+    app.extensions["mlopsctl"] = ServerState(settings, holder, metrics, predlog, serve.token)
+    app.register_blueprint(v2.bp)
+    app.register_blueprint(mlflow.bp)
+    _register_routes(app)
+    _register_hooks(app)
+    return app
+
+
+def _register_hooks(app: Flask) -> None:
+    @app.before_request
+    def _start() -> Response | None:
+        g.t0 = time.perf_counter()
+        token = state().token
+        if token and request.endpoint in PROTECTED:
+            auth = request.headers.get("Authorization", "")
+            given = auth[7:] if auth[:7].lower() == "bearer " else ""
+            if not hmac.compare_digest(given.encode(), token.encode()):
+                raise Unauthorized("missing or wrong bearer token; send 'Authorization: Bearer <serve.token>'.")
+        return None
+
+    @app.after_request
+    def _finish(resp: Response) -> Response:
+        m = state().metrics
+        endpoint = request.endpoint or "unmatched"
+        m.requests.labels(endpoint, str(resp.status_code)).inc()
+        m.latency.labels(endpoint).observe(time.perf_counter() - g.get("t0", time.perf_counter()))
+        if "request_id" in g:
+            resp.headers["X-Request-ID"] = g.request_id
+        return resp
+
+    @app.errorhandler(MlopsError)
+    def _mlops_error(e: MlopsError) -> Response:
+        state().metrics.errors.labels(type(e).__name__).inc()
+        return error_response(e.http_status, e.message, type(e).__name__)
+
+    @app.errorhandler(HTTPException)
+    def _http_error(e: HTTPException) -> Response:
+        status = e.code or 500
+        kind = type(e).__name__
+        state().metrics.errors.labels(kind).inc()
+        if status == 413:
+            msg = f"the request body is larger than {state().settings.serve.max_body_mb:g} MiB (serve.max_body_mb)."
+        elif status == 404:
+            msg = f"no endpoint {request.path}; see /openapi.json."
+        elif status == 405:
+            msg = f"{request.method} is not allowed on {request.path}; allowed: {', '.join(sorted(e.valid_methods or []))}."
+        else:
+            msg = e.description or e.name
+        return error_response(status, msg, kind)
+
+    @app.errorhandler(Exception)
+    def _unexpected(e: Exception) -> Response:
+        log.exception("unexpected error on %s", request.path)
+        state().metrics.errors.labels("internal").inc()
+        return error_response(500, "internal server error; see the server log.", "InternalError")
+
+
+def _register_routes(app: Flask) -> None:
+    @app.post("/predict")
+    def predict() -> Response:
+        """Plain records in; predictions, probabilities, model and version, request id out."""
+        body = parse_json(request.get_data(cache=False))
+        if not isinstance(body, dict) or "records" not in body:
+            raise InvalidInputError('send {"records": [{"column": value, ...}, ...]}.')
+        names = state().model.contract.feature_names
+        columns, n = records_to_columns(body["records"], names)
+        result = infer(columns, n, "predict")
+        return json_response(_predict_body(result))
+
+    @app.get("/metrics")
+    def metrics() -> Response:
+        st = state()
+        if st.predlog is not None:
+            st.metrics.queue_depth.set(st.predlog.depth())
+        data, ctype = st.metrics.render()
+        return Response(data, mimetype=ctype.split(";")[0], headers={"Content-Type": ctype})
+
+    @app.get("/openapi.json")
+    def openapi() -> Response:
+        return json_response(spec(state().model))
+
+    @app.post("/admin/reload")
+    def reload() -> Response:
+        """Check the alias now instead of waiting for the next poll."""
+        st = state()
+        swapped = st.holder.check_now()
+        return json_response({"model": st.model.name, "version": st.model.version, "reloaded": swapped,
+                              "error": st.holder.last_error})
+
+
+def _predict_body(result: Any) -> dict[str, Any]:
+    served = result.served
+    out = result.outputs
+    body: dict[str, Any] = {"request_id": request_id(), "model": served.name, "version": served.version}
+    if "label" in out:
+        body["predictions"] = np.asarray(out["label"]).ravel().tolist()
+        classes = [str(c) for c in served.contract.classes or ()]
+        proba = np.asarray(out["probabilities"], dtype=np.float64)
+        body["probabilities"] = [dict(zip(classes, row)) for row in proba.round(6).tolist()]
+    else:
+        body["predictions"] = np.asarray(out["prediction"], dtype=np.float64).ravel().tolist()
+    if result.warnings:
+        body["warnings"] = result.warnings[:20]
+    return body

@@ -1,0 +1,169 @@
+"""Shared request machinery: the server state, JSON helpers, protocol-shaped errors, and ``infer``."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import orjson
+from flask import Response, current_app, g, request
+
+from mlopsctl.config import Settings
+from mlopsctl.errors import InvalidInputError, MlopsError
+from mlopsctl.serving.metrics import Metrics
+from mlopsctl.serving.predlog import PredictionLog
+from mlopsctl.serving.runtime import ModelHolder, ServedModel
+
+
+class Unauthorized(MlopsError):
+    exit_code = 2
+    http_status = 401
+
+
+class NotReady(MlopsError):
+    exit_code = 7
+    http_status = 503
+
+
+class UnsupportedMediaType(InvalidInputError):
+    http_status = 415
+
+
+class PayloadTooLarge(InvalidInputError):
+    http_status = 413
+
+
+@dataclass
+class ServerState:
+    settings: Settings
+    holder: ModelHolder
+    metrics: Metrics
+    predlog: PredictionLog | None
+    token: str
+
+    @property
+    def model(self) -> ServedModel:
+        return self.holder.current
+
+
+def state() -> ServerState:
+    return current_app.extensions["mlopsctl"]
+
+
+# ---- JSON ---------------------------------------------------------------------------------------------
+
+def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    data = orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS)
+    resp = Response(data, status=status, mimetype="application/json")
+    if headers:
+        resp.headers.update(headers)
+    return resp
+
+
+def parse_json(raw: bytes) -> Any:
+    """The request body as JSON whatever the Content-Type (tritonclient sends none)."""
+    if not raw:
+        raise InvalidInputError("the request body is empty; send a JSON object.")
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as e:
+        raise InvalidInputError(f"the request body is not valid JSON ({e}).") from None
+
+
+def request_id() -> str:
+    rid = getattr(g, "request_id", None)
+    if rid is None:
+        rid = request.headers.get("X-Request-ID") or uuid.uuid4().hex
+        g.request_id = rid[:100]
+    return g.request_id
+
+
+# ---- protocol-shaped errors ---------------------------------------------------------------------------
+
+def protocol_for(path: str) -> str:
+    if path.startswith("/v2"):
+        return "v2"
+    if path in ("/invocations", "/ping", "/health", "/version"):
+        return "mlflow"
+    return "mlops"
+
+
+MLFLOW_CODES = {400: "BAD_REQUEST", 401: "UNAUTHENTICATED", 404: "RESOURCE_DOES_NOT_EXIST", 405: "BAD_REQUEST",
+                413: "BAD_REQUEST", 415: "BAD_REQUEST", 503: "TEMPORARILY_UNAVAILABLE"}
+
+
+def error_response(status: int, message: str, kind: str) -> Response:
+    proto = protocol_for(request.path)
+    if proto == "v2":
+        body: dict[str, Any] = {"error": message}
+    elif proto == "mlflow":
+        body = {"error_code": MLFLOW_CODES.get(status, "INTERNAL_ERROR"), "message": message}
+    else:
+        body = {"error": kind, "message": message, "request_id": request_id()}
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return json_response(body, status, headers)
+
+
+# ---- inference ----------------------------------------------------------------------------------------
+
+@dataclass
+class Inference:
+    served: ServedModel
+    outputs: dict[str, np.ndarray]
+    n_rows: int
+    warnings: list[str]
+
+
+def infer(columns: dict[str, Any], n_rows: int, endpoint: str) -> Inference:
+    """Check ``columns`` against the served version's contract, score them, log the prediction."""
+    st = state()
+    served = st.model  # one snapshot for the whole request, even if the alias moves meanwhile
+    serve = st.settings.serve
+    if n_rows == 0:
+        raise InvalidInputError("the request holds no rows; send at least one.")
+    if n_rows > serve.max_batch_rows:
+        raise PayloadTooLarge(f"the request holds {n_rows} rows; the limit is {serve.max_batch_rows} (serve.max_batch_rows).")
+    t0 = time.perf_counter()
+    checked = served.contract.check(
+        columns, unknown_category=serve.unknown_category, extra_columns=serve.extra_columns,
+        unseen_nulls=serve.unseen_nulls, out_of_range=serve.out_of_range, range_tolerance=serve.range_tolerance,
+        max_errors=5,
+    )
+    if checked.errors:
+        e = checked.errors[0]
+        more = f" (and {checked.n_bad - 1} more row(s))" if checked.n_bad > 1 else ""
+        raise InvalidInputError(f"{e.message} at row {e.row}{more}.")
+    warnings = [f"{w.message} at row {w.row}" for w in checked.warnings]
+    for w in checked.warnings:
+        st.metrics.warnings.labels(w.column).inc()
+    outputs = served.scorer.run(checked.normalized)
+    st.metrics.rows.labels(served.name, str(served.version)).inc(n_rows)
+    if st.predlog is not None:
+        st.predlog.submit(request_id(), served.name, served.version, endpoint, (time.perf_counter() - t0) * 1000,
+                          checked.normalized, outputs, n_rows)
+    return Inference(served, outputs, n_rows, warnings)
+
+
+def records_to_columns(records: Any, names: list[str], what: str = "records") -> tuple[dict[str, list], int]:
+    """``[{"a": 1, "b": "x"}, ...]`` -> ``{"a": [1], "b": ["x"]}``; extra keys are kept (the contract
+    decides whether they are allowed)."""
+    if not isinstance(records, list):
+        raise InvalidInputError(f"{what} must be a list of objects, got {type(records).__name__}.")
+    for i, r in enumerate(records):
+        if not isinstance(r, dict):
+            raise InvalidInputError(f"{what}[{i}] must be an object mapping column names to values, got {type(r).__name__}.")
+    keys = list(records[0]) if records else []
+    try:
+        columns = {k: [r[k] for r in records] for k in dict.fromkeys([*names, *keys])}
+    except KeyError as e:
+        col = e.args[0]
+        row = next(i for i, r in enumerate(records) if col not in r)
+        raise InvalidInputError(f"missing column {col!r} in {what}[{row}]; the model needs {', '.join(names)}.") from None
+    if any(len(r) != len(keys) for r in records):
+        extra = sorted({k for r in records for k in r} - set(columns))
+        for k in extra:
+            columns[k] = [r.get(k) for r in records]
+    return columns, len(records)

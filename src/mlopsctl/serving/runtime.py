@@ -1,0 +1,148 @@
+"""Model sessions and hot reload.
+
+A :class:`ServedModel` is an immutable snapshot (one ONNX Runtime session per version, warmed up before it
+is exposed). :class:`ModelHolder` keeps the current one and, when it follows an alias, polls the store and
+swaps in a new snapshot atomically (a single reference assignment): requests in flight keep the snapshot
+they started with and finish on it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from mlopsctl.artifacts import ArtifactStore
+from mlopsctl.contract import Contract
+from mlopsctl.registry import ModelRef, current_version, load_model
+from mlopsctl.scoring import Scorer, providers_for
+
+log = logging.getLogger("mlopsctl.serve")
+
+ORT_TO_V2 = {
+    "tensor(float)": "FP32", "tensor(double)": "FP64", "tensor(int64)": "INT64", "tensor(int32)": "INT32",
+    "tensor(bool)": "BOOL", "tensor(string)": "BYTES", "tensor(float16)": "FP16", "tensor(int8)": "INT8",
+    "tensor(uint8)": "UINT8",
+}
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    name: str
+    version: int
+    onnx_sha256: str
+    contract: Contract
+    scorer: Scorer
+    provider: str
+    loaded_at: float
+    inputs: list[dict[str, Any]] = field(default_factory=list)  # V2 metadata, from the real ONNX graph
+    outputs: list[dict[str, Any]] = field(default_factory=list)
+    column_by_input: dict[str, str] = field(default_factory=dict)
+
+    def metadata(self) -> dict[str, Any]:
+        return {"name": self.name, "versions": [str(self.version)], "platform": "onnxruntime_onnx",
+                "inputs": self.inputs, "outputs": self.outputs,
+                "parameters": {"execution_provider": self.provider, "onnx_sha256": self.onnx_sha256,
+                               "task": self.contract.task}}
+
+
+def _tensor_meta(nodes: Any) -> list[dict[str, Any]]:
+    out = []
+    for n in nodes:
+        shape = [d if isinstance(d, int) else -1 for d in (n.shape or [])]
+        out.append({"name": n.name, "datatype": ORT_TO_V2.get(n.type, n.type), "shape": shape})
+    return out
+
+
+def build(store: Any, arts: ArtifactStore, ref: ModelRef, device: str, threads: int) -> ServedModel:
+    """Load (sha256-verified), create the session and warm it up before anyone can use it."""
+    loaded = load_model(store, arts, ref)
+    scorer = Scorer(loaded.onnx, loaded.contract, providers_for(device), threads)
+    served = ServedModel(
+        name=loaded.name, version=loaded.version, onnx_sha256=loaded.onnx_sha256, contract=loaded.contract,
+        scorer=scorer, provider=scorer.provider, loaded_at=time.time(),
+        inputs=_tensor_meta(scorer.session.get_inputs()), outputs=_tensor_meta(scorer.session.get_outputs()),
+        column_by_input={c.input_name: c.name for c in loaded.contract.columns},
+    )
+    warm_up(served)
+    return served
+
+
+def warm_up(served: ServedModel) -> None:
+    """Score a few reference rows (or one all-null row) so the first real request pays no lazy init."""
+    ref = served.contract.reference or {}
+    rows = (ref.get("rows") or [])[:8]
+    cols = ref.get("columns") or served.contract.feature_names
+    if rows:
+        data = {c: [r[i] for r in rows] for i, c in enumerate(cols)}
+    else:
+        data = {c.name: [None] for c in served.contract.columns}
+    data = {c: data.get(c, [None] * max(1, len(rows))) for c in served.contract.feature_names}
+    served.scorer.run(served.contract.normalize(data))
+    single = {c: v[:1] for c, v in data.items()}
+    served.scorer.run(served.contract.normalize(single))
+
+
+class ModelHolder:
+    """The current ServedModel; follows ``name@alias`` when asked to."""
+
+    def __init__(self, store: Any, arts: ArtifactStore, ref: ModelRef, *, device: str = "cpu", threads: int = 1,
+                 reload_interval: float = 1.0, on_swap: Callable[[ServedModel, ServedModel | None], None] | None = None):
+        self.store, self.arts, self.ref = store, arts, ref
+        self.device, self.threads, self.reload_interval = device, threads, reload_interval
+        self.on_swap = on_swap
+        self.current: ServedModel = build(store, arts, ref, device, threads)
+        self.reloads = 0
+        self.last_error: str | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        if on_swap:
+            on_swap(self.current, None)
+
+    @property
+    def follows_alias(self) -> bool:
+        return self.ref.version is None
+
+    def check_now(self) -> bool:
+        """Reload if the alias moved; returns whether a swap happened. Errors keep the old model serving."""
+        if not self.follows_alias:
+            return False
+        with self._lock:
+            try:
+                version = current_version(self.store, self.ref)
+                if version == self.current.version:
+                    return False
+                new = build(self.store, self.arts, ModelRef(self.ref.name, version=version), self.device, self.threads)
+            except Exception as e:  # keep serving the old version; say why
+                self.last_error = f"{type(e).__name__}: {e}"
+                log.error("hot reload of %s failed, still serving version %s: %s", self.ref, self.current.version, e)
+                return False
+            old = self.current
+            self.current = new  # atomic swap: in-flight requests hold `old`
+            self.reloads += 1
+            self.last_error = None
+            log.warning("hot reload: %s now serves version %s (was %s) on %s", self.ref, new.version, old.version,
+                        new.provider)
+            if self.on_swap:
+                self.on_swap(new, old)
+            return True
+
+    def start(self) -> None:
+        if not self.follows_alias or self._thread is not None:
+            return
+        self._thread = threading.Thread(target=self._run, name="mlopsctl-reload", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.reload_interval):
+            self.check_now()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+

@@ -1,0 +1,109 @@
+"""Run the app: gunicorn (the default) or Flask's development server (``--dev``)."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import shutil
+import socket
+import tempfile
+from typing import Any, Callable
+
+from mlopsctl.config import Settings
+from mlopsctl.errors import ConfigError, InvalidInputError
+
+log = logging.getLogger("mlopsctl.serve")
+
+WORKER_CLASS = "gthread"  # measured best in benchmarks/serve_bench.py (keep-alive, threads per worker)
+THREADS_PER_WORKER = 4
+
+
+def check_port(host: str, port: int) -> None:
+    """Fail with a clear message before starting workers if the address is taken."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                raise InvalidInputError(f"{host}:{port} is already in use; stop the other server or pass --port.") from None
+            raise InvalidInputError(f"cannot listen on {host}:{port}: {e.strerror}.") from None
+
+
+def preflight(settings: Settings, model_ref: str | None, device: str) -> str:
+    """Everything that can be wrong before forking: the reference resolves, the ONNX file verifies, the
+    device exists. Returns the resolved reference text."""
+    from mlopsctl.artifacts import ArtifactStore
+    from mlopsctl.registry import load_model, parse_ref
+    from mlopsctl.scoring import providers_for
+    from mlopsctl.store.db import open_store
+
+    providers_for(device)  # raises ConfigError for an unavailable CUDA
+    ref = parse_ref(model_ref or settings.registry.model_name, settings.registry.alias)
+    store = open_store(settings.store_url, settings.store.busy_timeout_ms)
+    load_model(store, ArtifactStore(settings.artifacts_dir), ref)  # unknown model/alias, corrupt blob
+    store.dispose()  # workers open their own connections after the fork
+    from mlopsctl.store.db import close_all
+
+    close_all()
+    return str(ref)
+
+
+def run(settings: Settings, model_ref: str | None, *, host: str, port: int, workers: int, device: str,
+        dev: bool = False, on_ready: Callable[[str], None] | None = None) -> None:
+    if device not in ("cpu", "cuda", "auto"):
+        raise ConfigError(f"--device must be cpu, cuda or auto, got {device!r}.")
+    ref = preflight(settings, model_ref, device)
+    check_port(host, port)
+    if dev:
+        from mlopsctl.serving.app import create_app
+
+        app = create_app(settings, ref, workers=1, device=device)
+        if on_ready:
+            on_ready(f"http://{host}:{port} (Flask development server)")
+        app.run(host=host, port=port, threaded=True, use_reloader=False)
+        return
+    _run_gunicorn(settings, ref, host=host, port=port, workers=workers, device=device, on_ready=on_ready)
+
+
+def _run_gunicorn(settings: Settings, ref: str, *, host: str, port: int, workers: int, device: str,
+                  on_ready: Callable[[str], None] | None) -> None:
+    from gunicorn.app.base import BaseApplication
+
+    import mlopsctl.serving.app  # noqa: F401 - import once in the master; workers inherit the modules
+
+    metrics_dir = tempfile.mkdtemp(prefix="mlopsctl-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+
+    def child_exit(_server: Any, worker: Any) -> None:
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid)
+
+    def when_ready(_server: Any) -> None:
+        if on_ready:
+            on_ready(f"http://{host}:{port} ({workers} gunicorn {WORKER_CLASS} worker(s))")
+
+    options = {
+        "bind": f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
+        "workers": workers, "worker_class": WORKER_CLASS, "threads": THREADS_PER_WORKER,
+        "timeout": 60, "graceful_timeout": 10, "keepalive": 5, "loglevel": "warning",
+        "accesslog": None, "child_exit": child_exit, "when_ready": when_ready, "proc_name": "mlopsctl-serve",
+    }
+
+    class App(BaseApplication):
+        def load_config(self) -> None:
+            for k, v in options.items():
+                self.cfg.set(k, v)
+
+        def load(self):
+            from mlopsctl.serving.app import create_app
+
+            return create_app(settings, ref, workers=workers, device=device)
+
+    try:
+        App().run()
+    finally:
+        shutil.rmtree(metrics_dir, ignore_errors=True)

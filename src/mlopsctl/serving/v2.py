@@ -1,0 +1,219 @@
+"""Open Inference Protocol V2 (KServe / Triton), JSON tensors and the binary tensor data extension.
+
+Facts and pitfalls: ../shared/PROTOCOLS.md. tritonclient sends no Content-Type and binary tensors by
+default; errors are ``{"error": str}`` with a 4xx, never an HTML page.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+import numpy as np
+import orjson
+from flask import Blueprint, Response, request
+
+from mlopsctl._version import __version__
+from mlopsctl.errors import InvalidInputError, NotFoundError
+from mlopsctl.serving.core import infer, json_response, parse_json, request_id, state
+
+bp = Blueprint("v2", __name__, url_prefix="/v2")
+
+NUMERIC = {"BOOL": "<?", "UINT8": "<u1", "UINT16": "<u2", "UINT32": "<u4", "UINT64": "<u8", "INT8": "<i1",
+           "INT16": "<i2", "INT32": "<i4", "INT64": "<i8", "FP16": "<f2", "FP32": "<f4", "FP64": "<f8"}
+DATATYPES = (*NUMERIC, "BYTES")
+HEADER = "Inference-Header-Content-Length"
+
+
+@bp.get("")
+def server_metadata() -> Response:
+    return json_response({"name": "mlopsctl", "version": __version__, "extensions": ["binary_tensor_data"]})
+
+
+@bp.get("/health/live")
+def live() -> Response:
+    return json_response({"live": True})
+
+
+@bp.get("/health/ready")
+def ready() -> Response:
+    state().model  # noqa: B018 - raises if nothing is loaded
+    return json_response({"ready": True})
+
+
+def _served(name: str, version: str | None):
+    served = state().model
+    if name != served.name:
+        raise NotFoundError(f"model {name!r} is not served here; this server serves {served.name!r}.")
+    if version is not None and version != str(served.version):
+        raise NotFoundError(f"{name} version {version} is not loaded; this server serves version {served.version}.")
+    return served
+
+
+@bp.get("/models/<name>")
+@bp.get("/models/<name>/versions/<version>")
+def model_metadata(name: str, version: str | None = None) -> Response:
+    return json_response(_served(name, version).metadata())
+
+
+@bp.get("/models/<name>/ready")
+@bp.get("/models/<name>/versions/<version>/ready")
+def model_ready(name: str, version: str | None = None) -> Response:
+    served = _served(name, version)
+    return json_response({"name": served.name, "ready": True})
+
+
+# ---- infer --------------------------------------------------------------------------------------------
+
+def _split_body() -> tuple[dict[str, Any], bytes]:
+    raw = request.get_data(cache=False)
+    header_len = request.headers.get(HEADER)
+    if header_len is None:
+        body = parse_json(raw)
+        blobs = b""
+    else:
+        try:
+            n = int(header_len)
+        except ValueError:
+            raise InvalidInputError(f"{HEADER} must be an integer, got {header_len!r}.") from None
+        if not 0 < n <= len(raw):
+            raise InvalidInputError(f"{HEADER} is {n} but the body has {len(raw)} bytes.")
+        body = parse_json(raw[:n])
+        blobs = raw[n:]
+    if not isinstance(body, dict):
+        raise InvalidInputError("the inference request must be a JSON object with an 'inputs' list.")
+    return body, blobs
+
+
+def _decode_bytes(blob: bytes, count: int, name: str) -> np.ndarray:
+    out, pos = [], 0
+    for _ in range(count):
+        if pos + 4 > len(blob):
+            raise InvalidInputError(f"input {name!r}: binary BYTES data ends early.")
+        (size,) = struct.unpack_from("<I", blob, pos)
+        pos += 4
+        if pos + size > len(blob):
+            raise InvalidInputError(f"input {name!r}: binary BYTES data ends early.")
+        try:
+            out.append(blob[pos:pos + size].decode("utf-8"))
+        except UnicodeDecodeError:
+            raise InvalidInputError(f"input {name!r}: BYTES element is not UTF-8 text.") from None
+        pos += size
+    if pos != len(blob):
+        raise InvalidInputError(f"input {name!r}: binary_data_size does not match {count} BYTES elements.")
+    return np.array(out, dtype=object)
+
+
+def _input_values(inp: Any, i: int, blobs: bytes, offset: int) -> tuple[str, np.ndarray, int]:
+    if not isinstance(inp, dict):
+        raise InvalidInputError(f"inputs[{i}] must be an object with name, shape, datatype and data.")
+    name, shape, datatype = inp.get("name"), inp.get("shape"), inp.get("datatype")
+    if not isinstance(name, str):
+        raise InvalidInputError(f"inputs[{i}] has no 'name'.")
+    if datatype not in DATATYPES:
+        raise InvalidInputError(f"input {name!r} has datatype {datatype!r}; use one of {', '.join(DATATYPES)} (case-sensitive).")
+    if not isinstance(shape, list) or not shape or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+        raise InvalidInputError(f"input {name!r} needs a 'shape' list of non-negative integers, got {shape!r}.")
+    count = int(np.prod(shape))
+    params = inp.get("parameters") or {}
+    size = params.get("binary_data_size") if isinstance(params, dict) else None
+    if size is not None:
+        if not isinstance(size, int) or size < 0 or offset + size > len(blobs):
+            raise InvalidInputError(f"input {name!r}: binary_data_size {size!r} does not fit the {len(blobs)} bytes sent.")
+        blob = blobs[offset:offset + size]
+        offset += size
+        if datatype == "BYTES":
+            values = _decode_bytes(blob, count, name)
+        else:
+            dt = np.dtype(NUMERIC[datatype])
+            if size != count * dt.itemsize:
+                raise InvalidInputError(f"input {name!r}: {size} bytes is not {count} x {datatype}.")
+            values = np.frombuffer(blob, dtype=dt)
+    else:
+        if "data" not in inp:
+            raise InvalidInputError(f"input {name!r} has no 'data' (and no binary_data_size).")
+        try:
+            values = np.asarray(inp["data"], dtype=object if datatype == "BYTES" else None).ravel()
+        except ValueError:
+            raise InvalidInputError(f"input {name!r}: 'data' is ragged; send a flat list or a nested list matching shape.") from None
+        if values.size != count:
+            raise InvalidInputError(f"input {name!r}: shape {shape} needs {count} values, got {values.size}.")
+        if datatype != "BYTES" and values.dtype.kind not in "biuf":
+            raise InvalidInputError(f"input {name!r}: {datatype} data must be numbers.")
+    if len(shape) > 2 or (len(shape) == 2 and shape[1] != 1):
+        raise InvalidInputError(f"input {name!r} must have shape [N, 1] or [N] (one column), got {shape}.")
+    return name, values, offset
+
+
+@bp.post("/models/<name>/infer")
+@bp.post("/models/<name>/versions/<version>/infer")
+def model_infer(name: str, version: str | None = None) -> Response:
+    served = _served(name, version)
+    body, blobs = _split_body()
+    inputs = body.get("inputs")
+    if not isinstance(inputs, list) or not inputs:
+        raise InvalidInputError("the inference request needs a non-empty 'inputs' list.")
+    columns: dict[str, Any] = {}
+    offset, n_rows = 0, None
+    for i, inp in enumerate(inputs):
+        iname, values, offset = _input_values(inp, i, blobs, offset)
+        column = served.column_by_input.get(iname, iname)
+        if column in columns:
+            raise InvalidInputError(f"input {iname!r} is given twice.")
+        if n_rows is not None and len(values) != n_rows:
+            raise InvalidInputError(f"input {iname!r} has {len(values)} rows but the others have {n_rows}.")
+        n_rows = len(values)
+        columns[column] = values
+    result = infer(columns, n_rows or 0, "v2")
+    req_params = body.get("parameters") if isinstance(body.get("parameters"), dict) else {}
+    binary_all = bool(req_params.get("binary_data_output"))
+    wanted = body.get("outputs")
+    available = {o["name"]: o for o in result.served.outputs}
+    if wanted is None:
+        selected = [(name_, binary_all) for name_ in available]
+    else:
+        if not isinstance(wanted, list):
+            raise InvalidInputError("'outputs' must be a list of {\"name\": ...} objects.")
+        selected = []
+        for o in wanted:
+            oname = o.get("name") if isinstance(o, dict) else None
+            if oname not in available:
+                raise InvalidInputError(f"unknown output {oname!r}; the model has {', '.join(available)}.")
+            p = o.get("parameters") or {}
+            selected.append((oname, bool(p.get("binary_data", binary_all)) if isinstance(p, dict) else binary_all))
+    by_name = {result.served.contract.outputs[k]: v for k, v in result.outputs.items()}
+    out_json, blobs_out = [], []
+    for oname, binary in selected:
+        arr = np.asarray(by_name[oname])
+        datatype = available[oname]["datatype"]
+        entry: dict[str, Any] = {"name": oname, "datatype": datatype, "shape": list(arr.shape)}
+        if binary:
+            blob = _encode(arr, datatype)
+            entry["parameters"] = {"binary_data_size": len(blob)}
+            blobs_out.append(blob)
+        else:
+            entry["data"] = arr.ravel().tolist() if datatype != "BYTES" else [str(x) for x in arr.ravel()]
+        out_json.append(entry)
+    resp_body: dict[str, Any] = {"model_name": result.served.name, "model_version": str(result.served.version),
+                                 "id": str(body.get("id")) if body.get("id") is not None else request_id(),
+                                 "outputs": out_json}
+    if result.warnings:
+        resp_body["parameters"] = {"warnings": "; ".join(result.warnings[:20])}
+    if not blobs_out:
+        return json_response(resp_body)
+    header = orjson.dumps(resp_body, option=orjson.OPT_SERIALIZE_NUMPY)
+    resp = Response(header + b"".join(blobs_out), mimetype="application/octet-stream")
+    resp.headers[HEADER] = str(len(header))
+    return resp
+
+
+def _encode(arr: np.ndarray, datatype: str) -> bytes:
+    if datatype == "BYTES":
+        parts = []
+        for x in arr.ravel():
+            b = str(x).encode("utf-8")
+            parts.append(struct.pack("<I", len(b)) + b)
+        return b"".join(parts)
+    return np.ascontiguousarray(arr, dtype=np.dtype(NUMERIC[datatype])).tobytes()
+
+
