@@ -88,6 +88,12 @@ class WatchSettings:
     mode: str = _opt("append", "how a new file joins the training data", choices=("append", "replace"))
     debounce_seconds: float = _opt(2.0, "a file is read once its size and mtime are stable this long")
     auto_promote: bool = _opt(True, "promote a retrained model when it passes the gate")
+    quarantine: str = _opt("data/quarantine", "where rejected files go, each with <name>.reason.txt", path=True)
+    processed: str = _opt("data/processed", "where accepted (and duplicate) files are moved", path=True)
+    window_rows: int = _opt(0, "train on at most the last N rows after appending (0: all)")
+    min_rows: int = _opt(10, "fewest rows a new file must have")
+    max_null_increase: float = _opt(0.2, "how much a column's null rate may exceed the training data's")
+    every: str = _opt("", "also retrain on a schedule, e.g. 6h, 30m, 1d (empty: only on new files)")
 
 
 SECTIONS: dict[str, type] = {
@@ -277,6 +283,10 @@ def _check_ranges(s: Settings) -> None:
     for key in ("max_batch_rows", "log_queue_size"):
         if getattr(s.serve, key) < 1:
             raise ConfigError(f"serve.{key} must be at least 1, got {getattr(s.serve, key)}.")
+    if s.watch.window_rows < 0 or s.watch.min_rows < 1 or s.watch.debounce_seconds < 0:
+        raise ConfigError("watch.window_rows must be >= 0, watch.min_rows >= 1 and watch.debounce_seconds >= 0.")
+    if s.watch.every:
+        parse_duration(s.watch.every, "watch.every")
     for key in ("max_body_mb", "reload_interval", "range_tolerance"):
         if getattr(s.serve, key) <= 0:
             raise ConfigError(f"serve.{key} must be greater than 0, got {getattr(s.serve, key)}.")
@@ -286,3 +296,18 @@ def with_overrides(settings: Settings, **sections: dict[str, Any]) -> Settings:
     """A copy of ``settings`` with some keys replaced, e.g. ``with_overrides(s, train={"seed": 1})``."""
     changes = {name: replace(getattr(settings, name), **vals) for name, vals in sections.items()}
     return replace(settings, **changes)
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str, what: str = "duration") -> float:
+    """``"90s"``, ``"30m"``, ``"6h"``, ``"1d"`` (or a plain number of seconds) -> seconds."""
+    t = str(text).strip().lower()
+    try:
+        value = float(t[:-1]) * _UNITS[t[-1]] if t and t[-1] in _UNITS else float(t)
+    except ValueError:
+        value = -1
+    if value <= 0:
+        raise ConfigError(f"{what} {text!r} is not a duration; use e.g. 90s, 30m, 6h or 1d.")
+    return value

@@ -97,7 +97,7 @@ def dataset_name_for(settings: Settings, path: Path, name: str | None) -> str:
     return chosen
 
 
-def _record_dataset(settings: Settings, path: Path, df: Any, name: str | None) -> tuple[dict[str, Any], bool, int]:
+def record_dataset(settings: Settings, path: Path, df: Any, name: str | None) -> tuple[dict[str, Any], bool, int]:
     from mlopsctl import data, tracking
 
     arts = artifacts_for(settings)
@@ -116,7 +116,7 @@ def add_dataset(settings: Settings, path: Path, name: str | None = None) -> dict
 
     path = settings.resolve(path)
     df = data.read_table(path)
-    view, created, _ = _record_dataset(settings, path, df, name)
+    view, created, _ = record_dataset(settings, path, df, name)
     return {**view, "created": created}
 
 
@@ -242,7 +242,7 @@ def train_and_track(
         reference_rows=settings.train.reference_rows, source=str(path.name),
     )
     prepared = training.prepare(df, spec)
-    _, _, dv_id = _record_dataset(settings, path, df, None)
+    _, _, dv_id = record_dataset(settings, path, df, None)
     store = store_for(settings)
     with store.session() as s:
         run = tracking.create_run(
@@ -420,7 +420,6 @@ def _score(model: LoadedModel, frame: Any, target: str, metric: str) -> float:
     y = frame[target].to_numpy()
     if model.contract.task == "classification":
         proba = np.asarray(out["probabilities"], dtype=np.float64)
-        proba = proba / proba.sum(axis=1, keepdims=True)  # float32 rows sum to 1 only within ~1e-7
         classes = np.asarray(model.contract.classes, dtype=object)
         labels = classes[np.argmax(proba, axis=1)]
         y = y.astype(object) if classes.dtype == object else y
@@ -519,7 +518,7 @@ def promote(settings: Settings, name: str, version: int, *, alias: str | None = 
                                    model=name, version=version, payload=gate)
             else:
                 why = reason or ("forced past the gate: " + "; ".join(gate["reasons"]) if decision == "forced"
-                                 else _gate_summary(gate))
+                                 else gate_summary(gate))
                 registry.move_alias(s, model, alias, target, action="promote", reason=why, forced=decision == "forced",
                                     gate=gate)
                 registry.add_event(s, "promoted", f"{name}/{version} -> @{alias} ({decision}): {why}",
@@ -533,7 +532,7 @@ def promote(settings: Settings, name: str, version: int, *, alias: str | None = 
     raise ConflictError(f"{name}@{alias} kept moving while the gate ran; try again.")
 
 
-def _gate_summary(gate: dict[str, Any]) -> str:
+def gate_summary(gate: dict[str, Any]) -> str:
     c = gate["candidate"]
     if gate["holder"] is None:
         return f"first holder of @{gate['alias']}: {gate['metric']} {c['score']:.4f}"

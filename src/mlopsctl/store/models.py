@@ -229,3 +229,40 @@ class PredictionRecord(Base):
     inputs: Mapped[dict[str, Any]]
     outputs: Mapped[dict[str, Any]]
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+
+# ---- continuous training (m004_watch) -----------------------------------------------------------------
+
+class WatchJob(Base):
+    """One retraining triggered by new files (coalesced) or a schedule; each stage is recorded so that a
+    killed watcher resumes where it stopped instead of redoing or skipping work."""
+
+    __tablename__ = "watch_jobs"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    trigger: Mapped[str] = mapped_column(String(40))  # files | schedule | drift
+    status: Mapped[str] = mapped_column(String(20), index=True)  # pending | trained | registered | done | failed
+    dataset_version_id: Mapped[Optional[int]] = mapped_column(ForeignKey("dataset_versions.id", ondelete="SET NULL"))
+    run_id: Mapped[Optional[int]] = mapped_column(ForeignKey("runs.id", ondelete="SET NULL"))
+    model_version: Mapped[Optional[int]]
+    decision: Mapped[Optional[str]] = mapped_column(String(20))  # promoted | rejected | registered | failed
+    reason: Mapped[Optional[str]] = mapped_column(Text)
+    timings: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class WatchedFile(Base):
+    """Every file the watcher took, by content: the same bytes are never processed twice."""
+
+    __tablename__ = "watched_files"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    name: Mapped[str] = mapped_column(String(500))
+    path: Mapped[str] = mapped_column(Text)
+    size: Mapped[int]
+    rows: Mapped[Optional[int]]
+    status: Mapped[str] = mapped_column(String(20), index=True)  # accepted | rejected | processed
+    reason: Mapped[Optional[str]] = mapped_column(Text)
+    job_id: Mapped[Optional[int]] = mapped_column(ForeignKey("watch_jobs.id", ondelete="SET NULL"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)

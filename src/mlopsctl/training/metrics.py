@@ -27,6 +27,9 @@ def primary_metric(task: str, configured: str = "auto") -> str:
 def classification_metrics(y_true: Any, labels: Any, proba: np.ndarray, classes: Any) -> dict[str, float]:
     from sklearn.metrics import accuracy_score, f1_score, log_loss, roc_auc_score
 
+    # ONNX Runtime computes in float32: rows may sum to 1 +- 1e-7 and leave [0, 1] by as much
+    proba = np.clip(np.asarray(proba, dtype=np.float64), 0.0, 1.0)
+    proba = proba / np.maximum(proba.sum(axis=1, keepdims=True), 1e-12)
     out = {
         "accuracy": float(accuracy_score(y_true, labels)),
         "f1_macro": float(f1_score(y_true, labels, average="macro")),

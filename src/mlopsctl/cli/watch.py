@@ -1,0 +1,65 @@
+"""``mlopsctl watch``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from mlopsctl.cli._console import JsonFlag, err_console, print_json, settings_from
+from mlopsctl.cli._errors import reports_errors
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    @reports_errors
+    def watch(
+        ctx: typer.Context,
+        path: Annotated[Optional[Path], typer.Argument(help="Folder to watch (default: watch.path, data/incoming).")] = None,
+        once: Annotated[bool, typer.Option("--once", help="Process what is pending, then exit (cron, CI).")] = False,
+        every: Annotated[Optional[str], typer.Option(help="Also retrain on a schedule: 30m, 6h, 1d.")] = None,
+        mode: Annotated[Optional[str], typer.Option(help="append or replace the training data.")] = None,
+        json_: JsonFlag = False,
+    ) -> None:
+        """Continuous training: validate new CSV/Parquet files, retrain, gate and promote.
+
+        A file is taken once its size and mtime are stable for watch.debounce_seconds; each file's sha256 is
+        recorded so nothing is processed twice; rejected files go to data/quarantine/ with a reason.
+        A running `mlopsctl serve MODEL@alias` picks up each promotion by itself.
+
+        Examples:
+
+          mlopsctl watch
+
+          mlopsctl watch --once --json
+
+          mlopsctl watch data/incoming --every 6h
+        """
+        from mlopsctl.watch import Watcher, install_signal_handlers
+
+        settings = settings_from(ctx, **{"watch.path": str(path) if path else None, "watch.every": every,
+                                         "watch.mode": mode})
+        console = err_console()
+
+        def say(msg: str) -> None:
+            console.print(f"[dim]{_now()}[/] {msg}", highlight=False)
+
+        watcher = Watcher(settings, say=say)
+        install_signal_handlers(watcher)
+        if once:
+            outcomes = watcher.run_once()
+            if json_:
+                print_json([o.__dict__ for o in outcomes])
+            else:
+                say(f"done: {len(outcomes)} job(s)" + "".join(
+                    f"; job {o.job_id} {o.decision}" + (f" v{o.version}" if o.version else "") for o in outcomes))
+            return
+        watcher.run_forever()
+        say("stopped")
+
+
+def _now() -> str:
+    import time
+
+    return time.strftime("%H:%M:%S")
