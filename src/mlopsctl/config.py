@@ -211,6 +211,13 @@ def read_config_file(path: Path) -> dict[str, dict[str, Any]]:
     except OSError as e:
         raise ConfigError(f"cannot read {path}: {e.strerror}.") from None
     for section, body in data.items():
+        if section not in SECTIONS and not isinstance(body, dict):
+            owner = next((s for s, cls in SECTIONS.items() if section in {f.name for f in fields(cls)}), None)
+            where = f" (it belongs under [{owner}])" if owner else ""
+            raise ConfigError(
+                f"key {section!r} in {path.name} is outside any section{where}; put keys under a section "
+                f"header such as [{owner or 'train'}]."
+            )
         if section not in SECTIONS:
             raise ConfigError(
                 f"unknown section [{section}] in {path.name}; valid sections: {', '.join(SECTIONS)}."

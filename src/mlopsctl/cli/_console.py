@@ -46,6 +46,13 @@ def table(title: str | None, columns: Iterable[str], rows: Iterable[Iterable[Any
     return t
 
 
+def cli_path(path: Any) -> Any:
+    """A path typed on the command line is relative to the current folder, not the project's."""
+    from pathlib import Path
+
+    return None if path is None else Path(path).expanduser().resolve()
+
+
 def settings_from(ctx: typer.Context, **flags: Any):
     """Settings for this command: flags (``{"train.seed": 7}``, None = not given) over env, file, defaults."""
     from mlopsctl.config import load_settings

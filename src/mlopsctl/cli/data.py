@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from mlopsctl.cli._console import JsonFlag, console, print_json, settings_from, table
+from mlopsctl.cli._console import JsonFlag, cli_path, console, print_json, settings_from, table
 from mlopsctl.cli._errors import reports_errors
 
 app = typer.Typer(help="Register and inspect dataset versions.", no_args_is_help=True)
@@ -29,7 +29,7 @@ def add(
     """
     from mlopsctl import services
 
-    out = services.add_dataset(settings_from(ctx), path, name)
+    out = services.add_dataset(settings_from(ctx), cli_path(path), name)
     if json_:
         print_json(out)
         return

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from mlopsctl.cli._console import JsonFlag, err_console, print_json, settings_from
+from mlopsctl.cli._console import JsonFlag, cli_path, err_console, print_json, settings_from
 from mlopsctl.cli._errors import reports_errors
 from mlopsctl.errors import InvalidInputError
 
@@ -39,7 +39,8 @@ def register(app: typer.Typer) -> None:
         from mlopsctl import batch
 
         settings = settings_from(ctx)
-        if json_:
+        input, output = cli_path(input), cli_path(output)
+        if json_ or not err_console().is_terminal:
             summary = batch.predict_file(settings, model, input, output, chunk_rows=chunk_size,
                                          unknown_category=unknown_category)
         else:

@@ -8,7 +8,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from mlopsctl.cli._console import JsonFlag, console, err_console, fmt, print_json, settings_from, table
+from mlopsctl.cli._console import JsonFlag, cli_path, console, err_console, fmt, print_json, settings_from, table
 from mlopsctl.cli._errors import reports_errors
 from mlopsctl.errors import InvalidInputError
 
@@ -69,8 +69,12 @@ def register(app: typer.Typer) -> None:
             "data.target": target, "data.task": task, "train.model": model, "train.experiment": experiment,
             "train.seed": seed, "train.test_size": test_size,
         })
+        if model is not None and model != settings_from(ctx).train.model:
+            # train.params in the config belong to the configured estimator, not to this one
+            settings = with_overrides(settings, train={"params": {}})
         if param:
             settings = with_overrides(settings, train={"params": {**settings.train.params, **parse_params(param)}})
+        data = cli_path(data)
         if json_:
             result = services.train_and_track(settings, data_path=data, run_name=run_name)
             print_json(result)
@@ -82,8 +86,11 @@ def register(app: typer.Typer) -> None:
 def _train_with_progress(services, settings, data, run_name):
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
+    console = err_console()
+    if not console.is_terminal:  # no spinner (and no stray newline) when stderr is a file or a pipe
+        return services.train_and_track(settings, data_path=data, run_name=run_name)
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
-                  console=err_console(), transient=True) as progress:
+                  console=console, transient=True) as progress:
         task_id = progress.add_task("Starting", total=None)
 
         def on_stage(stage: str) -> None:

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from mlopsctl.cli._console import JsonFlag, err_console, print_json, settings_from
+from mlopsctl.cli._console import JsonFlag, cli_path, err_console, print_json, settings_from
 from mlopsctl.cli._errors import reports_errors
 
 
@@ -38,7 +38,7 @@ def register(app: typer.Typer) -> None:
         """
         from mlopsctl.watch import Watcher, install_signal_handlers
 
-        settings = settings_from(ctx, **{"watch.path": str(path) if path else None, "watch.every": every,
+        settings = settings_from(ctx, **{"watch.path": str(cli_path(path)) if path else None, "watch.every": every,
                                          "watch.mode": mode})
         console = err_console()
 

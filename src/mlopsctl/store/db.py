@@ -77,7 +77,10 @@ def make_engine(url: str, busy_timeout_ms: int = 30000) -> Engine:
 
     path = _sqlite_path(url)
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise StoreError(f"cannot open the store at {url}: cannot create {path.parent} ({e.strerror}).") from None
     engine = create_engine(u, connect_args={"timeout": busy_timeout_ms / 1000, "check_same_thread": False})
 
     @event.listens_for(engine, "connect")

@@ -64,10 +64,20 @@ def resolve_class(path: str) -> type:
 
 
 def class_path(cls: type) -> str:
-    module = cls.__module__
-    # sklearn's private module paths (sklearn.ensemble._forest) shown as the public ones
+    """The public import path: ``sklearn.ensemble.StackingClassifier``, not ``sklearn.ensemble._stacking...``."""
     public = _SHORT_NAMES.get(cls.__name__)
-    return public if public else f"{module}.{cls.__name__}"
+    if public:
+        return public
+    parts = cls.__module__.split(".")
+    while len(parts) > 1 and parts[-1].startswith("_"):
+        parts.pop()
+    module = ".".join(parts)
+    try:
+        if getattr(importlib.import_module(module), cls.__name__, None) is cls:
+            return f"{module}.{cls.__name__}"
+    except ImportError:
+        pass
+    return f"{cls.__module__}.{cls.__name__}"
 
 
 def make_estimator(path: str, params: dict[str, Any], task: str, seed: int) -> Any:
@@ -124,6 +134,10 @@ def check_convertible(cls: type, task: str | None = None) -> None:
         )
 
 
+SCALE_INVARIANT_MODULES = ("sklearn.tree.", "sklearn.ensemble._forest", "sklearn.ensemble._gb",
+                           "sklearn.ensemble._hist_gradient_boosting.")
+
+
 def build_pipeline(contract: Contract, estimator: Any):
     """Preprocessing from the column kinds (impute + scale numeric/boolean, impute + one-hot categorical)."""
     from sklearn.compose import ColumnTransformer
@@ -135,10 +149,12 @@ def build_pipeline(contract: Contract, estimator: Any):
     categorical = [c.name for c in contract.columns if c.kind == "categorical"]
     transformers = []
     if numeric:
-        transformers.append(
-            ("numeric", Pipeline([("impute", SimpleImputer(strategy="median", keep_empty_features=True)),
-                                  ("scale", StandardScaler())]), numeric)
-        )
+        steps = [("impute", SimpleImputer(strategy="median", keep_empty_features=True))]
+        # Trees are scale-invariant; scaling in float64 (sklearn) vs float32 (ONNX) moves rows across
+        # split thresholds and breaks parity, so tree models get the raw (imputed) values.
+        if not type(estimator).__module__.startswith(SCALE_INVARIANT_MODULES):
+            steps.append(("scale", StandardScaler()))
+        transformers.append(("numeric", Pipeline(steps), numeric))
     if categorical:
         transformers.append(
             ("categorical", Pipeline([
