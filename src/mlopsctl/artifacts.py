@@ -24,6 +24,13 @@ class CorruptArtifactError(MlopsError):
     http_status = 500
 
 
+def readable_by_all(path: Path) -> None:
+    """mkstemp creates files 0600; give a finished output the permissions a plain open() would."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
 def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:

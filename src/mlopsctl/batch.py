@@ -20,6 +20,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
+from mlopsctl.artifacts import readable_by_all
 from mlopsctl.config import Settings
 from mlopsctl.contract import Contract, RowError
 from mlopsctl.errors import InvalidInputError, NotFoundError
@@ -183,6 +184,7 @@ class _Writer:
         if self._w is None:
             self.write(empty_schema.empty_table())
         self._w.close()
+        readable_by_all(self.tmp)
         os.replace(self.tmp, self.output)
 
     def abort(self) -> None:

@@ -96,6 +96,17 @@ class WatchSettings:
     every: str = _opt("", "also retrain on a schedule, e.g. 6h, 30m, 1d (empty: only on new files)")
 
 
+@dataclass(frozen=True)
+class MonitorSettings:
+    drift_share: float = _opt(0.5, "the data set has drifted when at least this share of columns drift")
+    window: str = _opt("24h", "default window of logged predictions for drift (e.g. 24h, 7d)")
+    stattest: dict = _opt({}, "per-column method: ks, chisquare, ztest, wasserstein, jensenshannon or psi")
+    threshold: dict = _opt({}, "per-column threshold for that method (p-value, distance or PSI)")
+    check_every: str = _opt("10m", "how often `watch --on-drift` checks drift")
+    min_rows: int = _opt(100, "fewest logged rows for a drift check")
+    min_labels: int = _opt(50, "fewest labelled predictions for a drift-triggered retrain")
+
+
 SECTIONS: dict[str, type] = {
     "store": StoreSettings,
     "data": DataSettings,
@@ -103,6 +114,7 @@ SECTIONS: dict[str, type] = {
     "registry": RegistrySettings,
     "serve": ServeSettings,
     "watch": WatchSettings,
+    "monitor": MonitorSettings,
 }
 
 
@@ -116,6 +128,7 @@ class Settings:
     registry: RegistrySettings = field(default_factory=RegistrySettings)
     serve: ServeSettings = field(default_factory=ServeSettings)
     watch: WatchSettings = field(default_factory=WatchSettings)
+    monitor: MonitorSettings = field(default_factory=MonitorSettings)
 
     def resolve(self, value: str | os.PathLike) -> Path:
         """A path from the config or a flag, made absolute against the project directory."""
@@ -294,6 +307,17 @@ def _check_ranges(s: Settings) -> None:
         raise ConfigError("watch.window_rows must be >= 0, watch.min_rows >= 1 and watch.debounce_seconds >= 0.")
     if s.watch.every:
         parse_duration(s.watch.every, "watch.every")
+    parse_duration(s.monitor.window, "monitor.window")
+    parse_duration(s.monitor.check_every, "monitor.check_every")
+    if not 0 < s.monitor.drift_share <= 1:
+        raise ConfigError(f"monitor.drift_share must be in (0, 1], got {s.monitor.drift_share}.")
+    methods = ("ks", "chisquare", "ztest", "wasserstein", "jensenshannon", "psi")
+    for col, method in s.monitor.stattest.items():
+        if method not in methods:
+            raise ConfigError(f"monitor.stattest.{col} must be one of {', '.join(methods)}; got {method!r}.")
+    for col, value in s.monitor.threshold.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            raise ConfigError(f"monitor.threshold.{col} must be a non-negative number, got {value!r}.")
     for key in ("max_body_mb", "reload_interval", "range_tolerance"):
         if getattr(s.serve, key) <= 0:
             raise ConfigError(f"serve.{key} must be greater than 0, got {getattr(s.serve, key)}.")

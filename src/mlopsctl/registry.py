@@ -227,3 +227,17 @@ def list_models(s: Session) -> list[RegisteredModel]:
     return list(s.scalars(select(RegisteredModel).options(
         selectinload(RegisteredModel.versions), selectinload(RegisteredModel.aliases).selectinload(Alias.version)
     ).order_by(RegisteredModel.name)))
+
+
+def latest_monitor_results(store: Any, model: str) -> dict[str, Any]:
+    """The newest drift share and live metric recorded for ``model`` (for the server's /metrics gauges)."""
+    from mlopsctl.store.models import MonitorResult
+
+    out: dict[str, Any] = {}
+    with store.read() as s:
+        for kind in ("drift", "live_metric"):
+            r = s.scalar(select(MonitorResult).where(MonitorResult.model == model, MonitorResult.kind == kind)
+                         .order_by(MonitorResult.id.desc()).limit(1))
+            if r is not None:
+                out[kind] = {"value": r.value, "version": r.version, "details": r.details}
+    return out

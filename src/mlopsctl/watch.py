@@ -476,6 +476,7 @@ class Watcher:
         """Process what is pending (waiting for files to settle), then return."""
         self.recover()
         self.scan()
+        self.check_triggers()  # e.g. `watch --once --on-drift` from cron
         deadline = time.monotonic() + (timeout if timeout is not None else max(30.0, 10 * self.debouncer.seconds))
         while self.debouncer.pending() and time.monotonic() < deadline and not self.stop.is_set():
             self.process_ready()

@@ -20,6 +20,7 @@ def register(app: typer.Typer) -> None:
         once: Annotated[bool, typer.Option("--once", help="Process what is pending, then exit (cron, CI).")] = False,
         every: Annotated[Optional[str], typer.Option(help="Also retrain on a schedule: 30m, 6h, 1d.")] = None,
         mode: Annotated[Optional[str], typer.Option(help="append or replace the training data.")] = None,
+        on_drift: Annotated[bool, typer.Option("--on-drift", help="Also retrain when the served model's inputs drift (checked every monitor.check_every).")] = False,
         json_: JsonFlag = False,
     ) -> None:
         """Continuous training: validate new CSV/Parquet files, retrain, gate and promote.
@@ -45,7 +46,14 @@ def register(app: typer.Typer) -> None:
         def say(msg: str) -> None:
             console.print(f"[dim]{_now()}[/] {msg}", highlight=False)
 
-        watcher = Watcher(settings, say=say)
+        triggers = []
+        if on_drift:
+            from mlopsctl.config import parse_duration
+            from mlopsctl.monitoring.service import DriftTrigger
+
+            ref = f"{settings.registry.model_name}@{settings.registry.alias}"
+            triggers.append(DriftTrigger(settings, ref, parse_duration(settings.monitor.check_every, "monitor.check_every")))
+        watcher = Watcher(settings, say=say, triggers=triggers)
         install_signal_handlers(watcher)
         if once:
             outcomes = watcher.run_once()

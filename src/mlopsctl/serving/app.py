@@ -15,7 +15,7 @@ from werkzeug.exceptions import HTTPException
 from mlopsctl.artifacts import ArtifactStore
 from mlopsctl.config import Settings
 from mlopsctl.errors import InvalidInputError, MlopsError
-from mlopsctl.registry import parse_ref
+from mlopsctl.registry import latest_monitor_results, parse_ref
 from mlopsctl.serving import mlflow, v2
 from mlopsctl.serving.core import (
     ServerState, Unauthorized, error_response, infer, json_response, parse_json, records_to_columns, request_id,
@@ -137,6 +137,7 @@ def _register_routes(app: Flask) -> None:
         st = state()
         if st.predlog is not None:
             st.metrics.queue_depth.set(st.predlog.depth())
+        _monitor_gauges(st)
         data, ctype = st.metrics.render()
         return Response(data, mimetype=ctype.split(";")[0], headers={"Content-Type": ctype})
 
@@ -151,6 +152,21 @@ def _register_routes(app: Flask) -> None:
         swapped = st.holder.check_now()
         return json_response({"model": st.model.name, "version": st.model.version, "reloaded": swapped,
                               "error": st.holder.last_error})
+
+
+def _monitor_gauges(st: ServerState) -> None:
+    """The latest drift share and live metric recorded by `mlopsctl monitor` (one indexed read per scrape)."""
+    try:
+        latest = latest_monitor_results(st.holder.store, st.model.name)
+    except Exception as e:  # a scrape must not fail because the store is busy
+        log.warning("could not read monitoring results: %s", e)
+        return
+    if "drift" in latest:
+        d = latest["drift"]
+        st.metrics.drift_share.labels(st.model.name, str(d["version"])).set(d["value"])
+    if "live_metric" in latest:
+        m = latest["live_metric"]
+        st.metrics.live_metric.labels(st.model.name, str(m["version"]), m["details"].get("metric", "")).set(m["value"])
 
 
 def _predict_body(result: Any) -> dict[str, Any]:

@@ -34,6 +34,11 @@ class Metrics:
                                    "Prediction-log records dropped because the queue was full.", **kw)
         self.log_write_errors = Counter("mlops_prediction_log_write_errors_total",
                                         "Prediction-log records that failed to be written.", **kw)
+        mon_kw = dict(kw, multiprocess_mode="max") if self.multiprocess else kw
+        self.drift_share = Gauge("mlops_drift_share", "Share of drifted columns at the latest drift check.",
+                                 ["model", "version"], **mon_kw)
+        self.live_metric = Gauge("mlops_live_metric", "Latest live metric from labelled predictions.",
+                                 ["model", "version", "metric"], **mon_kw)
         self.warnings = Counter("mlops_contract_warnings_total", "Values flagged by the contract (out of range).",
                                 ["column"], **kw)
 

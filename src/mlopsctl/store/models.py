@@ -266,3 +266,31 @@ class WatchedFile(Base):
     job_id: Mapped[Optional[int]] = mapped_column(ForeignKey("watch_jobs.id", ondelete="SET NULL"))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+# ---- monitoring (m005_monitoring) ---------------------------------------------------------------------
+
+class Feedback(Base):
+    """Ground truth that arrives later, joined to the prediction log by request id (and row)."""
+
+    __tablename__ = "feedback"
+    __table_args__ = (UniqueConstraint("request_id", "row", name="uq_feedback_request_id_row"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    request_id: Mapped[str] = mapped_column(String(100))
+    row: Mapped[int] = mapped_column(default=0)
+    label: Mapped[str] = mapped_column(Text)
+    received_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class MonitorResult(Base):
+    """The latest drift checks and live metrics (what /metrics exposes as gauges and reports plot)."""
+
+    __tablename__ = "monitor_results"
+    __table_args__ = (Index("ix_monitor_results_model_kind_id", "model", "kind", "id"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    model: Mapped[str] = mapped_column(String(100))
+    version: Mapped[Optional[int]]
+    kind: Mapped[str] = mapped_column(String(20))  # drift | live_metric
+    value: Mapped[float]
+    details: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

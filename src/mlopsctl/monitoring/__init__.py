@@ -1,0 +1,1 @@
+"""Monitoring: data and prediction drift, live quality from late labels, HTML reports, drift triggers."""

@@ -1,0 +1,246 @@
+"""Per-column drift with Evidently-compatible defaults, implemented with scipy.
+
+Reference <= 1000 rows: Kolmogorov-Smirnov (drift when p <= 0.05) for numeric columns with > 5 distinct
+values; chi-square (> 2 categories) or a two-proportion Z-test (2 categories) otherwise (p < 0.05).
+Reference > 1000 rows: Wasserstein distance normed by the reference std (>= 0.1) for numeric columns,
+Jensen-Shannon distance (>= 0.1) otherwise. The data set drifts when >= ``drift_share`` of columns drift.
+Every column also gets PSI, an effect size, the share of missing values and of out-of-contract values.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+SMALL_REFERENCE = 1000
+MAX_CAT_FOR_NUMERIC = 5
+DEFAULT_THRESHOLDS = {"ks": 0.05, "chisquare": 0.05, "ztest": 0.05, "wasserstein": 0.1, "jensenshannon": 0.1,
+                      "psi": 0.2}
+P_VALUE_METHODS = {"ks", "chisquare", "ztest"}
+PSI_BINS = 10
+EPS = 1e-4
+
+
+@dataclass
+class ColumnDrift:
+    column: str
+    kind: str  # numeric | categorical
+    method: str
+    statistic: float  # the p-value for p-value tests, the distance otherwise
+    threshold: float
+    drifted: bool
+    effect_size: float  # numeric: normed Wasserstein; categorical: Jensen-Shannon distance
+    psi: float
+    missing_share: float
+    out_of_contract_share: float
+    reference_rows: int
+    current_rows: int
+    histogram: dict[str, Any] = field(default_factory=dict)  # for reports: bins and both frequencies
+
+
+@dataclass
+class DriftReport:
+    columns: list[ColumnDrift]
+    drift_share: float
+    threshold_share: float
+    drifted: bool
+    reference_rows: int
+    current_rows: int
+    prediction: ColumnDrift | None = None
+
+    @property
+    def drifted_columns(self) -> list[str]:
+        return [c.column for c in self.columns if c.drifted]
+
+    def to_dict(self, histograms: bool = False) -> dict[str, Any]:
+        def col(c: ColumnDrift) -> dict[str, Any]:
+            d = {k: _clean(v) for k, v in asdict(c).items()}
+            if not histograms:
+                d.pop("histogram")
+            return d
+
+        return {"drifted": self.drifted, "drift_share": self.drift_share, "threshold_share": self.threshold_share,
+                "drifted_columns": self.drifted_columns, "reference_rows": self.reference_rows,
+                "current_rows": self.current_rows, "columns": [col(c) for c in self.columns],
+                "prediction": col(self.prediction) if self.prediction else None}
+
+
+def _clean(v: Any) -> Any:
+    if isinstance(v, float) and (math.isnan(v) or math.isinf(v)):
+        return None
+    if isinstance(v, (np.floating, np.integer)):
+        return _clean(v.item())
+    if isinstance(v, dict):
+        return {k: _clean(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_clean(x) for x in v]
+    return v
+
+
+def default_method(kind: str, reference: np.ndarray, n_ref: int) -> str:
+    """Evidently's defaults: by reference size, column kind and (numeric) number of distinct values."""
+    if kind == "numeric":
+        distinct = len(np.unique(reference[~np.isnan(reference)]))
+        if distinct > MAX_CAT_FOR_NUMERIC:
+            return "ks" if n_ref <= SMALL_REFERENCE else "wasserstein"
+    if n_ref <= SMALL_REFERENCE:
+        distinct = len(set(reference[~_isnull(reference)].tolist()))
+        return "chisquare" if distinct > 2 else "ztest"
+    return "jensenshannon"
+
+
+def _isnull(a: np.ndarray) -> np.ndarray:
+    if a.dtype.kind == "f":
+        return np.isnan(a)
+    return np.array([v is None or v == "" or (isinstance(v, float) and v != v) for v in a], dtype=bool)
+
+
+def _frequencies(ref: np.ndarray, cur: np.ndarray) -> tuple[list[Any], np.ndarray, np.ndarray]:
+    """Aligned category counts over the union of values (nulls excluded)."""
+    keys_r, counts_r = np.unique(ref.astype(str), return_counts=True)
+    keys_c, counts_c = np.unique(cur.astype(str), return_counts=True)
+    keys = sorted(set(keys_r.tolist()) | set(keys_c.tolist()))
+    index = {k: i for i, k in enumerate(keys)}
+    fr, fc = np.zeros(len(keys)), np.zeros(len(keys))
+    fr[[index[k] for k in keys_r]] = counts_r
+    fc[[index[k] for k in keys_c]] = counts_c
+    return keys, fr, fc
+
+
+def ks(ref: np.ndarray, cur: np.ndarray) -> float:
+    from scipy import stats
+
+    return float(stats.ks_2samp(ref, cur).pvalue)
+
+
+def wasserstein_normed(ref: np.ndarray, cur: np.ndarray) -> float:
+    from scipy import stats
+
+    std = float(np.std(ref))
+    return float(stats.wasserstein_distance(ref, cur) / (std if std > 0 else 1e-3))
+
+
+def chisquare(fr: np.ndarray, fc: np.ndarray) -> float:
+    """Evidently's chi-square: observed current counts against reference proportions x current total."""
+    from scipy import stats
+
+    expected = fr / fr.sum() * fc.sum()
+    # categories unseen in the reference get a tiny expected count instead of dividing by zero
+    expected = np.where(expected == 0, EPS * fc.sum(), expected)
+    expected = expected * fc.sum() / expected.sum()
+    return float(stats.chisquare(fc, expected).pvalue)
+
+
+def ztest(fr: np.ndarray, fc: np.ndarray) -> float:
+    """Two-proportion Z-test on the first category's share (two-sided)."""
+    from scipy import stats
+
+    n1, n2 = fr.sum(), fc.sum()
+    p1, p2 = fr[0] / n1, fc[0] / n2
+    p = (fr[0] + fc[0]) / (n1 + n2)
+    se = math.sqrt(p * (1 - p) * (1 / n1 + 1 / n2))
+    if se == 0:
+        return 1.0 if p1 == p2 else 0.0
+    z = (p1 - p2) / se
+    return float(2 * stats.norm.sf(abs(z)))
+
+
+def jensenshannon(fr: np.ndarray, fc: np.ndarray) -> float:
+    from scipy.spatial import distance
+
+    return float(distance.jensenshannon(fr / fr.sum(), fc / fc.sum()))
+
+
+def psi_numeric(ref: np.ndarray, cur: np.ndarray) -> tuple[float, np.ndarray, np.ndarray, np.ndarray]:
+    edges = np.unique(np.quantile(ref, np.linspace(0, 1, PSI_BINS + 1)))
+    if len(edges) < 2:
+        edges = np.array([ref.min() - 0.5, ref.max() + 0.5])
+    edges = edges.astype(float)
+    edges[0], edges[-1] = -np.inf, np.inf
+    pr = np.histogram(ref, edges)[0] / max(len(ref), 1)
+    pc = np.histogram(cur, edges)[0] / max(len(cur), 1)
+    return _psi(pr, pc), edges, pr, pc
+
+
+def _psi(pr: np.ndarray, pc: np.ndarray) -> float:
+    pr = np.clip(pr, EPS, None)
+    pc = np.clip(pc, EPS, None)
+    return float(np.sum((pc - pr) * np.log(pc / pr)))
+
+
+def column_drift(name: str, kind: str, reference: Any, current: Any, *, method: str | None = None,
+                 threshold: float | None = None, lo: float | None = None, hi: float | None = None,
+                 categories: tuple[str, ...] | None = None) -> ColumnDrift:
+    """Drift of one column. ``lo``/``hi`` (numeric) or ``categories`` define "out of contract"."""
+    n_ref_all = len(reference)
+    if kind == "numeric":
+        ref_all = np.asarray(reference, dtype=np.float64)
+        cur_all = np.asarray(current, dtype=np.float64)
+        ref, cur = ref_all[~np.isnan(ref_all)], cur_all[~np.isnan(cur_all)]
+        missing = float(np.isnan(cur_all).mean()) if len(cur_all) else 0.0
+        ooc = float(((cur < lo) | (cur > hi)).sum() / max(len(cur_all), 1)) if lo is not None and hi is not None else 0.0
+    else:
+        ref_all = np.asarray(reference, dtype=object)
+        cur_all = np.asarray(current, dtype=object)
+        rn, cn = _isnull(ref_all), _isnull(cur_all)
+        ref, cur = ref_all[~rn].astype(str), cur_all[~cn].astype(str)
+        missing = float(cn.mean()) if len(cur_all) else 0.0
+        ooc = float(np.isin(cur, list(categories), invert=True).sum() / max(len(cur_all), 1)) if categories else 0.0
+    if len(ref) == 0 or len(cur) == 0:
+        return ColumnDrift(name, kind, method or "none", math.nan, threshold or 0.0, False, math.nan, math.nan,
+                           missing, ooc, len(ref), len(cur))
+    method = method or default_method(kind, ref if kind == "numeric" else ref.astype(object), n_ref_all)
+    threshold = DEFAULT_THRESHOLDS[method] if threshold is None else threshold
+    as_categories = kind != "numeric" or method in ("chisquare", "ztest", "jensenshannon")
+    if as_categories:
+        keys, fr, fc = _frequencies(ref, cur)
+        histogram = {"categories": keys[:50], "reference": (fr / fr.sum()).tolist()[:50],
+                     "current": (fc / fc.sum()).tolist()[:50]}
+        psi = _psi(fr / fr.sum(), fc / fc.sum())
+        effect = jensenshannon(fr, fc)
+    else:
+        psi, edges, pr, pc = psi_numeric(ref, cur)
+        lo_e, hi_e = float(min(ref.min(), cur.min())), float(max(ref.max(), cur.max()))
+        bins = np.linspace(lo_e, hi_e if hi_e > lo_e else lo_e + 1, 21)
+        histogram = {"edges": bins.tolist(), "reference": (np.histogram(ref, bins)[0] / len(ref)).tolist(),
+                     "current": (np.histogram(cur, bins)[0] / len(cur)).tolist()}
+        effect = wasserstein_normed(ref, cur)
+    if method == "ks":
+        stat = ks(ref, cur)
+    elif method == "wasserstein":
+        stat = effect if not as_categories else wasserstein_normed(ref.astype(float), cur.astype(float))
+    elif method == "chisquare":
+        stat = chisquare(fr, fc)
+    elif method == "ztest":
+        stat = ztest(fr, fc) if len(fr) <= 2 else chisquare(fr, fc)
+    elif method == "jensenshannon":
+        stat = effect
+    else:  # psi
+        stat = psi
+    drifted = stat <= threshold if method == "ks" else stat < threshold if method in P_VALUE_METHODS else stat >= threshold
+    return ColumnDrift(name, "numeric" if kind == "numeric" else "categorical", method, stat, threshold,
+                       bool(drifted), effect, psi, missing, ooc, len(ref), len(cur), histogram)
+
+
+def dataset_drift(contract: Any, reference: dict[str, Any], current: dict[str, Any], *, drift_share: float = 0.5,
+                  methods: dict[str, str] | None = None, thresholds: dict[str, float] | None = None,
+                  range_tolerance: float = 0.0) -> DriftReport:
+    """Drift of every contract column between two column mappings (reference sample vs logged inputs)."""
+    methods, thresholds = methods or {}, thresholds or {}
+    cols = []
+    for c in contract.columns:
+        kind = "numeric" if c.kind in ("numeric", "boolean") else "categorical"
+        lo = hi = None
+        if c.kind == "numeric" and c.min is not None and c.max is not None:
+            span = (c.max - c.min) * range_tolerance
+            lo, hi = c.min - span, c.max + span
+        cols.append(column_drift(c.name, kind, reference[c.name], current[c.name], method=methods.get(c.name),
+                                 threshold=thresholds.get(c.name), lo=lo, hi=hi, categories=c.categories))
+    n_drifted = sum(c.drifted for c in cols)
+    share = n_drifted / len(cols) if cols else 0.0
+    n_ref = len(next(iter(reference.values()))) if reference else 0
+    n_cur = len(next(iter(current.values()))) if current else 0
+    return DriftReport(cols, share, drift_share, share >= drift_share, n_ref, n_cur)

@@ -1,0 +1,420 @@
+"""Monitoring use cases: drift of a served version, feedback (late labels) and live quality, trigger data."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mlopsctl.artifacts import readable_by_all
+from mlopsctl.config import Settings, parse_duration
+from mlopsctl.contract import MISSING_CATEGORY, Contract
+from mlopsctl.errors import InvalidInputError, NotFoundError
+from mlopsctl.monitoring.drift import DriftReport, column_drift, dataset_drift
+from mlopsctl.registry import LoadedModel, load_model, parse_ref
+from mlopsctl.store.models import utcnow
+
+
+def _store_and_arts(settings: Settings):
+    from mlopsctl.artifacts import ArtifactStore
+    from mlopsctl.store.db import open_store
+
+    return open_store(settings.store_url, settings.store.busy_timeout_ms), ArtifactStore(settings.artifacts_dir)
+
+
+@dataclass
+class Window:
+    """Logged predictions of one version: columns (normalized, as the server saw them) and outputs."""
+
+    columns: dict[str, list]
+    outputs: dict[str, list]
+    request_ids: list[str]
+    rows: list[int]
+    times: list[datetime]
+    n: int
+
+
+def load_window(store: Any, model: str, version: int | None, contract: Contract, *, since: str | None = None,
+                last: int | None = None) -> Window:
+    """The logged inputs and outputs of ``model`` (one version, or all) in a time window or the last N rows."""
+    import orjson
+    from sqlalchemy import text
+
+    where = ["model = :model"]
+    params: dict[str, Any] = {"model": model}
+    if version is not None:
+        where.append("version = :version")
+        params["version"] = version
+    if since:
+        where.append("created_at >= :since")
+        params["since"] = utcnow() - timedelta(seconds=parse_duration(since, "--since"))
+    sql = (f"SELECT CAST(inputs AS TEXT), CAST(outputs AS TEXT), request_id, created_at, n_rows FROM predictions "
+           f"WHERE {' AND '.join(where)} ORDER BY id DESC")
+    fetched = []
+    total = 0
+    with store.engine.connect() as conn:
+        result = conn.execution_options(mlops_readonly=True).execute(text(sql), params)
+        for raw_in, raw_out, rid, at, n_rows in result:  # newest first
+            fetched.append((raw_in, raw_out, rid, at, n_rows))
+            total += n_rows
+            if last is not None and total >= last:
+                break
+    fetched.reverse()  # oldest first
+    docs_in = [orjson.loads(f[0]) for f in fetched]
+    docs_out = [orjson.loads(f[1]) for f in fetched]
+    rids = [f[2] for f in fetched for _ in range(f[4])]
+    rows_idx = [i for f in fetched for i in range(f[4])]
+    times = [_dt(f[3]) for f in fetched for _ in range(f[4])]
+    columns = {c: [v for d in docs_in for v in d.get(c, [])] for c in contract.feature_names}
+    out_keys = list(docs_out[0]) if docs_out else []
+    outputs = {k: [v for d in docs_out for v in d.get(k, [])] for k in out_keys}
+    n = len(rids)
+    if last is not None and n > last:
+        columns = {c: v[-last:] for c, v in columns.items()}
+        outputs = {k: v[-last:] for k, v in outputs.items()}
+        rids, rows_idx, times, n = rids[-last:], rows_idx[-last:], times[-last:], last
+    return Window(columns, outputs, rids, rows_idx, times, n)
+
+
+def _dt(at: Any) -> datetime:
+    return at if isinstance(at, datetime) else datetime.fromisoformat(str(at))
+
+
+def reference_columns(contract: Contract) -> dict[str, Any]:
+    """The contract's reference sample, normalized the way the server normalizes requests."""
+    ref = contract.reference or {}
+    rows, cols = ref.get("rows") or [], ref.get("columns") or []
+    if not rows:
+        raise NotFoundError("this model version has no reference sample in its contract; retrain it with "
+                            "train.reference_rows > 0.")
+    data = {c: [r[i] for r in rows] for i, c in enumerate(cols)}
+    return contract.normalize({c: data[c] for c in contract.feature_names})
+
+
+def _as_drift_input(contract: Contract, columns: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for c in contract.columns:
+        values = columns[c.name]
+        if c.kind == "categorical":
+            out[c.name] = np.array([None if v in (None, MISSING_CATEGORY) else v for v in values], dtype=object)
+        else:
+            out[c.name] = np.array([np.nan if v is None else v for v in values], dtype=np.float64)
+    return out
+
+
+def resolve(settings: Settings, model_ref: str) -> tuple[Any, Any, LoadedModel]:
+    store, arts = _store_and_arts(settings)
+    loaded = load_model(store, arts, parse_ref(model_ref, settings.registry.alias))
+    return store, arts, loaded
+
+
+def drift(settings: Settings, model_ref: str, *, since: str | None = None, last: int | None = None,
+          record: bool = True) -> dict[str, Any]:
+    """Drift of the logged inputs (and predictions) of a version against its training reference sample."""
+    from mlopsctl.scoring import Scorer
+
+    t0 = time.perf_counter()
+    if since is None and last is None:
+        since = settings.monitor.window
+    if last is not None and last < 1:
+        raise InvalidInputError(f"--last must be at least 1, got {last}.")
+    store, _, loaded = resolve(settings, model_ref)
+    contract = loaded.contract
+    window = load_window(store, loaded.name, loaded.version, contract, since=since, last=last)
+    if window.n < settings.monitor.min_rows:
+        raise InvalidInputError(
+            f"only {window.n} logged row(s) for {loaded.name}/{loaded.version} in the window "
+            f"({'last ' + str(last) if last else since}); drift needs at least monitor.min_rows = "
+            f"{settings.monitor.min_rows}. Widen --since or serve more traffic.")
+    reference = reference_columns(contract)
+    report = dataset_drift(contract, _as_drift_input(contract, reference), _as_drift_input(contract, window.columns),
+                           drift_share=settings.monitor.drift_share, methods=settings.monitor.stattest,
+                           thresholds=settings.monitor.threshold, range_tolerance=settings.serve.range_tolerance)
+    ref_out = Scorer(loaded.onnx, contract).run(reference)
+    report.prediction = _prediction_drift(contract, ref_out, window.outputs)
+    out = {"model": loaded.name, "version": loaded.version, "window": {"since": since, "last": last, "rows": window.n},
+           **report.to_dict(), "seconds": round(time.perf_counter() - t0, 3)}
+    if record:
+        _record(store, loaded.name, loaded.version, "drift", report.drift_share,
+                {"drifted": report.drifted, "drifted_columns": report.drifted_columns, "rows": window.n})
+        from mlopsctl.registry import add_event
+
+        with store.session() as s:
+            add_event(s, "drift_check", f"{loaded.name}/{loaded.version}: {len(report.drifted_columns)} of "
+                      f"{len(report.columns)} columns drifted ({report.drift_share:.0%}); "
+                      f"{'DRIFT' if report.drifted else 'no drift'} over {window.n} rows",
+                      model=loaded.name, version=loaded.version,
+                      payload={"drift_share": report.drift_share, "drifted_columns": report.drifted_columns})
+    return out
+
+
+def drift_report(settings: Settings, model_ref: str, *, since: str | None = None, last: int | None = None) -> tuple[DriftReport, Any, Window]:
+    """The full DriftReport object (with histograms) for the HTML report."""
+    store, _, loaded = resolve(settings, model_ref)
+    contract = loaded.contract
+    window = load_window(store, loaded.name, loaded.version, contract, since=since or settings.monitor.window, last=last)
+    reference = reference_columns(contract)
+    report = dataset_drift(contract, _as_drift_input(contract, reference), _as_drift_input(contract, window.columns),
+                           drift_share=settings.monitor.drift_share, methods=settings.monitor.stattest,
+                           thresholds=settings.monitor.threshold, range_tolerance=settings.serve.range_tolerance)
+    return report, loaded, window
+
+
+def _prediction_drift(contract: Contract, ref_out: dict[str, Any], cur_out: dict[str, list]):
+    if contract.task == "classification":
+        if "label" not in cur_out or not cur_out["label"]:
+            return None
+        return column_drift("prediction", "categorical", np.asarray(ref_out["label"]).ravel().astype(str).astype(object),
+                            np.asarray(cur_out["label"], dtype=object).astype(str))
+    if "prediction" not in cur_out or not cur_out["prediction"]:
+        return None
+    cur = np.asarray([v[0] if isinstance(v, list) else v for v in cur_out["prediction"]], dtype=np.float64)
+    return column_drift("prediction", "numeric", np.asarray(ref_out["prediction"], dtype=np.float64).ravel(), cur)
+
+
+def _record(store: Any, model: str, version: int | None, kind: str, value: float, details: dict[str, Any]) -> None:
+    from mlopsctl.contract import _jsonable
+    from mlopsctl.store.models import MonitorResult
+
+    with store.session() as s:
+        s.add(MonitorResult(model=model, version=version, kind=kind, value=float(value), details=_jsonable(details)))
+
+
+# ---- feedback and live quality ------------------------------------------------------------------------
+
+def add_feedback(settings: Settings, labels_path: Path) -> dict[str, Any]:
+    """Record labels (``request_id,label[,row]``), join them to the prediction log, report what matched."""
+    import pandas as pd
+    from sqlalchemy import select
+
+    from mlopsctl import data
+    from mlopsctl.store.models import Feedback, PredictionRecord
+
+    df = data.read_table(settings.resolve(labels_path))
+    missing = [c for c in ("request_id", "label") if c not in df.columns]
+    if missing:
+        raise InvalidInputError(f"{Path(labels_path).name} needs columns request_id and label (and optionally row); "
+                                f"missing {', '.join(missing)}; it has {', '.join(map(str, df.columns))}.")
+    df = df.dropna(subset=["request_id"])
+    df["request_id"] = df["request_id"].astype(str)
+    df["row"] = pd.to_numeric(df["row"], errors="coerce").fillna(0).astype(int) if "row" in df.columns else 0
+    before = len(df)
+    df = df.drop_duplicates(subset=["request_id", "row"], keep="last")
+    duplicates = before - len(df)
+    store, _ = _store_and_arts(settings)
+    ids = df["request_id"].unique().tolist()
+    known: dict[str, int] = {}
+    with store.read() as s:
+        for chunk in range(0, len(ids), 500):
+            for rid, n in s.execute(select(PredictionRecord.request_id, PredictionRecord.n_rows)
+                                    .where(PredictionRecord.request_id.in_(ids[chunk:chunk + 500]))):
+                known[rid] = n
+    matched = df[df.apply(lambda r: r["request_id"] in known and r["row"] < known[r["request_id"]], axis=1)] if len(df) else df
+    unknown = sorted(set(df["request_id"]) - set(known))
+    replaced = 0
+    with store.session() as s:
+        existing = {(f.request_id, f.row): f for f in s.scalars(select(Feedback).where(
+            Feedback.request_id.in_(matched["request_id"].unique().tolist())))} if len(matched) else {}
+        for rid, row, label in zip(matched["request_id"], matched["row"], matched["label"]):
+            label_text = _label_text(label)
+            f = existing.get((rid, int(row)))
+            if f is not None:
+                replaced += f.label != label_text
+                f.label, f.received_at = label_text, utcnow()
+            else:
+                s.add(Feedback(request_id=rid, row=int(row), label=label_text))
+        from mlopsctl.registry import add_event
+
+        add_event(s, "feedback", f"{len(matched)} label(s) joined to predictions; {len(unknown)} unknown request id(s)",
+                  payload={"matched": int(len(matched)), "unknown": len(unknown), "duplicates": duplicates})
+    return {"labels": before, "matched": int(len(matched)), "unknown_ids": unknown[:100], "unknown": len(unknown),
+            "duplicates_in_file": duplicates, "replaced": replaced}
+
+
+def _label_text(v: Any) -> str:
+    if isinstance(v, float) and v.is_integer():
+        return str(int(v))
+    return str(v)
+
+
+def labelled(store: Any, model: str, contract: Contract, version: int | None = None) -> dict[str, Any]:
+    """Logged predictions that have a label: columns, outputs, labels, versions, times."""
+    import orjson
+    from sqlalchemy import text
+
+    sql = ("SELECT p.version, p.created_at, CAST(p.inputs AS TEXT), CAST(p.outputs AS TEXT), f.row, f.label "
+           "FROM feedback f JOIN predictions p ON p.request_id = f.request_id WHERE p.model = :model"
+           + (" AND p.version = :version" if version is not None else "") + " ORDER BY p.id, f.row")
+    params: dict[str, Any] = {"model": model}
+    if version is not None:
+        params["version"] = version
+    out: dict[str, Any] = {"versions": [], "times": [], "labels": [], "columns": {c: [] for c in contract.feature_names},
+                           "outputs": {}}
+    with store.engine.connect() as conn:
+        for v, at, raw_in, raw_out, row, label in conn.execution_options(mlops_readonly=True).execute(text(sql), params):
+            doc_in, doc_out = orjson.loads(raw_in), orjson.loads(raw_out)
+            out["versions"].append(v)
+            out["times"].append(_dt(at))
+            out["labels"].append(label)
+            for c in contract.feature_names:
+                out["columns"][c].append(doc_in[c][row])
+            for k, vals in doc_out.items():
+                out["outputs"].setdefault(k, []).append(vals[row])
+    return out
+
+
+def live_metrics(settings: Settings, model_ref: str, *, bucket: str = "1d", record: bool = True) -> dict[str, Any]:
+    """The task's metrics from labelled predictions, per version and per time bucket."""
+    store, _, loaded = resolve(settings, model_ref)
+    data = labelled(store, loaded.name, loaded.contract)
+    seconds = parse_duration(bucket, "--bucket")
+    rows: dict[tuple[int, str], list[int]] = {}
+    for i, (v, at) in enumerate(zip(data["versions"], data["times"])):
+        start = datetime.fromtimestamp((at.timestamp() // seconds) * seconds)
+        rows.setdefault((v, start.isoformat(timespec="minutes")), []).append(i)
+    per_version: dict[int, list[int]] = {}
+    for (v, _), idx in rows.items():
+        per_version.setdefault(v, []).extend(idx)
+    series = [{"version": v, "start": start, "rows": len(idx), **_metrics(loaded.contract, data, idx)}
+              for (v, start), idx in sorted(rows.items(), key=lambda kv: (kv[0][1], kv[0][0]))]
+    versions = {str(v): {"rows": len(idx), **_metrics(loaded.contract, data, idx)} for v, idx in sorted(per_version.items())}
+    primary = "accuracy" if loaded.contract.task == "classification" else "r2"
+    if record and str(loaded.version) in versions and versions[str(loaded.version)].get(primary) is not None:
+        _record(store, loaded.name, loaded.version, "live_metric", versions[str(loaded.version)][primary],
+                {"metric": primary, "rows": versions[str(loaded.version)]["rows"]})
+    return {"model": loaded.name, "version": loaded.version, "metric": primary, "labelled_rows": len(data["labels"]),
+            "per_version": versions, "series": series}
+
+
+def _metrics(contract: Contract, data: dict[str, Any], idx: list[int]) -> dict[str, Any]:
+    from mlopsctl.contract import _jsonable
+
+    y = [data["labels"][i] for i in idx]
+    if contract.task == "classification":
+        labels = [str(data["outputs"]["label"][i]) for i in idx]
+        acc = float(np.mean([a == b for a, b in zip(y, labels)])) if y else None
+        out: dict[str, Any] = {"accuracy": acc}
+        classes = [str(c) for c in contract.classes or ()]
+        if "probabilities" in data["outputs"] and len(set(y)) == 2 and len(classes) == 2:
+            from scipy import stats
+
+            p = np.asarray([data["outputs"]["probabilities"][i][1] for i in idx], dtype=np.float64)
+            pos = np.asarray([lab == classes[1] for lab in y])
+            ranks = stats.rankdata(p)
+            n1, n0 = int(pos.sum()), int((~pos).sum())
+            out["roc_auc"] = float((ranks[pos].sum() - n1 * (n1 + 1) / 2) / (n1 * n0)) if n1 and n0 else None
+        return _jsonable(out)
+    pred = np.asarray([v[0] if isinstance(v, list) else v for v in (data["outputs"]["prediction"][i] for i in idx)],
+                      dtype=np.float64)
+    try:
+        truth = np.asarray(y, dtype=np.float64)
+    except ValueError:
+        raise InvalidInputError("regression labels must be numbers.") from None
+    err = pred - truth
+    ss_tot = float(((truth - truth.mean()) ** 2).sum())
+    return _jsonable({"rmse": float(np.sqrt((err ** 2).mean())), "mae": float(np.abs(err).mean()),
+                      "r2": 1 - float((err ** 2).sum()) / ss_tot if ss_tot > 0 else None})
+
+
+def training_rows_from_log(settings: Settings, model_ref: str) -> Any:
+    """Labelled logged predictions as a training frame (features + target), for a drift-triggered retrain."""
+    import pandas as pd
+
+    store, _, loaded = resolve(settings, model_ref)
+    data = labelled(store, loaded.name, loaded.contract)
+    frame = pd.DataFrame({c: [None if v in (None, MISSING_CATEGORY) else v for v in vals]
+                          for c, vals in data["columns"].items()})
+    labels = pd.Series(data["labels"], dtype=object)
+    numeric = pd.to_numeric(labels, errors="coerce")
+    frame[loaded.contract.target] = numeric if numeric.notna().all() and len(labels) else labels
+    return frame
+
+
+def write_report(settings: Settings, model_ref: str, output: Path, *, since: str | None = None,
+                 last: int | None = None, bucket: str = "1d") -> dict[str, Any]:
+    """Render the HTML report to ``output`` (written to a temp file, then renamed)."""
+    import os
+    import tempfile
+
+    from mlopsctl import services
+    from mlopsctl.monitoring import report as html_report
+
+    t0 = time.perf_counter()
+    report, loaded, window = drift_report(settings, model_ref, since=since, last=last)
+    if window.n == 0:
+        raise InvalidInputError(f"no logged predictions for {loaded.name}/{loaded.version} in the window; serve some "
+                                "traffic first or widen --since.")
+    from mlopsctl.scoring import Scorer
+
+    report.prediction = _prediction_drift(loaded.contract, Scorer(loaded.onnx, loaded.contract).run(
+        reference_columns(loaded.contract)), window.outputs)
+    live = live_metrics(settings, model_ref, bucket=bucket, record=False)
+    history = services.show_model(settings, loaded.name)["history"]
+    page = html_report.render(model=loaded.name, version=loaded.version, drift=report.to_dict(), report=report,
+                              live=live, history=history,
+                              window_label=f"last {last} rows" if last else f"last {since or settings.monitor.window}")
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", dir=output.parent)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(page)
+    readable_by_all(Path(tmp))
+    os.replace(tmp, output)
+    return {"model": loaded.name, "version": loaded.version, "output": str(output), "bytes": len(page.encode()),
+            "drifted": report.drifted, "drift_share": report.drift_share, "rows": window.n,
+            "seconds": round(time.perf_counter() - t0, 3)}
+
+
+@dataclass
+class DriftTrigger:
+    """``watch --on-drift``: every ``every_s`` check drift over the monitoring window; when the data set has
+    drifted and enough labelled predictions exist, drop them (features + label) into the watched folder as
+    a Parquet file, so the retrain takes the same validated, gated path as any new file."""
+
+    settings: Settings
+    model_ref: str
+    every_s: float
+    name: str = "drift"
+    last: float = 0.0
+
+    def check(self, watcher: Any, now: float) -> str | None:
+        from mlopsctl.errors import MlopsError
+        from mlopsctl.registry import add_event
+
+        if self.last and now - self.last < self.every_s:
+            return None
+        self.last = now
+        try:
+            result = drift(self.settings, self.model_ref)
+        except MlopsError as e:
+            watcher.say(f"drift check skipped: {e.message}")
+            return None
+        watcher.say(f"drift check: {len(result['drifted_columns'])} of {len(result['columns'])} columns drifted "
+                    f"({result['drift_share']:.0%}) over {result['window']['rows']} rows")
+        if not result["drifted"]:
+            return None
+        frame = training_rows_from_log(self.settings, self.model_ref)
+        store, _ = _store_and_arts(self.settings)
+        if len(frame) < self.settings.monitor.min_labels:
+            msg = (f"drift detected but only {len(frame)} labelled prediction(s); need monitor.min_labels = "
+                   f"{self.settings.monitor.min_labels} to retrain")
+            watcher.say(msg)
+            with store.session() as s:
+                add_event(s, "drift_no_retrain", msg, model=result["model"], version=result["version"])
+            return None
+        path = watcher.folder / f"drift-{time.strftime('%Y%m%dT%H%M%S')}.parquet"
+        tmp = path.with_name("." + path.name)
+        frame.to_parquet(tmp, index=False)
+        os.replace(tmp, path)
+        with store.session() as s:
+            add_event(s, "drift_retrain", f"drift in {', '.join(result['drifted_columns'][:10])}: "
+                      f"{len(frame)} labelled rows queued for retraining as {path.name}",
+                      model=result["model"], version=result["version"])
+        watcher.say(f"drift: queued {len(frame)} labelled rows as {path.name}")
+        watcher.note(path)
+        return None
