@@ -274,8 +274,6 @@ class Watcher:
 
     def current_frame(self) -> Any:
         """The data the next training starts from: the latest version of the dataset, else data.path."""
-        import pandas as pd
-
         from mlopsctl import data, tracking
         from mlopsctl.errors import NotFoundError
 
@@ -285,8 +283,7 @@ class Watcher:
                 sha, suffix = dv.file_sha256, Path(dv.source_path).suffix.lower()
         except NotFoundError:
             return data.read_table(self.settings.resolve(self.settings.data.path))
-        raw = self.arts.get_bytes(sha)
-        return pd.read_parquet(io.BytesIO(raw)) if suffix in (".parquet", ".pq") else pd.read_csv(io.BytesIO(raw))
+        return self._read_blob(sha, suffix)
 
     # -- jobs
     def create_job(self, trigger: str, file_ids: list[int], reason: str = "") -> int:
@@ -366,6 +363,13 @@ class Watcher:
                 registry.add_event(s, "retrain_failed", f"job {job_id} failed: {e.message}")
             return JobOutcome(job_id, "failed", run_id, version, e.message, timings)
 
+    def _read_blob(self, sha: str, suffix: str) -> Any:
+        """A data file stored in the artifact store (verified), read by its original extension."""
+        import pandas as pd
+
+        raw = io.BytesIO(self.arts.get_bytes(sha))
+        return pd.read_parquet(raw) if suffix.lower() in (".parquet", ".pq") else pd.read_csv(raw)
+
     def new_rows(self, job_id: int) -> tuple[Any, Any]:
         """(rows to train on, rows held out for the gate) from the job's files, split with the project's
         seed — the same split every time, so a resumed job gates on the same rows. Neither the current
@@ -379,11 +383,7 @@ class Watcher:
         with self.store.read() as s:
             files = [(f.sha256, f.name) for f in s.scalars(select(WatchedFile).where(WatchedFile.job_id == job_id)
                                                           .order_by(WatchedFile.id))]
-        frames = []
-        for sha, fname in files:
-            raw = self.arts.get_bytes(sha)
-            frames.append(pd.read_parquet(io.BytesIO(raw)) if fname.lower().endswith((".parquet", ".pq"))
-                          else pd.read_csv(io.BytesIO(raw)))
+        frames = [self._read_blob(sha, Path(fname).suffix) for sha, fname in files]
         if not frames:
             return None, None
         new = pd.concat(frames, ignore_index=True)
