@@ -126,8 +126,14 @@ class ActiveRun:
 
         if exc is None:
             self.end()
+            with self._store.session() as s:
+                services.training_event(s, self.id, "trained", f"run {self.id} finished (Python API)", {})
         else:
-            self.end("FAILED", services.describe_failure(exc)[:2000])
+            reason = services.describe_failure(exc)[:2000]
+            self.end("FAILED", reason)
+            with self._store.session() as s:
+                services.training_event(s, self.id, "training_failed", f"run {self.id} failed: {reason[:500]}",
+                                        {"reason": reason})
         return False
 
 

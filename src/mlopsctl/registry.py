@@ -21,7 +21,7 @@ from mlopsctl.contract import Contract
 from mlopsctl.errors import ConflictError, InvalidInputError, NotFoundError
 from mlopsctl.store.models import Alias, AliasMove, Event, ModelVersion, RegisteredModel, utcnow
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}\Z")
 NAME_RULE = "1-100 characters: letters, digits, '.', '_' or '-', starting with a letter or digit"
 
 
@@ -56,7 +56,7 @@ def parse_ref(ref: str, default_alias: str | None = None) -> ModelRef:
     text = (ref or "").strip()
     if "/" in text:
         name, _, v = text.partition("/")
-        if not v.isdigit() or int(v) < 1:
+        if not (v.isascii() and v.isdigit()) or int(v) < 1:
             raise InvalidInputError(f"model reference {ref!r} has an invalid version {v!r}; use e.g. {name or 'my-model'}/3.")
         return ModelRef(validate_name(name), version=int(v))
     if "@" in text:

@@ -204,10 +204,10 @@ def fail_run(store: Store, run_id: int, reason: str) -> None:
 
     with store.session() as s:
         tracking.finish_run(s, run_id, tracking.FAILED, reason[:2000])
-        _training_event(s, run_id, "training_failed", f"run {run_id} failed: {reason[:500]}", {"reason": reason[:2000]})
+        training_event(s, run_id, "training_failed", f"run {run_id} failed: {reason[:500]}", {"reason": reason[:2000]})
 
 
-def _training_event(s: Any, run_id: int, kind: str, message: str, payload: dict[str, Any]) -> None:
+def training_event(s: Any, run_id: int, kind: str, message: str, payload: dict[str, Any]) -> None:
     from mlopsctl import registry
 
     registry.add_event(s, kind, message, run_id=run_id, payload=payload)
@@ -270,7 +270,7 @@ def train_and_track(
             record_model(s, run_id, files, _jsonable(result.parity.to_dict()),
                          {"heldout.parquet": (heldout_sha, len(heldout.getvalue()), "application/vnd.apache.parquet")})
             tracking.finish_run(s, run_id)
-            _training_event(s, run_id, "trained", f"run {run_id} finished: " + ", ".join(
+            training_event(s, run_id, "trained", f"run {run_id} finished: " + ", ".join(
                 f"{k}={v:.4f}" for k, v in sorted(result.metrics.items())), result.metrics)
     except BaseException as exc:
         fail_run(store, run_id, describe_failure(exc))
@@ -501,16 +501,27 @@ def promote(settings: Settings, name: str, version: int, *, alias: str | None = 
             return {"model": name, "version": version, "alias": alias, "changed": False,
                     "decision": "unchanged", "message": f"{name}@{alias} already points at version {version}"}
         holder = load_model(settings, f"{name}/{holder_version}") if holder_version else None
-        gate = evaluate_gate(settings, candidate, holder, alias=alias, min_delta=min_delta, metric=metric,
-                             heldout=heldout, data_label=data_label)
+        if force and heldout is None and not candidate.heldout_sha256:
+            gate = {"alias": alias, "metric": None, "min_delta": min_delta, "candidate": {"version": version},
+                    "holder": {"version": holder_version} if holder else None, "delta": None, "passed": False,
+                    "data": {"source": "none (no held-out split recorded)", "rows": 0, "target": candidate.contract.target},
+                    "reasons": [f"{name}/{version} has no held-out data to gate on"]}
+        else:
+            gate = evaluate_gate(settings, candidate, holder, alias=alias, min_delta=min_delta, metric=metric,
+                                 heldout=heldout, data_label=data_label)
         decision = "promoted" if gate["passed"] else ("forced" if force else "rejected")
         gate["decision"] = decision
         gate = _jsonable(gate)
         with store.session() as s:
             model = registry.get_model(s, name, lock=True)
             now_holder = registry.alias_holder(s, model, alias)
-            if (now_holder.version if now_holder else None) != holder_version:
-                continue  # the alias moved while we were scoring: gate again against the new holder
+            now = now_holder.version if now_holder else None
+            if now != holder_version:
+                if not force or now == version:
+                    continue  # the alias moved while we were scoring: gate again against the new holder
+                decision = gate["decision"] = "forced"
+                gate["reasons"].append(f"@{alias} moved from version {holder_version} to {now} while the gate ran")
+                holder_version = now
             target = registry.get_version(s, model, version)
             target.gate = gate
             if decision == "rejected":
@@ -552,7 +563,7 @@ def rollback(settings: Settings, name: str, *, alias: str | None = None, reason:
             raise NotFoundError(f"{name} has no alias {alias!r}; nothing to roll back.")
         target_version = registry.rollback_target(registry.history(s, model, alias))
         if target_version is None:
-            raise ConflictError(f"{name}@{alias} has no previous holder to roll back to (it has only held version {current.version}).")
+            raise ConflictError(f"{name}@{alias} has no previous holder to roll back to (it points at version {current.version}).")
         target = registry.get_version(s, model, target_version)
         why = reason or f"rollback from version {current.version}"
         registry.move_alias(s, model, alias, target, action="rollback", reason=why)
