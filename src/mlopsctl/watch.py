@@ -65,6 +65,8 @@ class Debouncer:
         self._lock = threading.Lock()
 
     def touch(self, path: Path) -> None:
+        """Start tracking; the stability clock starts at the first look (``ready``), which the watcher's
+        wake-up makes immediate."""
         with self._lock:
             self._seen.setdefault(path, (-1, -1, time.monotonic()))
 
@@ -123,6 +125,7 @@ class Watcher:
         self.arts = services.artifacts_for(settings)
         self.dataset_name = services.dataset_name_for(settings, settings.resolve(settings.data.path), None)
         self.stop = threading.Event()
+        self.wake = threading.Event()  # set by note(): the idle loop looks at a new file at once
         self.outcomes: list[JobOutcome] = []
         self.first_seen: dict[Path, float] = {}  # for the latency breakdown
         for d in (self.folder, self.quarantine_dir, self.processed_dir):
@@ -140,6 +143,7 @@ class Watcher:
             return
         self.first_seen.setdefault(path, time.monotonic())
         self.debouncer.touch(path)
+        self.wake.set()
 
     # -- one pass
     def recover(self) -> None:
@@ -147,7 +151,7 @@ class Watcher:
         from sqlalchemy import select
 
         from mlopsctl import registry, tracking
-        from mlopsctl.store.models import Run, WatchJob
+        from mlopsctl.store.models import Run, WatchedFile, WatchJob
 
         with self.store.session() as s:
             for run in s.scalars(select(Run).where(Run.status == tracking.RUNNING)):
@@ -157,6 +161,12 @@ class Watcher:
                                        run_id=run.id)
             unfinished = [j.id for j in s.scalars(select(WatchJob).where(
                 WatchJob.status.in_(("pending", "trained", "registered"))).order_by(WatchJob.id))]
+            orphans = list(s.scalars(select(WatchedFile.id).where(WatchedFile.status == "accepted",
+                                                                  WatchedFile.job_id.is_(None))
+                                     .order_by(WatchedFile.id)))
+        if orphans:  # accepted (and moved to processed/) just before a crash, before their job existed
+            self.say(f"resuming {len(orphans)} accepted file(s) that had no job yet")
+            unfinished.append(self.create_job("files", orphans))
         for job_id in unfinished:
             self.say(f"resuming job {job_id} left unfinished by a previous watcher")
             self.outcomes.append(self.run_job(job_id))
@@ -261,6 +271,12 @@ class Watcher:
             if rate > null_rate + self.settings.watch.max_null_increase:
                 return False, (f"column {name!r} is {rate:.0%} null, above the training data's {null_rate:.0%} "
                                f"+ watch.max_null_increase {self.settings.watch.max_null_increase:.0%}"), len(df)
+        classes = self.known_classes()
+        if classes is not None:
+            new = sorted(_labels(df[target]) - classes)
+            if new:
+                return False, (f"target {target!r} has class(es) {', '.join(map(repr, new[:10]))} never seen in training "
+                               f"(known: {', '.join(sorted(classes)[:20])}); retrain by hand to add a class"), len(df)
         return True, None, len(df)
 
     def expected_schema(self) -> dict[str, tuple[str, float]]:
@@ -271,6 +287,24 @@ class Watcher:
 
             self._schema = {str(c): (data.column_kind(current[c]), float(current[c].isna().mean())) for c in current.columns}
         return self._schema
+
+    def known_classes(self) -> set[str] | None:
+        """The training data's target classes (as text) when the task is classification, else None."""
+        if not hasattr(self, "_classes"):
+            from mlopsctl import data
+
+            current = self.current_frame()
+            target = self.settings.data.target
+            self._classes = None
+            if target in current.columns and data.infer_task(current[target].dropna(), self.settings.data.task) == "classification":
+                self._classes = _labels(current[target])
+        return self._classes
+
+    def forget_schema(self) -> None:
+        """The training data changed (a job finished): re-read its schema and classes next time."""
+        for attr in ("_schema", "_classes"):
+            if hasattr(self, attr):
+                delattr(self, attr)
 
     def current_frame(self) -> Any:
         """The data the next training starts from: the latest version of the dataset, else data.path."""
@@ -331,7 +365,9 @@ class Watcher:
                 status = "trained"
             if status == "trained":
                 t = time.monotonic()
-                version = services.register(self.settings, str(run_id), name)["version"]
+                version = self._registered_version(name, run_id)  # a crash after register, before the update
+                if version is None:
+                    version = services.register(self.settings, str(run_id), name)["version"]
                 timings["register"] = time.monotonic() - t
                 self.say(f"registered {name}/{version}")
                 self._update(job_id, status="registered", model_version=version, timings=timings)
@@ -356,12 +392,17 @@ class Watcher:
             return JobOutcome(job_id, decision, run_id, version, reason, timings)
         except StoreError:
             raise
-        except MlopsError as e:
-            self.say(f"[red]job {job_id} failed[/]: {e.message}")
-            self._update(job_id, status="failed", decision="failed", reason=e.message, timings=timings)
+        except (KeyboardInterrupt, SystemExit):
+            raise  # abandoned: the job stays at its stage and the next start resumes it
+        except Exception as e:  # a job that cannot finish must never crash (or crash-loop) the watcher
+            reason = e.message if isinstance(e, MlopsError) else f"{type(e).__name__}: {e}"
+            self.say(f"[red]job {job_id} failed[/]: {reason}")
+            self._update(job_id, status="failed", decision="failed", reason=reason, timings=timings)
             with self.store.session() as s:
-                registry.add_event(s, "retrain_failed", f"job {job_id} failed: {e.message}")
-            return JobOutcome(job_id, "failed", run_id, version, e.message, timings)
+                registry.add_event(s, "retrain_failed", f"job {job_id} failed: {reason}")
+            return JobOutcome(job_id, "failed", run_id, version, reason, timings)
+        finally:
+            self.forget_schema()
 
     def _read_blob(self, sha: str, suffix: str) -> Any:
         """A data file stored in the artifact store (verified), read by its original extension."""
@@ -431,6 +472,15 @@ class Watcher:
             tmp.write_bytes(self.arts.get_bytes(sha))
             os.replace(tmp, path)
         return path
+
+    def _registered_version(self, name: str, run_id: int) -> int | None:
+        from sqlalchemy import select
+
+        from mlopsctl.store.models import ModelVersion, RegisteredModel
+
+        with self.store.read() as s:
+            return s.scalar(select(ModelVersion.version).join(RegisteredModel).where(
+                RegisteredModel.name == name, ModelVersion.run_id == run_id))
 
     def _update(self, job_id: int, **fields: Any) -> None:
         from mlopsctl.store.models import WatchJob, utcnow
@@ -505,12 +555,22 @@ class Watcher:
             self.scan()  # catch-up: files already there
             self.say(f"watching {self.folder} (debounce {self.debouncer.seconds:g} s, mode {self.settings.watch.mode}"
                      + (f", every {self.settings.watch.every}" if self.settings.watch.every else "") + "); Ctrl-C to stop")
-            while not self.stop.wait(tick if self.debouncer.pending() else 0.5):
+            while not self.stop.is_set():
+                if not self.debouncer.pending():
+                    self.wake.wait(0.5)
+                else:
+                    time.sleep(tick)
+                self.wake.clear()
                 self.process_ready()
                 self.check_triggers()
         finally:
             observer.stop()
             observer.join(5)
+
+
+def _labels(series: Any) -> set[str]:
+    """Class labels as text, with integral floats (1.0 from a CSV with gaps) written as integers."""
+    return {str(int(v)) if isinstance(v, float) and v.is_integer() else str(v) for v in series.dropna().unique()}
 
 
 def _alive(pid: int) -> bool:
