@@ -180,6 +180,9 @@ class Contract:
             if c.kind == "categorical":
                 norm, nulls = _as_categorical(values)
                 result.normalized[c.name] = norm
+                raw_vals = list(values)
+                nested = np.fromiter((isinstance(v, (list, dict, tuple)) for v in raw_vals), dtype=bool, count=len(raw_vals))
+                flag(nested, c.name, lambda r, c=c, raw=raw_vals: f"column {c.name!r} must be a category (text), got {raw[r]!r}")
                 if unknown_category == "reject" and c.categories is not None:
                     unknown = ~nulls & ~_isin(norm, c.categories)
                     flag(unknown, c.name, lambda r, c=c, v=norm: (
@@ -217,7 +220,10 @@ class Contract:
             if c.kind == "categorical":
                 feeds[c.input_name] = arr.reshape(-1, 1)
             else:
-                feeds[c.input_name] = arr.astype(self.numeric_dtype).reshape(-1, 1)
+                import numpy as np
+
+                with np.errstate(over="ignore"):
+                    feeds[c.input_name] = arr.astype(self.numeric_dtype).reshape(-1, 1)
         return feeds
 
 
@@ -231,12 +237,14 @@ def _as_float(values: Any, boolean: bool) -> tuple[Any, Any, Any]:
     if raw is not None and raw.dtype.kind in "fiub":
         return np.asarray(raw, dtype=np.float64).ravel(), None, raw
     try:
-        return np.asarray(values, dtype=np.float64).ravel(), None, values
+        arr = np.asarray(values, dtype=np.float64)
+        if arr.ndim == 1:
+            return arr, None, values
     except (TypeError, ValueError):
         pass
     import pandas as pd
 
-    s = pd.Series(np.asarray(values, dtype=object).ravel())
+    s = pd.Series(list(values), dtype=object)
     if boolean:
         s = s.map(_to_bool_or_nan)
     num = pd.to_numeric(s, errors="coerce")
@@ -248,7 +256,8 @@ def _as_categorical(values: Any) -> tuple[Any, Any]:
     """(object array of str with "" for nulls, null mask)."""
     import numpy as np
 
-    arr = np.asarray(values, dtype=object).ravel()
+    arr = np.empty(len(values), dtype=object)
+    arr[:] = list(values)
     if len(arr) <= 64:  # requests: a Python loop beats pandas' overhead
         nulls = np.fromiter((v is None or (isinstance(v, float) and v != v) for v in arr), dtype=bool, count=len(arr))
         norm = np.array([MISSING_CATEGORY if n else (v if isinstance(v, str) else str(v)) for v, n in zip(arr, nulls)],

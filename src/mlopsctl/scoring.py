@@ -17,11 +17,24 @@ CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
 
 
-def providers_for(device: str) -> list[str]:
-    """ONNX Runtime providers for ``cpu | cuda | auto``; ``cuda`` fails loudly when unavailable."""
-    import onnxruntime as ort
+def available_providers_in_child() -> list[str]:
+    """onnxruntime's providers, asked in a child process (for a parent that will fork workers)."""
+    import subprocess
+    import sys
 
-    available = ort.get_available_providers()
+    out = subprocess.run([sys.executable, "-c", "import onnxruntime as o; print(','.join(o.get_available_providers()))"],
+                         capture_output=True, text=True, timeout=60, check=False)
+    if out.returncode != 0:
+        raise ConfigError(f"onnxruntime cannot be imported: {out.stderr.strip().splitlines()[-1] if out.stderr.strip() else out.returncode}.")
+    return out.stdout.strip().split(",")
+
+
+def providers_for(device: str, available: list[str] | None = None) -> list[str]:
+    """ONNX Runtime providers for ``cpu | cuda | auto``; ``cuda`` fails loudly when unavailable."""
+    if available is None:
+        import onnxruntime as ort
+
+        available = ort.get_available_providers()
     if device == "cpu":
         return [CPU]
     if device == "cuda":

@@ -61,7 +61,7 @@ def create_app(settings: Settings, model_ref: str | None = None, *, workers: int
     if watch:
         holder.start()
 
-    app = Flask("mlopsctl.serving")
+    app = Flask("mlopsctl.serving", static_folder=None)
     app.config.update(MAX_CONTENT_LENGTH=int(serve.max_body_mb * 1024 * 1024))
     app.extensions["mlopsctl"] = ServerState(settings, holder, metrics, predlog, serve.token)
     app.register_blueprint(v2.bp)
@@ -139,7 +139,7 @@ def _register_routes(app: Flask) -> None:
             st.metrics.queue_depth.set(st.predlog.depth())
         _monitor_gauges(st)
         data, ctype = st.metrics.render()
-        return Response(data, mimetype=ctype.split(";")[0], headers={"Content-Type": ctype})
+        return Response(data, headers={"Content-Type": ctype})
 
     @app.get("/openapi.json")
     def openapi() -> Response:

@@ -155,15 +155,13 @@ def records_to_columns(records: Any, names: list[str], what: str = "records") ->
     for i, r in enumerate(records):
         if not isinstance(r, dict):
             raise InvalidInputError(f"{what}[{i}] must be an object mapping column names to values, got {type(r).__name__}.")
-    keys = list(records[0]) if records else []
     try:
-        columns = {k: [r[k] for r in records] for k in dict.fromkeys([*names, *keys])}
+        columns = {k: [r[k] for r in records] for k in names}
     except KeyError as e:
         col = e.args[0]
         row = next(i for i, r in enumerate(records) if col not in r)
         raise InvalidInputError(f"missing column {col!r} in {what}[{row}]; the model needs {', '.join(names)}.") from None
-    if any(len(r) != len(keys) for r in records):
-        extra = sorted({k for r in records for k in r} - set(columns))
-        for k in extra:
+    if any(len(r) != len(names) for r in records):  # extra keys somewhere (in any record, not only the first)
+        for k in dict.fromkeys(k for r in records for k in r if k not in columns):
             columns[k] = [r.get(k) for r in records]
     return columns, len(records)

@@ -110,9 +110,18 @@ def _columns_from_table(raw: bytes, media: str) -> tuple[dict[str, Any], int]:
             import pyarrow.parquet as pq
 
             table = pq.read_table(pa.BufferReader(raw))
+        names = table.column_names
     except (pa.ArrowInvalid, OSError) as e:
         raise InvalidInputError(f"the body could not be parsed as {media} ({str(e).splitlines()[0]}).") from None
-    return {n: table.column(n).to_numpy(zero_copy_only=False) for n in table.column_names}, table.num_rows
+    except UnicodeDecodeError:
+        raise InvalidInputError("the scoring server only supports UTF-8.") from None
+    cols = {}
+    for n in names:
+        col = table.column(n)
+        if pa.types.is_temporal(col.type):
+            col = col.cast(pa.string())
+        cols[n] = col.to_numpy(zero_copy_only=False)
+    return cols, table.num_rows
 
 
 @bp.post("/invocations")

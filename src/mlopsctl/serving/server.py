@@ -37,10 +37,13 @@ def preflight(settings: Settings, model_ref: str | None, device: str) -> str:
     device exists. Returns the resolved reference text."""
     from mlopsctl.artifacts import ArtifactStore
     from mlopsctl.registry import load_model, parse_ref
-    from mlopsctl.scoring import providers_for
+    from mlopsctl.scoring import available_providers_in_child, providers_for
     from mlopsctl.store.db import open_store
 
-    providers_for(device)  # raises ConfigError for an unavailable CUDA
+    if device != "cpu":
+        # asked in a child process: onnxruntime must not be imported in the gunicorn master, or the
+        # forked workers abort at exit (its thread pools do not survive fork)
+        providers_for(device, available=available_providers_in_child())
     ref = parse_ref(model_ref or settings.registry.model_name, settings.registry.alias)
     store = open_store(settings.store_url, settings.store.busy_timeout_ms)
     load_model(store, ArtifactStore(settings.artifacts_dir), ref)  # unknown model/alias, corrupt blob
@@ -103,7 +106,9 @@ def _run_gunicorn(settings: Settings, ref: str, *, host: str, port: int, workers
 
             return create_app(settings, ref, workers=workers, device=device)
 
+    master = os.getpid()
     try:
         App().run()
     finally:
-        shutil.rmtree(metrics_dir, ignore_errors=True)
+        if os.getpid() == master:  # workers leave run() through this frame too (SystemExit after fork)
+            shutil.rmtree(metrics_dir, ignore_errors=True)

@@ -150,6 +150,8 @@ def _input_values(inp: Any, i: int, blobs: bytes, offset: int) -> tuple[str, np.
 def model_infer(name: str, version: str | None = None) -> Response:
     served = _served(name, version)
     body, blobs = _split_body()
+    if "id" in body and not isinstance(body["id"], str):
+        raise InvalidInputError(f"'id' must be a string, got {type(body['id']).__name__}.")
     inputs = body.get("inputs")
     if not isinstance(inputs, list) or not inputs:
         raise InvalidInputError("the inference request needs a non-empty 'inputs' list.")
@@ -177,7 +179,7 @@ def model_infer(name: str, version: str | None = None) -> Response:
         selected = []
         for o in wanted:
             oname = o.get("name") if isinstance(o, dict) else None
-            if oname not in available:
+            if not isinstance(oname, str) or oname not in available:
                 raise InvalidInputError(f"unknown output {oname!r}; the model has {', '.join(available)}.")
             p = o.get("parameters") or {}
             selected.append((oname, bool(p.get("binary_data", binary_all)) if isinstance(p, dict) else binary_all))
@@ -195,7 +197,7 @@ def model_infer(name: str, version: str | None = None) -> Response:
             entry["data"] = arr.ravel().tolist() if datatype != "BYTES" else [str(x) for x in arr.ravel()]
         out_json.append(entry)
     resp_body: dict[str, Any] = {"model_name": result.served.name, "model_version": str(result.served.version),
-                                 "id": str(body.get("id")) if body.get("id") is not None else request_id(),
+                                 "id": body["id"] if "id" in body else request_id(),
                                  "outputs": out_json}
     if result.warnings:
         resp_body["parameters"] = {"warnings": "; ".join(result.warnings[:20])}

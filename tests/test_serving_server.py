@@ -1,0 +1,573 @@
+"""`mlopsctl serve` as a real server on 127.0.0.1: gunicorn (the default) and Flask's `--dev` server, started
+as subprocesses of the real CLI, driven by stock tritonclient[http] (JSON and binary tensors) and by MLflow
+payloads over http.client; the CLI's start-up errors; hot reload under load (zero non-200 responses while
+the alias moves twice); a clean SIGTERM shutdown.
+
+Models (trained once for the module through the CLI): breast-cancer bc/1..3 (10-tree forests;
+bc/1 at @production and @staging) and churn ch/1 (mixed types with missing values, @production).
+Every server is stopped with SIGTERM in a ``finally`` and its whole process group is checked to be gone.
+"""
+
+from __future__ import annotations
+
+import csv
+import http.client
+import io
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+START_TIMEOUT = 60.0
+
+
+# ---- module projects ----------------------------------------------------------------------------------
+
+def _cli(*args: Any) -> Any:
+    from mlopsctl.cli.main import app
+
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    assert result.exit_code == 0, (args, result.stdout, result.stderr, result.exception)
+    return result
+
+
+def _make_project(root: Path, example: str, model: str, params: str, runs: int) -> Path:
+    project = root / example
+    _cli("init", project, "--example", example)
+    cfg = project / ".mlops.toml"
+    text, n = re.subn(r"(?m)^params = .*$", f"params = {params}", cfg.read_text())
+    assert n == 1
+    cfg.write_text(text)
+    for run in range(1, runs + 1):
+        _cli("-C", project, "train")
+        _cli("-C", project, "register", run, "--name", model)
+    _cli("-C", project, "promote", model, 1)
+    return project
+
+
+def _clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLOPS_", "PROMETHEUS_MULTIPROC_DIR"))}
+    env.update(extra)
+    return env
+
+
+@pytest.fixture(scope="module")
+def projects(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    from mlopsctl.store import db
+
+    root = tmp_path_factory.mktemp("serving-server")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)
+        for name in list(os.environ):
+            if name.startswith("MLOPS_"):
+                mp.delenv(name)
+        bc = _make_project(root, "breast-cancer", "bc", "{ n_estimators = 10 }", runs=3)
+        _cli("-C", bc, "promote", "bc", 1, "--alias", "staging")
+        ch = _make_project(root, "churn", "ch", "{ max_iter = 20 }", runs=1)
+    db.close_all()
+    return {"bc": bc, "ch": ch}
+
+
+def _rows(project: Path, target: str, n: int, *, complete: bool = False) -> list[dict[str, Any]]:
+    out = []
+    with open(project / "data" / "train.csv", newline="") as fh:
+        for raw in csv.DictReader(fh):
+            raw.pop(target)
+            if complete and "" in raw.values():
+                continue
+            rec: dict[str, Any] = {}
+            for k, v in raw.items():
+                if v == "":
+                    rec[k] = None
+                elif v in ("True", "False"):
+                    rec[k] = v == "True"
+                else:
+                    try:
+                        rec[k] = float(v)
+                    except ValueError:
+                        rec[k] = v
+            out.append(rec)
+            if len(out) == n:
+                break
+    return out
+
+
+@pytest.fixture(scope="module")
+def reference(projects):
+    """In-process apps on the same stores: what the real servers must answer."""
+    from mlopsctl.config import load_settings
+    from mlopsctl.serving.app import create_app
+
+    return {key: create_app(load_settings({"serve.log_predictions": False}, {}, projects[key]), f"{key}@production",
+                            watch=False) for key in ("bc", "ch")}
+
+
+# ---- processes ----------------------------------------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def request(port: int, method: str, path: str, body: bytes | None = None,
+            headers: dict[str, str] | None = None, timeout: float = 10.0) -> tuple[int, dict[str, str], bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        r = conn.getresponse()
+        return r.status, {k.lower(): v for k, v in r.getheaders()}, r.read()
+    finally:
+        conn.close()
+
+
+class Server:
+    def __init__(self, proc: subprocess.Popen, port: int, log: Path):
+        self.proc, self.port, self.log = proc, port, log
+        self.returncode: int | None = None
+        self.stop_seconds: float | None = None
+
+    @property
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+def _gone(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+@contextmanager
+def serving(project: Path, ref: str, *args: str, env: dict[str, str] | None = None,
+            log: Path | None = None, stop_timeout: float = 30.0) -> Iterator[Server]:
+    """`python -m mlopsctl -C PROJECT serve REF --port N ARGS...` until ready; on exit SIGTERM, wait up to
+    ``stop_timeout`` (then SIGKILL the process group) and check that no process of it is left."""
+    port = free_port()
+    log = log or project.parent / f"serve-{port}.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "mlopsctl", "-C", str(project), "serve", ref, "--port", str(port),
+                                 *args], stdout=out, stderr=subprocess.STDOUT, env=env or _clean_env(), cwd=project,
+                                start_new_session=True)
+    server = Server(proc, port, log)
+    try:
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"the server exited with {proc.returncode} before it was ready:\n{server.output}")
+            try:
+                if request(port, "GET", "/v2/health/ready", timeout=2)[0] == 200:
+                    break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"the server was not ready after {START_TIMEOUT} s:\n{server.output}")
+            time.sleep(0.1)
+        yield server
+    finally:
+        t0 = time.monotonic()
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        try:
+            server.returncode = proc.wait(timeout=stop_timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            server.returncode = proc.wait(timeout=10)
+        server.stop_seconds = time.monotonic() - t0
+        deadline = time.monotonic() + 10
+        while not _gone(proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if not _gone(proc.pid):
+            os.killpg(proc.pid, signal.SIGKILL)
+            pytest.fail(f"processes of the server were left behind after SIGTERM:\n{server.output}")
+
+
+@pytest.fixture(scope="module")
+def bc_server(projects) -> Iterator[Server]:
+    """gunicorn (2 workers) serving bc@production for the whole module."""
+    with serving(projects["bc"], "bc@production") as server:
+        yield server
+
+
+@pytest.fixture
+def triton(request):
+    import tritonclient.http as httpclient
+
+    clients = []
+
+    def make(port: int):
+        client = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
+        clients.append(client)
+        return client
+
+    yield make
+    for c in clients:
+        c.close()
+
+
+def _v2_reference(app, records, outputs: list[str] | None = None) -> dict[str, Any]:
+    """The in-process app's V2 JSON answer for ``records``."""
+    served = app.extensions["mlopsctl"].model
+    inputs = []
+    for meta in served.inputs:
+        col = served.column_by_input[meta["name"]]
+        values = [r[col] for r in records]
+        if meta["datatype"] == "FP32":
+            values = [float(np.nan if v is None else v) for v in values]
+        inputs.append({"name": meta["name"], "datatype": meta["datatype"], "shape": [len(records), 1], "data": values})
+    r = app.test_client().post(f"/v2/models/{served.name}/infer", data=json.dumps({"inputs": inputs}))
+    assert r.status_code == 200, r.get_json()
+    return {o["name"]: o for o in r.get_json()["outputs"]}
+
+
+def _triton_inputs(served, records, *, binary: bool):
+    import tritonclient.http as httpclient
+
+    inputs = []
+    for meta in served.inputs:
+        col = served.column_by_input[meta["name"]]
+        values = [r[col] for r in records]
+        if meta["datatype"] == "BYTES":
+            arr = np.array([[("" if v is None else v).encode()] for v in values], dtype=np.object_)
+        else:
+            arr = np.array([[np.nan if v is None else float(v)] for v in values], dtype=np.float32)
+        inp = httpclient.InferInput(meta["name"], [len(records), 1], meta["datatype"])
+        inp.set_data_from_numpy(arr, binary_data=binary)
+        inputs.append(inp)
+    return inputs
+
+
+def _check_triton(client, app, records, model: str) -> None:
+    """Health, metadata and inference in JSON and binary modes equal the in-process app's answers."""
+    import tritonclient.http as httpclient
+
+    served = app.extensions["mlopsctl"].model
+    ref_client = app.test_client()
+    assert client.is_server_live()
+    assert client.is_server_ready()
+    assert client.is_model_ready(model)
+    assert client.is_model_ready(model, "1")
+    assert not client.is_model_ready(model, "7")
+    assert client.get_server_metadata() == ref_client.get("/v2").get_json()
+    assert client.get_model_metadata(model) == ref_client.get(f"/v2/models/{model}").get_json()
+    assert client.get_model_metadata(model, "1") == ref_client.get(f"/v2/models/{model}").get_json()
+
+    want = _v2_reference(app, records)
+    want_labels = [s.encode() for s in want["label"]["data"]]
+    want_proba = np.asarray(want["probabilities"]["data"], dtype=np.float32).reshape(want["probabilities"]["shape"])
+    for binary_in in (True, False):
+        for binary_out in (True, False):
+            outputs = [httpclient.InferRequestedOutput("label", binary_data=binary_out),
+                       httpclient.InferRequestedOutput("probabilities", binary_data=binary_out)]
+            result = client.infer(model, _triton_inputs(served, records, binary=binary_in), outputs=outputs,
+                                  request_id=f"tc-{binary_in}-{binary_out}")
+            assert result.get_response()["id"] == f"tc-{binary_in}-{binary_out}"
+            assert result.get_response()["model_version"] == "1"
+            # tritonclient hands BYTES back as bytes from binary outputs and as str from JSON ones
+            labels = [x if isinstance(x, bytes) else x.encode() for x in result.as_numpy("label").ravel()]
+            assert labels == want_labels, (binary_in, binary_out)
+            np.testing.assert_array_equal(result.as_numpy("probabilities"), want_proba)
+    # only one output, on a versioned path
+    result = client.infer(model, _triton_inputs(served, records, binary=True), model_version="1",
+                          outputs=[httpclient.InferRequestedOutput("probabilities")])
+    assert [o["name"] for o in result.get_response()["outputs"]] == ["probabilities"]
+    assert result.as_numpy("label") is None
+    np.testing.assert_array_equal(result.as_numpy("probabilities"), want_proba)
+
+
+# ---- gunicorn, tritonclient ---------------------------------------------------------------------------
+
+def test_tritonclient_against_gunicorn(projects, reference, bc_server, triton):
+    records = _rows(projects["bc"], "diagnosis", 30)
+    _check_triton(triton(bc_server.port), reference["bc"], records, "bc")
+
+
+def test_tritonclient_errors_are_v2_errors(bc_server, triton):
+    import tritonclient.http as httpclient
+    from tritonclient.utils import InferenceServerException
+
+    client = triton(bc_server.port)
+    with pytest.raises(InferenceServerException) as e:
+        client.get_model_metadata("nope")
+    assert e.value.status() == "404"
+    assert e.value.message() == "model 'nope' is not served here; this server serves 'bc'."
+    inp = httpclient.InferInput("mean_radius", [1, 1], "FP32")
+    inp.set_data_from_numpy(np.array([[14.0]], dtype=np.float32))
+    with pytest.raises(InferenceServerException) as e:
+        client.infer("bc", [inp])
+    assert e.value.status() == "400"
+    assert e.value.message().startswith("missing column(s) 'mean_texture', ")
+
+
+# ---- gunicorn, MLflow payloads ------------------------------------------------------------------------
+
+def _json(port: int, method: str, path: str, body: Any = None, ctype: str | None = "application/json",
+          raw: bytes | None = None) -> tuple[int, dict[str, str], Any]:
+    data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+    status, headers, payload = request(port, method, path, data, {"Content-Type": ctype} if ctype else {})
+    return status, headers, json.loads(payload) if payload.strip() else payload
+
+
+def test_mlflow_payloads_against_gunicorn(projects, reference, bc_server):
+    from mlopsctl import __version__
+
+    port = bc_server.port
+    records = _rows(projects["bc"], "diagnosis", 12)
+    names = reference["bc"].extensions["mlopsctl"].model.contract.feature_names
+    want = reference["bc"].test_client().post("/predict", json={"records": records}).get_json()["predictions"]
+    rows = [[r[n] for n in names] for r in records]
+    for body in ({"dataframe_split": {"columns": names, "data": rows}}, {"dataframe_records": records},
+                 {"instances": records}, {"instances": rows}, {"inputs": {n: [r[n] for r in records] for n in names}},
+                 {"inputs": rows}):
+        status, headers, payload = _json(port, "POST", "/invocations", body)
+        assert (status, payload) == (200, {"predictions": want}), body.keys()
+        assert headers["content-type"] == "application/json"
+    status, _, payload = _json(port, "POST", "/invocations", {"dataframe_records": records},
+                               ctype="application/json; charset=utf-8")
+    assert (status, payload) == (200, {"predictions": want})
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerows([names, *rows])
+    status, _, payload = _json(port, "POST", "/invocations", ctype="text/csv", raw=buf.getvalue().encode())
+    assert (status, payload) == (200, {"predictions": want})
+
+    status, _, payload = _json(port, "POST", "/invocations", {"dataframe_records": records},
+                               ctype="application/json; charset=latin-1")
+    assert (status, payload) == (415, {"error_code": "BAD_REQUEST", "message": "the scoring server only supports UTF-8."})
+    status, _, payload = _json(port, "POST", "/invocations", {"instances": rows, "inputs": rows})
+    assert status == 400
+    assert payload == {"error_code": "BAD_REQUEST", "message": (
+        "the input must be a JSON dictionary with exactly one of the input fields 'dataframe_split', "
+        "'dataframe_records', 'instances', 'inputs'; got 'instances', 'inputs'.")}
+    status, _, payload = _json(port, "POST", "/invocations", raw=b"{nope")
+    assert status == 400
+    assert payload["error_code"] == "BAD_REQUEST"
+    assert payload["message"].startswith("the request body is not valid JSON (")
+    for path in ("/ping", "/health"):
+        assert request(port, "GET", path)[::2] == (200, b"\n")
+    assert request(port, "GET", "/version")[::2] == (200, __version__.encode())
+
+
+def test_predict_and_metrics_across_gunicorn_workers(projects, bc_server):
+    """/metrics under gunicorn aggregates every worker (prometheus_client multiprocess mode)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    def predict_200s() -> float:
+        status, _, body = request(bc_server.port, "GET", "/metrics")
+        assert status == 200
+        return sum(s.value for fam in text_string_to_metric_families(body.decode()) for s in fam.samples
+                   if s.name == "mlops_requests_total" and s.labels == {"endpoint": "predict", "status": "200"})
+
+    before = predict_200s()
+    record = json.dumps({"records": _rows(projects["bc"], "diagnosis", 1)}).encode()
+    for i in range(20):
+        status, headers, body = request(bc_server.port, "POST", "/predict", record, {"X-Request-ID": f"gun-{i}"})
+        assert status == 200
+        assert headers["x-request-id"] == f"gun-{i}"
+        assert json.loads(body)["version"] == 1
+    assert predict_200s() - before == 20
+    status, headers, body = request(bc_server.port, "GET", "/nope")
+    assert (status, headers["content-type"]) == (404, "application/json")
+
+
+# ---- --dev --------------------------------------------------------------------------------------------
+
+def test_dev_server_mixed_types_with_tritonclient_and_mlflow(projects, reference, triton):
+    records = _rows(projects["ch"], "churned", 40)
+    complete = [r for r in records if None not in r.values()]
+    with serving(projects["ch"], "ch@production", "--dev") as server:
+        assert "Flask development server" in server.output
+        _check_triton(triton(server.port), reference["ch"], complete, "ch")
+        # missing values through V2 binary tensors (NaN / '') and through MLflow CSV
+        with_nulls = [r for r in records if r["age"] is None or r["plan"] is None][:6]
+        want = reference["ch"].test_client().post("/predict", json={"records": with_nulls}).get_json()
+        result = triton(server.port).infer("ch", _triton_inputs(reference["ch"].extensions["mlopsctl"].model,
+                                                                 with_nulls, binary=True))
+        assert [s.decode() for s in result.as_numpy("label")] == want["predictions"]
+        names = list(records[0])
+        buf = io.StringIO()
+        csv.writer(buf, lineterminator="\n").writerows([names, *[["" if r[n] is None else r[n] for n in names]
+                                                                  for r in with_nulls]])
+        status, _, payload = _json(server.port, "POST", "/invocations", ctype="text/csv", raw=buf.getvalue().encode())
+        assert (status, payload) == (200, {"predictions": want["predictions"]})
+    assert server.returncode in (0, -signal.SIGTERM)
+
+
+# ---- CLI errors ---------------------------------------------------------------------------------------
+
+def test_unknown_model_exits_3(projects, cli, assert_error):
+    result = cli("-C", projects["bc"], "serve", "nope@production", "--port", free_port())
+    assert_error(result, 3, "model 'nope' does not exist; registered: bc.")
+    result = cli("-C", projects["bc"], "serve", "bc@nowhere", "--port", free_port())
+    assert_error(result, 3, "bc has no alias 'nowhere'; its aliases are production, staging.")
+    result = cli("-C", projects["bc"], "serve", "bc/9", "--port", free_port())
+    assert_error(result, 3, "bc has no version 9; versions are 1 to 3.")
+
+
+def test_cuda_on_a_cpu_only_machine_exits_5(projects, cli, assert_error):
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    if "CUDAExecutionProvider" in available:
+        pytest.skip("this machine has CUDA")
+    result = cli("-C", projects["bc"], "serve", "bc@production", "--device", "cuda", "--port", free_port())
+    assert_error(result, 5, f"--device cuda needs CUDAExecutionProvider, but this onnxruntime offers "
+                            f"{', '.join(available)}; install onnxruntime-gpu (pip install 'mlopsctl[gpu]') on a "
+                            "machine with CUDA, or use --device cpu.")
+    result = cli("-C", projects["bc"], "serve", "bc@production", "--device", "tpu", "--port", free_port())
+    assert_error(result, 5, "serve.device in a command-line flag must be one of cpu, cuda, auto; got 'tpu'.")
+
+
+def test_port_in_use_exits_2(projects):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = subprocess.run([sys.executable, "-m", "mlopsctl", "-C", str(projects["bc"]), "serve", "bc@production",
+                               "--port", str(port)], capture_output=True, text=True, env=_clean_env(), timeout=60,
+                              start_new_session=True)
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    assert proc.stderr == f"Error: 127.0.0.1:{port} is already in use; stop the other server or pass --port.\n"
+    assert proc.stdout == ""
+
+
+# ---- hot reload under load ----------------------------------------------------------------------------
+
+def test_hot_reload_under_load(projects):
+    """4 clients send /predict without pause to gunicorn following bc@staging (polled every 0.2 s) while the
+    alias moves 1 -> 2 -> 3 through the CLI: every response is a 200, and all clients end on version 3."""
+    bc = projects["bc"]
+    body = json.dumps({"records": _rows(bc, "diagnosis", 3)}).encode()
+    env = _clean_env(MLOPS_SERVE_RELOAD_INTERVAL="0.2")
+    stop = threading.Event()
+    seen: list[list[tuple[int, int | None]]] = [[] for _ in range(4)]
+    failures: list[str] = []
+
+    def client(k: int, port: int) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        try:
+            while not stop.is_set():
+                try:
+                    conn.request("POST", "/predict", body=body, headers={"Content-Type": "application/json"})
+                    r = conn.getresponse()
+                    payload = r.read()
+                except (OSError, http.client.HTTPException) as e:  # a dropped connection is a failure too
+                    failures.append(f"client {k}: {type(e).__name__}: {e}")
+                    conn.close()
+                    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+                    continue
+                version = json.loads(payload).get("version") if r.status == 200 else None
+                if r.status != 200:
+                    failures.append(f"client {k}: {r.status} {payload[:200]!r}")
+                seen[k].append((r.status, version))
+        finally:
+            conn.close()
+
+    def wait_for(predicate, what: str, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            assert time.monotonic() < deadline, f"timed out waiting for {what}; failures: {failures[:5]}"
+            time.sleep(0.05)
+
+    def promote(version: int) -> None:
+        r = CliRunner().invoke(__import__("mlopsctl.cli.main", fromlist=["app"]).app,
+                               ["-C", str(bc), "promote", "bc", str(version), "--alias", "staging", "--force"])
+        assert r.exit_code == 0, (r.stdout, r.stderr)
+
+    _cli("-C", bc, "promote", "bc", 1, "--alias", "staging", "--force")
+    with serving(bc, "bc@staging", env=env) as server:
+        threads = [threading.Thread(target=client, args=(k, server.port)) for k in range(4)]
+        for t in threads:
+            t.start()
+        try:
+            wait_for(lambda: all(len(s) >= 5 for s in seen), "every client to get answers")
+            promote(2)
+            wait_for(lambda: any(v == 2 for s in seen for _, v in s), "a response from version 2")
+            promote(3)
+            wait_for(lambda: all(len(s) >= 5 and all(v == 3 for _, v in s[-5:]) for s in seen),
+                     "every client to get version 3")
+            time.sleep(0.3)
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(30)
+    assert not any(t.is_alive() for t in threads)
+    assert failures == []
+    total = sum(len(s) for s in seen)
+    assert total >= 40
+    assert {st for s in seen for st, _ in s} == {200}
+    assert {v for s in seen for _, v in s} <= {1, 2, 3}
+    assert all(s[-1] == (200, 3) for s in seen)
+    assert "hot reload: bc@staging now serves version 3" in server.output
+
+
+# ---- worker lifecycle and shutdown ---------------------------------------------------------------------
+
+def _children(pid: int) -> set[int]:
+    out = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                out.add(int(entry.name))
+    return out
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc to find the workers")
+def test_a_worker_exit_leaves_the_server_serving(projects):
+    """gunicorn replaces a worker that exits (max-requests, a crash, an operator's SIGTERM): the other
+    worker keeps answering, the replacement boots, and /metrics still aggregates."""
+    record = json.dumps({"records": _rows(projects["bc"], "diagnosis", 1)}).encode()
+    with serving(projects["bc"], "bc@production") as server:
+        master = server.proc.pid
+        deadline = time.monotonic() + 30
+        while len(_children(master)) < 2:
+            assert time.monotonic() < deadline, "the two workers did not start"
+            time.sleep(0.1)
+        first = sorted(_children(master))
+        os.kill(first[0], signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        while not (first[0] not in _children(master) and len(_children(master)) == 2):
+            assert server.proc.poll() is None, f"the server stopped:\n{server.output}"
+            assert time.monotonic() < deadline, f"no replacement worker:\n{server.output}"
+            time.sleep(0.1)
+        answers = []
+        for method, path, body in [("POST", "/predict", record)] * 20 + [("GET", "/metrics", None)]:
+            try:
+                answers.append(request(server.port, method, path, body, timeout=5)[0])
+            except OSError as e:
+                answers.append(type(e).__name__)
+            if answers[-1] != 200:
+                break  # a broken server can hold each request until the timeout: one failure is enough
+        assert answers == [200] * 21, server.output[-3000:]
+
+
+# ---- shutdown -----------------------------------------------------------------------------------------
+
+def test_sigterm_shuts_gunicorn_down_cleanly(projects):
+    """SIGTERM: the workers finish and exit normally, in seconds (no abort at exit, no kill after the 10 s
+    graceful timeout)."""
+    record = json.dumps({"records": _rows(projects["bc"], "diagnosis", 1)}).encode()
+    with serving(projects["bc"], "bc@production", stop_timeout=6) as server:
+        assert request(server.port, "POST", "/predict", record)[0] == 200
+    assert server.returncode == 0, (server.returncode, server.stop_seconds, server.output)
+    out = server.output
+    assert "SIGABRT" not in out and "terminate called" not in out, out
+    assert "SIGKILL" not in out, out
+    assert server.stop_seconds < 5, (server.stop_seconds, out)
