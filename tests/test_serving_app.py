@@ -593,16 +593,19 @@ def test_prediction_log_rows(projects, bc_app, bc_row):
     row = logged["log-predict"]
     assert (row["model"], row["version"], row["endpoint"], row["n_rows"]) == ("bc", 1, "predict", 2)
     assert row["latency_ms"] > 0
-    inputs, outputs = json.loads(row["inputs"]), json.loads(row["outputs"])
+    from mlopsctl.predlog_format import read_requests
+
+    logged_rows = read_requests(app.extensions["mlopsctl"].holder.store, ["log-predict", "log-mlflow", "log-v2"], names)
+    inputs, outputs = logged_rows["log-predict"]["inputs"], logged_rows["log-predict"]["outputs"]
     assert set(inputs) == set(names)
     assert inputs["mean_radius"] == [bc_row["mean_radius"], 11.5]
     assert inputs["worst_area"] == [bc_row["worst_area"]] * 2
     assert outputs["label"] == p["predictions"]
     assert np.allclose(outputs["probabilities"], [[d["benign"], d["malignant"]] for d in p["probabilities"]], atol=1e-6)
     assert (logged["log-mlflow"]["endpoint"], logged["log-mlflow"]["n_rows"]) == ("invocations", 1)
-    assert json.loads(logged["log-mlflow"]["outputs"])["label"] == m["predictions"]
+    assert logged_rows["log-mlflow"]["outputs"]["label"] == m["predictions"]
     assert (logged["log-v2"]["endpoint"], logged["log-v2"]["n_rows"]) == ("v2", 1)
-    assert json.loads(logged["log-v2"]["outputs"])["label"] == v["outputs"][0]["data"]
+    assert logged_rows["log-v2"]["outputs"]["label"] == v["outputs"][0]["data"]
 
 
 def test_prediction_log_drops_are_counted_never_silent(projects, make_app, bc_row):

@@ -87,6 +87,7 @@ def feedback(
     c = console()
     c.print(f"{out['matched']} of {out['labels']} label(s) joined to predictions; {out['unknown']} unknown request id(s)"
             + (f" (e.g. {', '.join(out['unknown_ids'][:3])})" if out["unknown"] else "")
+            + f"; {out['invalid_rows']} label(s) for a row the request does not have"
             + f"; {out['duplicates_in_file']} duplicate(s) in the file (last kept); {out['replaced']} label(s) replaced")
     live = out["live"]
     if live:

@@ -16,6 +16,7 @@ from mlopsctl.config import Settings, parse_duration
 from mlopsctl.contract import MISSING_CATEGORY, Contract
 from mlopsctl.errors import InvalidInputError, NotFoundError
 from mlopsctl.monitoring.drift import DriftReport, column_drift, dataset_drift
+from mlopsctl.predlog_format import gather
 from mlopsctl.registry import LoadedModel, load_model, parse_ref
 from mlopsctl.store.models import utcnow
 
@@ -42,7 +43,6 @@ class Window:
 def load_window(store: Any, model: str, version: int | None, contract: Contract, *, since: str | None = None,
                 last: int | None = None) -> Window:
     """The logged inputs and outputs of ``model`` (one version, or all) in a time window or the last N rows."""
-    import orjson
     from sqlalchemy import text
 
     where = ["model = :model"]
@@ -53,32 +53,22 @@ def load_window(store: Any, model: str, version: int | None, contract: Contract,
     if since:
         where.append("created_at >= :since")
         params["since"] = utcnow() - timedelta(seconds=parse_duration(since, "--since"))
-    sql = (f"SELECT CAST(inputs AS TEXT), CAST(outputs AS TEXT), request_id, created_at, n_rows FROM predictions "
+    sql = (f"SELECT batch_id, \"offset\", n_rows, request_id, created_at, version FROM predictions "
            f"WHERE {' AND '.join(where)} ORDER BY id DESC")
-    fetched = []
-    total = 0
     with store.engine.connect() as conn:
-        result = conn.execution_options(mlops_readonly=True).execute(text(sql), params)
-        for raw_in, raw_out, rid, at, n_rows in result:  # newest first
-            fetched.append((raw_in, raw_out, rid, at, n_rows))
-            total += n_rows
+        conn = conn.execution_options(mlops_readonly=True)
+        requests, total = [], 0
+        for req in conn.execute(text(sql), params):  # newest first
+            requests.append(req)
+            total += req[2]
             if last is not None and total >= last:
                 break
-    fetched.reverse()  # oldest first
-    docs_in = [orjson.loads(f[0]) for f in fetched]
-    docs_out = [orjson.loads(f[1]) for f in fetched]
-    rids = [f[2] for f in fetched for _ in range(f[4])]
-    rows_idx = [i for f in fetched for i in range(f[4])]
-    times = [_dt(f[3]) for f in fetched for _ in range(f[4])]
-    columns = {c: [v for d in docs_in for v in d.get(c, [])] for c in contract.feature_names}
-    out_keys = list(docs_out[0]) if docs_out else []
-    outputs = {k: [v for d in docs_out for v in d.get(k, [])] for k in out_keys}
-    n = len(rids)
-    if last is not None and n > last:
-        columns = {c: v[-last:] for c, v in columns.items()}
-        outputs = {k: v[-last:] for k, v in outputs.items()}
-        rids, rows_idx, times, n = rids[-last:], rows_idx[-last:], times[-last:], last
-    return Window(columns, outputs, rids, rows_idx, times, n)
+        requests.reverse()  # oldest first
+        selection = [(b, off, r, rid, _dt(at), v) for b, off, n, rid, at, v in requests for r in range(n)]
+        if last is not None and len(selection) > last:
+            selection = selection[-last:]
+        rows = gather(conn, selection, contract.feature_names)
+    return Window(rows.inputs, rows.outputs, rows.request_ids, rows.rows.tolist(), rows.times, rows.n)
 
 
 def _dt(at: Any) -> datetime:
@@ -97,13 +87,16 @@ def reference_columns(contract: Contract) -> dict[str, Any]:
 
 
 def _as_drift_input(contract: Contract, columns: dict[str, Any]) -> dict[str, Any]:
+    """Normalized columns with nulls as the drift statistics expect them (None / NaN), vectorized."""
     out = {}
     for c in contract.columns:
         values = columns[c.name]
         if c.kind == "categorical":
-            out[c.name] = np.array([None if v in (None, MISSING_CATEGORY) else v for v in values], dtype=object)
+            arr = np.array(values, dtype=object)
+            arr[(arr == MISSING_CATEGORY) | (arr == None)] = None  # noqa: E711 - elementwise on objects
+            out[c.name] = arr
         else:
-            out[c.name] = np.array([np.nan if v is None else v for v in values], dtype=np.float64)
+            out[c.name] = np.asarray(values, dtype=np.float64)
     return out
 
 
@@ -165,16 +158,15 @@ def drift_report(settings: Settings, model_ref: str, *, since: str | None = None
     return report, loaded, window
 
 
-def _prediction_drift(contract: Contract, ref_out: dict[str, Any], cur_out: dict[str, list]):
-    if contract.task == "classification":
-        if "label" not in cur_out or not cur_out["label"]:
-            return None
-        return column_drift("prediction", "categorical", np.asarray(ref_out["label"]).ravel().astype(str).astype(object),
-                            np.asarray(cur_out["label"], dtype=object).astype(str))
-    if "prediction" not in cur_out or not cur_out["prediction"]:
+def _prediction_drift(contract: Contract, ref_out: dict[str, Any], cur_out: dict[str, Any]):
+    key = "label" if contract.task == "classification" else "prediction"
+    if key not in cur_out or len(cur_out[key]) == 0:
         return None
-    cur = np.asarray([v[0] if isinstance(v, list) else v for v in cur_out["prediction"]], dtype=np.float64)
-    return column_drift("prediction", "numeric", np.asarray(ref_out["prediction"], dtype=np.float64).ravel(), cur)
+    if contract.task == "classification":
+        return column_drift("prediction", "categorical", np.asarray(ref_out["label"]).ravel().astype(str).astype(object),
+                            np.asarray(cur_out["label"]).astype(str).astype(object))
+    return column_drift("prediction", "numeric", np.asarray(ref_out["prediction"], dtype=np.float64).ravel(),
+                        np.asarray(cur_out["prediction"], dtype=np.float64).ravel())
 
 
 def _record(store: Any, model: str, version: int | None, kind: str, value: float, details: dict[str, Any]) -> None:
@@ -214,7 +206,10 @@ def add_feedback(settings: Settings, labels_path: Path) -> dict[str, Any]:
             for rid, n in s.execute(select(PredictionRecord.request_id, PredictionRecord.n_rows)
                                     .where(PredictionRecord.request_id.in_(ids[chunk:chunk + 500]))):
                 known[rid] = n
-    matched = df[df.apply(lambda r: r["request_id"] in known and r["row"] < known[r["request_id"]], axis=1)] if len(df) else df
+    is_known = df["request_id"].isin(list(known))
+    in_range = df["row"] < df["request_id"].map(known).fillna(0)
+    matched = df[is_known & in_range]
+    invalid_rows = int((is_known & ~in_range).sum())  # a row number beyond the request's rows
     unknown = sorted(set(df["request_id"]) - set(known))
     replaced = 0
     with store.session() as s:
@@ -233,6 +228,7 @@ def add_feedback(settings: Settings, labels_path: Path) -> dict[str, Any]:
         add_event(s, "feedback", f"{len(matched)} label(s) joined to predictions; {len(unknown)} unknown request id(s)",
                   payload={"matched": int(len(matched)), "unknown": len(unknown), "duplicates": duplicates})
     return {"labels": before, "matched": int(len(matched)), "unknown_ids": unknown[:100], "unknown": len(unknown),
+            "unknown_labels": int((~is_known).sum()), "invalid_rows": invalid_rows,
             "duplicates_in_file": duplicates, "replaced": replaced}
 
 
@@ -242,30 +238,27 @@ def _label_text(v: Any) -> str:
     return str(v)
 
 
-def labelled(store: Any, model: str, contract: Contract, version: int | None = None) -> dict[str, Any]:
-    """Logged predictions that have a label: columns, outputs, labels, versions, times."""
-    import orjson
+def labelled(store: Any, model: str, contract: Contract, version: int | None = None,
+             after_feedback_id: int = 0) -> dict[str, Any]:
+    """Logged predictions that have a label: columns, outputs, labels, versions, times (and the newest
+    feedback id used, so a caller can take only labels it has not used yet)."""
     from sqlalchemy import text
 
-    sql = ("SELECT p.version, p.created_at, CAST(p.inputs AS TEXT), CAST(p.outputs AS TEXT), f.row, f.label "
-           "FROM feedback f JOIN predictions p ON p.request_id = f.request_id WHERE p.model = :model"
+    sql = ("SELECT p.batch_id, p.\"offset\", f.row, p.request_id, p.created_at, p.version, f.label, f.id "
+           "FROM feedback f JOIN predictions p ON p.request_id = f.request_id "
+           "WHERE p.model = :model AND f.row < p.n_rows AND f.id > :after"
            + (" AND p.version = :version" if version is not None else "") + " ORDER BY p.id, f.row")
-    params: dict[str, Any] = {"model": model}
+    params: dict[str, Any] = {"model": model, "after": after_feedback_id}
     if version is not None:
         params["version"] = version
-    out: dict[str, Any] = {"versions": [], "times": [], "labels": [], "columns": {c: [] for c in contract.feature_names},
-                           "outputs": {}}
     with store.engine.connect() as conn:
-        for v, at, raw_in, raw_out, row, label in conn.execution_options(mlops_readonly=True).execute(text(sql), params):
-            doc_in, doc_out = orjson.loads(raw_in), orjson.loads(raw_out)
-            out["versions"].append(v)
-            out["times"].append(_dt(at))
-            out["labels"].append(label)
-            for c in contract.feature_names:
-                out["columns"][c].append(doc_in[c][row])
-            for k, vals in doc_out.items():
-                out["outputs"].setdefault(k, []).append(vals[row])
-    return out
+        conn = conn.execution_options(mlops_readonly=True)
+        found = list(conn.execute(text(sql), params))
+        rows = gather(conn, [(b, off, r, rid, _dt(at), v) for b, off, r, rid, at, v, _l, _f in found],
+                      contract.feature_names)
+    return {"versions": rows.versions.tolist(), "times": rows.times, "labels": [f[6] for f in found],
+            "columns": rows.inputs, "outputs": rows.outputs,
+            "last_feedback_id": max((f[7] for f in found), default=after_feedback_id)}
 
 
 def live_metrics(settings: Settings, model_ref: str, *, bucket: str = "1d", record: bool = True) -> dict[str, Any]:
@@ -303,14 +296,13 @@ def _metrics(contract: Contract, data: dict[str, Any], idx: list[int]) -> dict[s
         if "probabilities" in data["outputs"] and len(set(y)) == 2 and len(classes) == 2:
             from scipy import stats
 
-            p = np.asarray([data["outputs"]["probabilities"][i][1] for i in idx], dtype=np.float64)
+            p = np.asarray(data["outputs"]["probabilities"], dtype=np.float64)[idx, 1]
             pos = np.asarray([lab == classes[1] for lab in y])
             ranks = stats.rankdata(p)
             n1, n0 = int(pos.sum()), int((~pos).sum())
             out["roc_auc"] = float((ranks[pos].sum() - n1 * (n1 + 1) / 2) / (n1 * n0)) if n1 and n0 else None
         return _jsonable(out)
-    pred = np.asarray([v[0] if isinstance(v, list) else v for v in (data["outputs"]["prediction"][i] for i in idx)],
-                      dtype=np.float64)
+    pred = np.asarray(data["outputs"]["prediction"], dtype=np.float64).ravel()[idx]
     try:
         truth = np.asarray(y, dtype=np.float64)
     except ValueError:
@@ -321,18 +313,19 @@ def _metrics(contract: Contract, data: dict[str, Any], idx: list[int]) -> dict[s
                       "r2": 1 - float((err ** 2).sum()) / ss_tot if ss_tot > 0 else None})
 
 
-def training_rows_from_log(settings: Settings, model_ref: str) -> Any:
-    """Labelled logged predictions as a training frame (features + target), for a drift-triggered retrain."""
+def training_rows_from_log(settings: Settings, model_ref: str, after_feedback_id: int = 0) -> tuple[Any, int]:
+    """Labelled logged predictions (with feedback newer than ``after_feedback_id``) as a training frame
+    (features + target), for a drift-triggered retrain; and the newest feedback id it used."""
     import pandas as pd
 
     store, _, loaded = resolve(settings, model_ref)
-    data = labelled(store, loaded.name, loaded.contract)
+    data = labelled(store, loaded.name, loaded.contract, after_feedback_id=after_feedback_id)
     frame = pd.DataFrame({c: [None if v in (None, MISSING_CATEGORY) else v for v in vals]
                           for c, vals in data["columns"].items()})
     labels = pd.Series(data["labels"], dtype=object)
     numeric = pd.to_numeric(labels, errors="coerce")
     frame[loaded.contract.target] = numeric if numeric.notna().all() and len(labels) else labels
-    return frame
+    return frame, data["last_feedback_id"]
 
 
 def write_report(settings: Settings, model_ref: str, output: Path, *, since: str | None = None,
@@ -398,8 +391,8 @@ class DriftTrigger:
                     f"({result['drift_share']:.0%}) over {result['window']['rows']} rows")
         if not result["drifted"]:
             return None
-        frame = training_rows_from_log(self.settings, self.model_ref)
         store, _ = _store_and_arts(self.settings)
+        frame, last_id = training_rows_from_log(self.settings, self.model_ref, _last_queued_feedback(store, result["model"]))
         if len(frame) < self.settings.monitor.min_labels:
             msg = (f"drift detected but only {len(frame)} labelled prediction(s); need monitor.min_labels = "
                    f"{self.settings.monitor.min_labels} to retrain")
@@ -414,7 +407,19 @@ class DriftTrigger:
         with store.session() as s:
             add_event(s, "drift_retrain", f"drift in {', '.join(result['drifted_columns'][:10])}: "
                       f"{len(frame)} labelled rows queued for retraining as {path.name}",
-                      model=result["model"], version=result["version"])
+                      model=result["model"], version=result["version"], payload={"last_feedback_id": last_id})
         watcher.say(f"drift: queued {len(frame)} labelled rows as {path.name}")
         watcher.note(path)
         return None
+
+
+def _last_queued_feedback(store: Any, model: str) -> int:
+    """The newest feedback id an earlier drift retrain already queued (labels are used once)."""
+    from sqlalchemy import select
+
+    from mlopsctl.store.models import Event
+
+    with store.read() as s:
+        payload = s.scalar(select(Event.payload).where(Event.kind == "drift_retrain", Event.model == model)
+                           .order_by(Event.id.desc()).limit(1))
+    return int((payload or {}).get("last_feedback_id", 0))

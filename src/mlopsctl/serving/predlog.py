@@ -13,7 +13,8 @@ import threading
 import time
 from typing import Any, Callable
 
-from mlopsctl.store.models import PredictionRecord, utcnow
+from mlopsctl.predlog_format import encode
+from mlopsctl.store.models import PredictionBatch, PredictionRecord, utcnow
 
 log = logging.getLogger("mlopsctl.serve")
 
@@ -66,20 +67,33 @@ class PredictionLog:
                 self._write(batch)
 
     def _write(self, batch: list[tuple]) -> None:
+        """One transaction per flush: per model version, one columnar batch row plus one row per request."""
         from sqlalchemy import insert
 
-        rows = [{"request_id": rid, "model": m, "version": v, "endpoint": ep, "latency_ms": lat,
-                 "inputs": _plain(inp), "outputs": _plain(out), "n_rows": n, "created_at": at}
-                for rid, m, v, ep, lat, inp, out, n, at in batch]
+        groups: dict[tuple[str, int], list[tuple]] = {}
+        for rec in batch:
+            groups.setdefault((rec[1], rec[2]), []).append(rec)
         try:
             with self.store.engine.begin() as conn:
-                conn.execute(insert(PredictionRecord), rows)
-            self.written += len(rows)
+                for (model, version), recs in groups.items():
+                    data = encode([(inp, out, n) for _rid, _m, _v, _ep, _lat, inp, out, n, _at in recs])
+                    n_total = sum(r[7] for r in recs)
+                    batch_id = conn.execute(insert(PredictionBatch).values(
+                        model=model, version=version, n_rows=n_total, data=data, created_at=recs[0][8],
+                    )).inserted_primary_key[0]
+                    rows, offset = [], 0
+                    for rid, _m, _v, ep, lat, _inp, _out, n, at in recs:
+                        rows.append({"request_id": rid, "model": model, "version": version, "endpoint": ep,
+                                     "latency_ms": lat, "n_rows": n, "batch_id": batch_id, "offset": offset,
+                                     "created_at": at})
+                        offset += n
+                    conn.execute(insert(PredictionRecord), rows)
+            self.written += len(batch)
         except Exception as e:
-            self.write_errors += len(rows)
+            self.write_errors += len(batch)
             if self.on_write_error:
                 self.on_write_error()
-            log.error("prediction log: %d record(s) could not be written: %s", len(rows), e)
+            log.error("prediction log: %d record(s) could not be written: %s", len(batch), e)
 
     def flush(self, timeout: float = 5.0) -> None:
         deadline = time.monotonic() + timeout
@@ -90,14 +104,3 @@ class PredictionLog:
     def close(self, timeout: float = 5.0) -> None:
         self._stop.set()
         self._thread.join(timeout)
-
-
-def _plain(d: dict[str, Any]) -> dict[str, Any]:
-    """Columns as JSON-safe lists (numpy arrays -> lists, NaN -> None)."""
-    out = {}
-    for k, v in d.items():
-        values = v.tolist() if hasattr(v, "tolist") else list(v) if isinstance(v, (list, tuple)) else v
-        if isinstance(values, list):
-            values = [None if isinstance(x, float) and x != x else x for x in values]
-        out[k] = values
-    return out

@@ -8,7 +8,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any, Optional
 
-from sqlalchemy import JSON, ForeignKey, Index, MetaData, String, Text, UniqueConstraint
+from sqlalchemy import JSON, ForeignKey, Index, LargeBinary, MetaData, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 NAMING = {
@@ -214,8 +214,22 @@ class Event(Base):
 
 # ---- prediction log (m003_prediction_log) --------------------------------------------------------------
 
+class PredictionBatch(Base):
+    """A flush of the prediction log for one model version: every logged row's normalized inputs and
+    outputs as one Arrow IPC table (columnar, so monitoring reads 100,000 rows in one pass)."""
+
+    __tablename__ = "prediction_batches"
+    __table_args__ = (Index("ix_prediction_batches_model_version_id", "model", "version", "id"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    model: Mapped[str] = mapped_column(String(100))
+    version: Mapped[int]
+    n_rows: Mapped[int]
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class PredictionRecord(Base):
-    """One served request: its inputs and outputs (columnar JSON), the version that answered, the latency."""
+    """One served request: which version answered, when, how fast, and where its rows are (batch, offset)."""
 
     __tablename__ = "predictions"
     __table_args__ = (Index("ix_predictions_model_version_id", "model", "version", "id"),)
@@ -226,8 +240,8 @@ class PredictionRecord(Base):
     endpoint: Mapped[str] = mapped_column(String(40))
     n_rows: Mapped[int]
     latency_ms: Mapped[float]
-    inputs: Mapped[dict[str, Any]]
-    outputs: Mapped[dict[str, Any]]
+    batch_id: Mapped[int] = mapped_column(ForeignKey("prediction_batches.id", ondelete="CASCADE"), index=True)
+    offset: Mapped[int]  # first row of this request inside its batch
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
 
 
