@@ -99,7 +99,9 @@ def default_method(kind: str, reference: np.ndarray, n_ref: int) -> str:
 def _isnull(a: np.ndarray) -> np.ndarray:
     if a.dtype.kind == "f":
         return np.isnan(a)
-    return np.array([v is None or v == "" or (isinstance(v, float) and v != v) for v in a], dtype=bool)
+    import pandas as pd
+
+    return np.asarray(pd.isna(a)) | (a == "")
 
 
 def _counts(values: np.ndarray) -> dict[str, int]:
@@ -133,16 +135,57 @@ def ks(ref: np.ndarray, cur: np.ndarray) -> float:
     return float(stats.ks_2samp(ref, cur).pvalue)
 
 
-def wasserstein_normed(ref: np.ndarray, cur: np.ndarray) -> float:
-    """Wasserstein-1 distance divided by the reference std, floored at 0.001 (as Evidently does).
+@dataclass
+class _Sorted:
+    """Both samples sorted once, merged, with each side's CDF at the merged points: what KS, Wasserstein
+    and PSI need, without sorting 100,000 values again for each of them."""
 
-    Same value as ``scipy.stats.wasserstein_distance``, computed from sorted samples (3x faster)."""
-    u, v = np.sort(ref), np.sort(cur)
-    both = np.sort(np.concatenate([u, v]), kind="stable")  # two sorted runs: merged in linear time
-    deltas = np.diff(both)
-    u_cdf = np.searchsorted(u, both[:-1], "right") / len(u)
-    v_cdf = np.searchsorted(v, both[:-1], "right") / len(v)
-    return float(np.sum(np.abs(u_cdf - v_cdf) * deltas) / max(float(np.std(ref)), 1e-3))
+    u: np.ndarray  # reference, sorted
+    v: np.ndarray  # current, sorted
+    merged: np.ndarray
+    cdf_u: np.ndarray  # at merged points, side="right" (as scipy)
+    cdf_v: np.ndarray
+
+    @classmethod
+    def of(cls, ref: np.ndarray, cur: np.ndarray) -> _Sorted:
+        u, v = np.sort(ref), np.sort(cur)
+        pos = np.searchsorted(v, u, side="left") + np.arange(len(u))  # u's places in the merged order
+        merged = np.empty(len(u) + len(v))
+        from_u = np.zeros(len(merged), dtype=bool)
+        from_u[pos] = True
+        merged[pos] = u
+        merged[~from_u] = v
+        return cls(u, v, merged, np.searchsorted(u, merged, "right") / len(u),
+                   np.searchsorted(v, merged, "right") / len(v))
+
+    def ks_pvalue(self) -> float:
+        """scipy.stats.ks_2samp's p-value (two-sided, method "auto"), from the shared CDFs."""
+        from scipy import stats
+
+        n1, n2 = len(self.u), len(self.v)
+        if max(n1, n2) <= 10000:  # scipy's exact mode: cheap at these sizes, use it as is
+            return ks(self.u, self.v)
+        diffs = self.cdf_u - self.cdf_v
+        d = max(float(np.clip(-diffs.min(), 0, 1)), float(diffs.max()))
+        m, n = sorted([float(n1), float(n2)], reverse=True)
+        return float(np.clip(stats.kstwo.sf(d, np.round(m * n / (m + n))), 0, 1))
+
+    def wasserstein_normed(self) -> float:
+        w = float(np.sum(np.abs(self.cdf_u[:-1] - self.cdf_v[:-1]) * np.diff(self.merged)))
+        return w / max(float(np.std(self.u)), 1e-3)
+
+
+def _hist_sorted(sorted_values: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """np.histogram counts for already sorted values (no re-sort)."""
+    idx = np.searchsorted(sorted_values, edges, "left")
+    idx[-1] = np.searchsorted(sorted_values, edges[-1], "right")
+    return np.diff(idx)
+
+
+def wasserstein_normed(ref: np.ndarray, cur: np.ndarray) -> float:
+    """Wasserstein-1 distance divided by the reference std, floored at 0.001 (as Evidently does); the
+    same value as ``scipy.stats.wasserstein_distance``."""
+    return _Sorted.of(np.asarray(ref, dtype=np.float64), np.asarray(cur, dtype=np.float64)).wasserstein_normed()
 
 
 def chisquare(fr: np.ndarray, fc: np.ndarray) -> float:
@@ -176,14 +219,16 @@ def jensenshannon(fr: np.ndarray, fc: np.ndarray) -> float:
     return float(distance.jensenshannon(fr / fr.sum(), fc / fc.sum()))
 
 
-def psi_numeric(ref: np.ndarray, cur: np.ndarray) -> tuple[float, np.ndarray, np.ndarray, np.ndarray]:
-    edges = np.unique(np.quantile(ref, np.linspace(0, 1, PSI_BINS + 1)))
+def psi_numeric(ref: np.ndarray, cur: np.ndarray, presorted: bool = False) -> tuple[float, np.ndarray, np.ndarray, np.ndarray]:
+    """PSI over the reference's deciles (open-ended outer bins)."""
+    u, v = (ref, cur) if presorted else (np.sort(ref), np.sort(cur))
+    edges = np.unique(np.quantile(u, np.linspace(0, 1, PSI_BINS + 1)))
     if len(edges) < 2:
-        edges = np.array([ref.min() - 0.5, ref.max() + 0.5])
+        edges = np.array([u.min() - 0.5, u.max() + 0.5])
     edges = edges.astype(float)
     edges[0], edges[-1] = -np.inf, np.inf
-    pr = np.histogram(ref, edges)[0] / max(len(ref), 1)
-    pc = np.histogram(cur, edges)[0] / max(len(cur), 1)
+    pr = _hist_sorted(u, edges) / max(len(u), 1)
+    pc = _hist_sorted(v, edges) / max(len(v), 1)
     return _psi(pr, pc), edges, pr, pc
 
 
@@ -232,14 +277,15 @@ def column_drift(name: str, kind: str, reference: Any, current: Any, *, method: 
         psi = _psi(fr / fr.sum(), fc / fc.sum())
         effect = jensenshannon(fr, fc)
     else:
-        psi, edges, pr, pc = psi_numeric(ref, cur)
+        srt = _Sorted.of(ref, cur)
+        psi, edges, pr, pc = psi_numeric(srt.u, srt.v, presorted=True)
         lo_e, hi_e = float(min(ref.min(), cur.min())), float(max(ref.max(), cur.max()))
         bins = np.linspace(lo_e, hi_e if hi_e > lo_e else lo_e + 1, 21)
-        histogram = {"edges": bins.tolist(), "reference": (np.histogram(ref, bins)[0] / len(ref)).tolist(),
-                     "current": (np.histogram(cur, bins)[0] / len(cur)).tolist()}
-        effect = wasserstein_normed(ref, cur)
+        histogram = {"edges": bins.tolist(), "reference": (_hist_sorted(srt.u, bins) / len(ref)).tolist(),
+                     "current": (_hist_sorted(srt.v, bins) / len(cur)).tolist()}
+        effect = srt.wasserstein_normed()
     if method == "ks":
-        stat = ks(ref, cur)
+        stat = srt.ks_pvalue() if not as_categories else ks(ref, cur)
     elif method == "wasserstein":
         stat = effect if not as_categories else wasserstein_normed(ref.astype(float), cur.astype(float))
     elif method == "chisquare":
