@@ -1,0 +1,279 @@
+"""The export parity matrix: every estimator in ``TESTED_ESTIMATORS`` is trained through
+``training.train.prepare/train`` on a bundled data set and on a generated mixed-type frame (categorical
+columns, a boolean column, integer-valued and continuous numeric columns, missing values), and its ONNX
+graph must agree with the fitted scikit-learn pipeline:
+
+1. on the held-out rows, as ``train`` itself checks (``parity.passed`` within the bounds in ``export``);
+2. on fresh rows the model never saw, scored by a fresh ``onnxruntime.InferenceSession`` built from the
+   serialized bytes (what the server does), against ``pipeline.predict_proba`` / ``predict``.
+
+Bounds on fresh rows (ONNX runs in float32, scikit-learn in float64):
+
+* smooth models (linear, SVM, k-NN) must match on every row: probabilities to ``atol=1e-5``; regression to
+  ``1e-5`` relative to the largest prediction (float32 has ~7 significant digits, so an absolute 1e-5 on
+  targets in the hundreds is not representable);
+* tree models compare float32 inputs against float32 thresholds, so a row lying on a threshold can take
+  the other branch: at most ``1 - MIN_LABEL_AGREEMENT`` (1 %) of rows may differ by more than that
+  tolerance, and label agreement must be at least ``MIN_LABEL_AGREEMENT``.
+
+The mixed frame's integer-valued column is deliberate: a split between 8 and 10 puts its threshold exactly
+on 9, so a model that rescales inputs before a tree (float64 in scikit-learn, float32 in ONNX) sends rows
+holding 9 down the other branch. ``build_pipeline`` therefore feeds trees unscaled values; this matrix
+fails if that regresses (8 of the tree cases did, before the fix).
+
+Exact probability ties (a forest whose votes split evenly) are resolved differently by the two runtimes;
+on fresh rows a label counts as agreeing when its scikit-learn probability ties the maximum.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mlopsctl.errors import InvalidInputError, TrainingError
+from mlopsctl.training import estimators, export
+from mlopsctl.training.train import TrainSpec, prepare, train
+
+SMOOTH_ATOL = 1e-5  # probabilities (classification) / relative to the largest prediction (regression)
+TREE_ATOL = 1e-5  # the same, for the rows that take the same branches in both runtimes
+TREE_MAX_DIFFERING_ROWS = 1 - export.MIN_LABEL_AGREEMENT
+TIE_TOL = 1e-9
+FRESH_ROWS = 2000
+
+TREE_MODELS = {
+    "RandomForestClassifier", "ExtraTreesClassifier", "GradientBoostingClassifier",
+    "HistGradientBoostingClassifier", "DecisionTreeClassifier",
+    "RandomForestRegressor", "ExtraTreesRegressor", "GradientBoostingRegressor",
+    "HistGradientBoostingRegressor", "DecisionTreeRegressor",
+}
+
+# Small configurations: the matrix checks export fidelity, not model quality.
+PARAMS: dict[str, dict] = {
+    "LogisticRegression": {"max_iter": 1000},
+    "RandomForestClassifier": {"n_estimators": 20},
+    "ExtraTreesClassifier": {"n_estimators": 20},
+    "GradientBoostingClassifier": {"n_estimators": 20},
+    "HistGradientBoostingClassifier": {"max_iter": 20},
+    "SVC": {"probability": True},
+    "RandomForestRegressor": {"n_estimators": 20},
+    "ExtraTreesRegressor": {"n_estimators": 20},
+    "GradientBoostingRegressor": {"n_estimators": 20},
+    "HistGradientBoostingRegressor": {"max_iter": 20},
+}
+
+# scikit-learn 1.9 deprecated SVC(probability=True) (removal in 1.11); fit warns, and skl2onnx's SVC
+# converter reads the deprecated probA_/probB_ attributes. Both warnings come from sklearn modules, so the
+# skl2onnx ignores in pyproject.toml do not cover them.
+SVC_WARNINGS = [
+    pytest.mark.filterwarnings("ignore:The `probability` parameter was deprecated:FutureWarning"),
+    pytest.mark.filterwarnings("ignore:Attribute `prob[AB]_` was deprecated:FutureWarning"),
+]
+
+# ---- data (bundled or generated; nothing is downloaded) -----------------------------------------------
+
+@functools.cache
+def breast_cancer() -> pd.DataFrame:
+    from sklearn.datasets import load_breast_cancer
+
+    b = load_breast_cancer(as_frame=True)
+    df = b.data.rename(columns=lambda c: c.replace(" ", "_"))
+    df["target"] = b.target
+    return df
+
+
+@functools.cache
+def diabetes() -> pd.DataFrame:
+    from sklearn.datasets import load_diabetes
+
+    d = load_diabetes(as_frame=True, scaled=False)
+    df = d.data.copy()
+    df["target"] = d.target
+    return df
+
+
+def mixed(n: int, seed: int, task: str) -> pd.DataFrame:
+    """Numeric (continuous, 2-decimal and integer-valued), categorical, boolean; nulls in four columns."""
+    rng = np.random.default_rng(seed)
+    df = pd.DataFrame({
+        "num_a": rng.normal(0, 1, n),
+        "num_b": rng.uniform(10, 100, n).round(2),
+        "color": rng.choice(["red", "green", "blue"], n).astype(object),
+        "size": rng.choice(["S", "M", "L", "XL"], n).astype(object),
+        "flag": rng.random(n) < 0.3,
+        "count": rng.integers(0, 20, n).astype(float),
+    })
+    z = (1.5 * df["num_a"] + 0.03 * (df["num_b"] - 55) + np.where(df["color"] == "red", 1.0, -0.5)
+         + np.where(df["size"].isin(["L", "XL"]), 0.8, 0.0) + 0.5 * df["flag"] + 0.05 * df["count"]
+         + rng.normal(0, 0.5, n))
+    df.loc[rng.random(n) < 0.08, "num_a"] = np.nan
+    df.loc[rng.random(n) < 0.05, "count"] = np.nan
+    df.loc[rng.random(n) < 0.07, "color"] = None
+    df.loc[rng.random(n) < 0.05, "size"] = None
+    if task == "classification":
+        df["target"] = np.select([z < -0.5, z < 1.0], ["low", "mid"], "high")  # 3 string classes
+    else:
+        df["target"] = 10 * z + 50
+    return df
+
+
+@functools.cache
+def training_frame(name: str, task: str) -> pd.DataFrame:
+    if name == "mixed":
+        return mixed(600, seed=1, task=task)
+    return breast_cancer() if name == "breast_cancer" else diabetes()
+
+
+def fresh_rows(name: str, task: str) -> pd.DataFrame:
+    """Rows the model never saw: a new draw of the generated frame (with an unseen category); for the
+    bundled data sets, see below."""
+    if name == "mixed":
+        rows = mixed(FRESH_ROWS, seed=99, task=task).drop(columns="target")
+        rows.loc[rows.index % 50 == 7, "color"] = "purple"  # a category never seen in training (2 %)
+        return rows
+    # half: each column drawn independently from its observed values (new combinations of real values,
+    # integer-valued columns stay integral); half: real rows with 5 % multiplicative noise
+    base = training_frame(name, task).drop(columns="target")
+    rng = np.random.default_rng(5)
+    half = FRESH_ROWS // 2
+    shuffled = pd.DataFrame({c: rng.choice(base[c].to_numpy(), half) for c in base.columns})
+    jittered = base.sample(FRESH_ROWS - half, replace=True, random_state=3).reset_index(drop=True)
+    jittered = jittered * rng.normal(1.0, 0.05, jittered.shape)
+    return pd.concat([shuffled, jittered], ignore_index=True)
+
+
+# ---- the matrix ---------------------------------------------------------------------------------------
+
+def _cases():
+    for task, data_sets in (("classification", ("breast_cancer", "mixed")), ("regression", ("diabetes", "mixed"))):
+        for path in estimators.TESTED_ESTIMATORS[task]:
+            short = path.rsplit(".", 1)[1]
+            for data in data_sets:
+                marks = SVC_WARNINGS if short == "SVC" else []
+                yield pytest.param(task, path, data, marks=marks, id=f"{short}-{data}")
+
+
+def _train(path: str, data: str, task: str):
+    from threadpoolctl import threadpool_limits
+
+    spec = TrainSpec(model=path, params=dict(PARAMS.get(path.rsplit(".", 1)[1], {})), target="target",
+                     task=task, seed=0, reference_rows=50)
+    # One OpenMP thread: HistGradientBoosting's many tiny parallel regions can spin for seconds on a
+    # small shared VM; threads do not change what is learned.
+    with threadpool_limits(limits=1, user_api="openmp"):
+        return train(prepare(training_frame(data, task), spec))
+
+
+def _onnx_outputs(result, frame: pd.DataFrame) -> tuple[dict[str, np.ndarray], pd.DataFrame]:
+    """Score ``frame`` with a fresh InferenceSession from the model bytes; also return the pipeline input."""
+    import onnxruntime as ort
+
+    contract = result.contract
+    normalized = contract.normalize({c: frame[c] for c in contract.feature_names})
+    feeds = {}
+    for col in contract.columns:
+        values = normalized[col.name]
+        feeds[col.input_name] = (values.astype(object) if col.kind == "categorical"
+                                 else values.astype(np.float32)).reshape(-1, 1)
+    session = ort.InferenceSession(result.onnx_bytes, providers=["CPUExecutionProvider"])
+    names = list(contract.outputs.values())
+    got = dict(zip(contract.outputs, session.run(names, feeds)))
+    return got, pd.DataFrame(normalized)
+
+
+@pytest.mark.parametrize(("task", "path", "data"), list(_cases()))
+def test_export_parity(task: str, path: str, data: str) -> None:
+    short = path.rsplit(".", 1)[1]
+    result = _train(path, data, task)
+    assert result.task == task
+    p = result.parity
+
+    # 1. what train() measured on the held-out rows
+    assert p.rows == result.n_test > 0
+    if task == "classification":
+        assert p.label_agreement >= export.MIN_LABEL_AGREEMENT, p
+        assert p.max_abs_diff <= export.MAX_PROBA_DIFF, p
+    else:
+        assert p.relative_max_diff <= export.MAX_REL_REGRESSION_DIFF, p
+    assert p.passed, p
+
+    # 2. fresh rows through a fresh session
+    got, X = _onnx_outputs(result, fresh_rows(data, task))
+    tree = short in TREE_MODELS
+    if task == "classification":
+        ref = np.asarray(result.pipeline.predict_proba(X), dtype=np.float64)
+        ref_labels = np.asarray(result.pipeline.predict(X))
+        proba = np.asarray(got["probabilities"], dtype=np.float64)
+        assert proba.shape == ref.shape
+        row_diff = np.abs(proba - ref).max(axis=1)
+        classes = np.asarray(result.pipeline.classes_)
+        onnx_labels = np.asarray(got["label"]).ravel()
+        assert set(onnx_labels.astype(str)) <= set(classes.astype(str))
+        # a label agrees when scikit-learn gives it the top probability (ties included)
+        col = {str(c): i for i, c in enumerate(classes)}
+        onnx_label_p = ref[np.arange(len(ref)), [col[str(lab)] for lab in onnx_labels]]
+        agree = np.mean((onnx_labels.astype(str) == ref_labels.astype(str))
+                        | (onnx_label_p >= ref.max(axis=1) - TIE_TOL))
+        assert agree >= export.MIN_LABEL_AGREEMENT, f"label agreement {agree:.4f}"
+    else:
+        ref = np.asarray(result.pipeline.predict(X), dtype=np.float64).ravel()
+        pred = np.asarray(got["prediction"], dtype=np.float64).ravel()
+        assert pred.shape == ref.shape
+        row_diff = np.abs(pred - ref) / max(1.0, float(np.abs(ref).max()))
+    if tree:
+        differing = float(np.mean(row_diff > TREE_ATOL))
+        assert differing <= TREE_MAX_DIFFERING_ROWS, (
+            f"{differing:.2%} of fresh rows differ by more than {TREE_ATOL} (max {row_diff.max():.3g})")
+    else:
+        assert row_diff.max() <= SMOOTH_ATOL, f"max diff {row_diff.max():.3g}"
+
+
+def test_matrix_includes_hist_gradient_boosting() -> None:
+    """HistGradientBoosting needs ``export._patch_skl2onnx`` with skl2onnx 1.20 + scikit-learn >= 1.8; the
+    matrix must keep exercising it."""
+    ids = {p.id for p in _cases()}
+    assert {"HistGradientBoostingClassifier-breast_cancer", "HistGradientBoostingClassifier-mixed",
+            "HistGradientBoostingRegressor-diabetes", "HistGradientBoostingRegressor-mixed"} <= ids
+
+
+# ---- failing fast, before any fitting -----------------------------------------------------------------
+
+@pytest.mark.parametrize(
+    ("task", "path", "data"),
+    [
+        pytest.param("classification", "sklearn.semi_supervised.LabelPropagation", "breast_cancer",
+                     id="LabelPropagation"),
+        pytest.param("regression", "sklearn.kernel_ridge.KernelRidge", "diabetes", id="KernelRidge"),
+    ],
+)
+def test_estimator_without_converter_fails_in_prepare(task: str, path: str, data: str, monkeypatch) -> None:
+    cls = estimators.resolve_class(path)
+    assert not export.has_converter(cls)
+
+    def no_fit(self, *args, **kwargs):
+        raise AssertionError("fit must not be reached")
+
+    monkeypatch.setattr(cls, "fit", no_fit)
+    with pytest.raises(TrainingError) as info:
+        prepare(training_frame(data, task), TrainSpec(model=path, target="target", task=task))
+    message = str(info.value)
+    assert f"{cls.__name__} cannot be exported to ONNX (skl2onnx has no converter for it)" in message
+    for supported in estimators.TESTED_ESTIMATORS[task]:
+        assert supported.rsplit(".", 1)[1] in message
+
+
+def test_svc_without_probability_fails_fast(monkeypatch) -> None:
+    from sklearn.svm import SVC
+
+    def no_fit(self, *args, **kwargs):
+        raise AssertionError("fit must not be reached")
+
+    monkeypatch.setattr(SVC, "fit", no_fit)
+    spec = TrainSpec(model="sklearn.svm.SVC", target="target", task="classification")
+    with pytest.raises(InvalidInputError) as info:
+        prepare(training_frame("breast_cancer", "classification"), spec)
+    message = str(info.value)
+    assert "probability=true" in message
+    assert "predict_proba" in message
