@@ -170,7 +170,7 @@ ERRORS = [
     ("[train]\nbogus = 1\n", {}, {},
      f"unknown key 'train.bogus' in .mlops.toml; valid keys: {VALID_KEYS}."),
     ("[bogus]\nx = 1\n", {}, {},
-     "unknown section [bogus] in .mlops.toml; valid sections: store, data, train, registry, serve, watch."),
+     "unknown section [bogus] in .mlops.toml; valid sections: store, data, train, registry, serve, watch, monitor."),
     ("seed = 1\n", {}, {},  # a key outside any section
      "key 'seed' in .mlops.toml is outside any section (it belongs under [train]); put keys under a section header such as [train]."),
     ("train = 3\n", {}, {},
@@ -265,7 +265,7 @@ def test_a_folder_named_like_the_config_file_is_not_a_config(tmp_path):
 @pytest.mark.parametrize(("file", "env", "message"), [
     ("[train]\nbogus = 1\n", {}, f"unknown key 'train.bogus' in .mlops.toml; valid keys: {VALID_KEYS}."),
     ("[bogus]\n", {},
-     "unknown section [bogus] in .mlops.toml; valid sections: store, data, train, registry, serve, watch."),
+     "unknown section [bogus] in .mlops.toml; valid sections: store, data, train, registry, serve, watch, monitor."),
     ("[train]\nseed = \"x\"\n", {}, "train.seed in .mlops.toml must be an integer, got 'x'."),
     ("[data]\ntask = \"clustering\"\n", {},
      "data.task in .mlops.toml must be one of auto, classification, regression; got 'clustering'."),
@@ -310,3 +310,21 @@ def test_cli_flag_beats_env_and_file(cli, tmp_path):
     assert out["params"]["seed"] == ["2", "3", "1"]
     assert out["params"]["model.random_state"] == ["2", "3", "1"]
     assert out["params"]["model.n_estimators"] == ["5", "5", "5"]
+
+
+def test_mlops_toml_example_lists_every_key_with_its_default(tmp_path):
+    """The shipped example documents every key (and nothing else), each with its real default."""
+    import shutil
+    import tomllib
+
+    from mlopsctl.config import all_keys, describe_keys
+
+    example = Path(__file__).resolve().parents[1] / ".mlops.toml.example"
+    data = tomllib.loads(example.read_text())
+    assert sorted(f"{s}.{k}" for s, body in data.items() for k in body) == sorted(all_keys())
+    defaults = {key: default for key, default, _doc, _choices in describe_keys()}
+    for section, body in data.items():
+        for key, value in body.items():
+            assert value == defaults[f"{section}.{key}"], f"{section}.{key}"
+    shutil.copy(example, tmp_path / ".mlops.toml")
+    assert load_settings({}, {}, tmp_path).serve.port == 8080
