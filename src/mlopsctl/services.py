@@ -180,7 +180,7 @@ def store_model_files(arts: ArtifactStore, pipeline: Any, onnx_bytes: bytes, con
     import joblib
 
     buf = io.BytesIO()
-    joblib.dump(pipeline, buf, compress=3)
+    joblib.dump(pipeline, buf)  # uncompressed: several times faster to write than compress=3
     blobs = {"onnx": onnx_bytes, "contract": contract.to_json().encode(), "joblib": buf.getvalue()}
     shas = {k: arts.put_bytes(v) for k, v in blobs.items()}
     return ModelFiles(sizes={k: len(v) for k, v in blobs.items()}, **shas)

@@ -204,8 +204,29 @@ def backup_sqlite(path: Path, label: str) -> Path:
     return dest
 
 
+def known_revisions() -> list[str]:
+    """Our migrations form one chain named m001_..., m002_...: the file names, in order (no alembic import)."""
+    return sorted(p.stem for p in (MIGRATIONS_DIR / "versions").glob("m[0-9][0-9][0-9]_*.py"))
+
+
+def _stored_revision(engine: Engine) -> str | None:
+    """The store's alembic revision read with plain SQL (None for a blank store)."""
+    from sqlalchemy import text
+
+    with engine.connect() as conn:
+        conn = conn.execution_options(mlops_readonly=True)
+        if not inspect(conn).has_table("alembic_version"):
+            return None
+        return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+
+
 def upgrade(engine: Engine, url: str) -> Path | None:
-    """Bring the store to the head revision; back up a non-empty SQLite file first. Returns the backup."""
+    """Bring the store to the head revision; back up a non-empty SQLite file first. Returns the backup.
+
+    The common case, a store already at head, is one query and never imports alembic."""
+    known = known_revisions()
+    if known and _stored_revision(engine) == known[-1]:
+        return None
     from alembic import command
 
     current, head = check_version(engine)
