@@ -55,4 +55,11 @@ app.add_typer(monitor.app, name="monitor")
 
 
 def main() -> None:
-    app()
+    import gc
+
+    try:
+        app()
+    finally:
+        # At exit the interpreter would garbage-collect every scikit-learn/SciPy/SQLAlchemy object
+        # (~0.5 s after `mlopsctl train`); the process is ending, so exempt them. atexit handlers still run.
+        gc.freeze()
