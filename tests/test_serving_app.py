@@ -27,6 +27,8 @@ from typing import Any
 import numpy as np
 import pytest
 from typer.testing import CliRunner
+from served_projects import cli_ok as _cli
+from served_projects import make_served_project as _make_project
 
 BC_TARGET = "diagnosis"
 CHURN_TARGET = "churned"
@@ -35,27 +37,8 @@ TOKEN_MSG = "missing or wrong bearer token; send 'Authorization: Bearer <serve.t
 
 # ---- module projects ----------------------------------------------------------------------------------
 
-def _cli(*args: Any) -> Any:
-    from mlopsctl.cli.main import app
-
-    result = CliRunner().invoke(app, [str(a) for a in args])
-    assert result.exit_code == 0, (args, result.stdout, result.stderr, result.exception)
-    return result
 
 
-def _make_project(root: Path, example: str, params: str, model: str, runs: int) -> Path:
-    """`init --example`, `train` ``runs`` times, register every run as MODEL/1..runs, promote /1."""
-    project = root / example
-    _cli("init", project, "--example", example)
-    cfg = project / ".mlops.toml"
-    text, n = re.subn(r"(?m)^params = .*$", f"params = {params}", cfg.read_text())
-    assert n == 1
-    cfg.write_text(text)
-    for run in range(1, runs + 1):
-        _cli("-C", project, "train")
-        _cli("-C", project, "register", run, "--name", model)
-    _cli("-C", project, "promote", model, 1)
-    return project
 
 
 @pytest.fixture(scope="module")
@@ -69,8 +52,8 @@ def projects(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
             if name.startswith("MLOPS_"):
                 mp.delenv(name)
         out = {
-            "bc": _make_project(root, "breast-cancer", "{ n_estimators = 10 }", "bc", runs=2),
-            "ch": _make_project(root, "churn", "{ max_iter = 20 }", "ch", runs=1),
+            "bc": _make_project(root, "breast-cancer", "bc", "{ n_estimators = 10 }", runs=2),
+            "ch": _make_project(root, "churn", "ch", "{ max_iter = 20 }", runs=1),
         }
     db.close_all()
     return out

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
-from typer.testing import CliRunner
+from served_projects import make_served_project
 
 CASES = 12
 HEADER = "Inference-Header-Content-Length"
@@ -33,11 +33,6 @@ HEADER = "Inference-Header-Content-Length"
 
 # ---- module projects and apps -------------------------------------------------------------------------
 
-def _cli(*args: Any) -> None:
-    from mlopsctl.cli.main import app
-
-    result = CliRunner().invoke(app, [str(a) for a in args])
-    assert result.exit_code == 0, (args, result.stdout, result.stderr, result.exception)
 
 
 @pytest.fixture(scope="module")
@@ -55,13 +50,7 @@ def apps(tmp_path_factory: pytest.TempPathFactory):
                 mp.delenv(name)
         for key, example, target, params in (("bc", "breast-cancer", "diagnosis", "{ n_estimators = 10 }"),
                                              ("ch", "churn", "churned", "{ max_iter = 20 }")):
-            project = root / example
-            _cli("init", project, "--example", example)
-            cfg = project / ".mlops.toml"
-            cfg.write_text(re.sub(r"(?m)^params = .*$", f"params = {params}", cfg.read_text()))
-            _cli("-C", project, "train")
-            _cli("-C", project, "register", 1, "--name", key)
-            _cli("-C", project, "promote", key, 1)
+            project = make_served_project(root, example, key, params)
             app = create_app(load_settings({}, {}, project), f"{key}@production", watch=False)
             out[key] = (app, _rows(project, target))
     yield out

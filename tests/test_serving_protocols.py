@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
+from served_projects import make_served_project as _make_project
 
 ORT_TO_V2 = {"tensor(float)": "FP32", "tensor(double)": "FP64", "tensor(int64)": "INT64", "tensor(string)": "BYTES",
              "tensor(bool)": "BOOL", "tensor(int32)": "INT32"}
@@ -35,25 +35,8 @@ ONE_KEY = ("the input must be a JSON dictionary with exactly one of the input fi
 
 # ---- module projects and apps -------------------------------------------------------------------------
 
-def _cli(*args: Any) -> Any:
-    from mlopsctl.cli.main import app
-
-    result = CliRunner().invoke(app, [str(a) for a in args])
-    assert result.exit_code == 0, (args, result.stdout, result.stderr, result.exception)
-    return result
 
 
-def _make_project(root: Path, example: str, model: str, params: str) -> Path:
-    project = root / example
-    _cli("init", project, "--example", example)
-    cfg = project / ".mlops.toml"
-    text, n = re.subn(r"(?m)^params = .*$", f"params = {params}", cfg.read_text())
-    assert n == 1
-    cfg.write_text(text)
-    _cli("-C", project, "train")
-    _cli("-C", project, "register", 1, "--name", model)
-    _cli("-C", project, "promote", model, 1)
-    return project
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,6 @@ import http.client
 import io
 import json
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -29,32 +28,16 @@ from typing import Any, Iterator
 import numpy as np
 import pytest
 from typer.testing import CliRunner
+from served_projects import cli_ok as _cli
+from served_projects import make_served_project as _make_project
 
 START_TIMEOUT = 60.0
 
 
 # ---- module projects ----------------------------------------------------------------------------------
 
-def _cli(*args: Any) -> Any:
-    from mlopsctl.cli.main import app
-
-    result = CliRunner().invoke(app, [str(a) for a in args])
-    assert result.exit_code == 0, (args, result.stdout, result.stderr, result.exception)
-    return result
 
 
-def _make_project(root: Path, example: str, model: str, params: str, runs: int) -> Path:
-    project = root / example
-    _cli("init", project, "--example", example)
-    cfg = project / ".mlops.toml"
-    text, n = re.subn(r"(?m)^params = .*$", f"params = {params}", cfg.read_text())
-    assert n == 1
-    cfg.write_text(text)
-    for run in range(1, runs + 1):
-        _cli("-C", project, "train")
-        _cli("-C", project, "register", run, "--name", model)
-    _cli("-C", project, "promote", model, 1)
-    return project
 
 
 def _clean_env(**extra: str) -> dict[str, str]:
