@@ -340,9 +340,8 @@ def render(results: list[dict], m: dict, args: argparse.Namespace) -> str:
         "",
         *head, *body, *target,
         "",
-        "Where the seconds go: detect is the debounce (the file must keep its size and mtime that long) plus "
-        "0–0.5 s: an idle watcher's loop sleeps 0.5 s between looks and a watchdog event does not wake it, and "
-        "the stability clock starts at the first look after the event, not at the event; reload is up to one "
+        "Where the seconds go: detect is the debounce (the file must keep its size and mtime that long; a "
+        "watchdog event wakes the idle loop at once, so the clock starts at the event); reload is up to one "
         "`reload_interval` of polling plus loading and warming the new ONNX session. Both scale with their "
         "setting, the rest does not. With the defaults these two alone took "
         f"{rng(results[0], 'detect')} s + {rng(results[0], 'reload')} s of the 3 s budget, so the default "
