@@ -573,7 +573,7 @@ open(prof_out, "w").write(f"cProfile of {n} in-process POST /predict (validation
 import operator
 import numpy as np, orjson
 from mlopsctl.serving.core import records_to_columns
-from mlopsctl.store.models import PredictionRecord, utcnow
+from mlopsctl.store.models import utcnow
 
 def cpu_us(f, k):
     for _ in range(max(1, k // 10)):
@@ -892,7 +892,7 @@ def render(args, m: dict, mlflow_note: str, res: dict) -> str:
         prow.append(f"| `predlog_format.encode` of one 10,000-row request (writer thread, holds the GIL) | "
                     f"{pr['log_encode_10k_ms']:.1f} ms | — | — |")
     sd = res.get("shutdowns", {})
-    sd_txt = "; ".join(f"{k}: {v['stops_with_abort']} of {v['stops']} stops had workers killed by SIGABRT "
+    sd_txt = "; ".join(f"{k}: {v['stops_with_abort']} of {v['stops']} stops had workers killed by SIGABRT or SIGKILL "
                        f"({v['workers_aborted']} workers)" for k, v in sd.items())
     big_ml = big["mlopsctl"]["median"]
     log_cost = 1 - full["rps"] / feat["no logging"]["rps"]
