@@ -85,6 +85,12 @@ def _run_gunicorn(settings: Settings, ref: str, *, host: str, port: int, workers
 
         multiprocess.mark_process_dead(worker.pid)
 
+    def worker_exit(_server: Any, worker: Any) -> None:
+        """Flush the prediction log's queue before a worker goes (records are never lost at a stop)."""
+        state = getattr(getattr(worker, "wsgi", None), "extensions", {}).get("mlopsctl")
+        if state is not None and state.predlog is not None:
+            state.predlog.close()
+
     def when_ready(_server: Any) -> None:
         if on_ready:
             on_ready(f"http://{host}:{port} ({workers} gunicorn {WORKER_CLASS} worker(s))")
@@ -93,7 +99,7 @@ def _run_gunicorn(settings: Settings, ref: str, *, host: str, port: int, workers
         "bind": f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
         "workers": workers, "worker_class": WORKER_CLASS, "threads": THREADS_PER_WORKER,
         "timeout": 60, "graceful_timeout": 10, "keepalive": 5, "loglevel": "warning",
-        "accesslog": None, "child_exit": child_exit, "when_ready": when_ready, "proc_name": "mlopsctl-serve",
+        "accesslog": None, "child_exit": child_exit, "worker_exit": worker_exit, "when_ready": when_ready, "proc_name": "mlopsctl-serve",
     }
 
     class App(BaseApplication):
