@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from typing import Any, Mapping
 
 from mlopsctl._version import __version__
@@ -54,6 +55,8 @@ class CheckResult:
     errors: list[RowError]  # at most ``max_errors`` messages
     bad_rows: Any  # boolean numpy mask over all rows
     warnings: list[RowError] = field(default_factory=list)  # flagged, still scored (out_of_range="flag")
+    block: Any = None  # float64 [numeric columns, rows] when the vectorised path ran; normalized holds its rows
+    block_columns: tuple[str, ...] = ()  # the block's rows, by column name
 
     @property
     def n_bad(self) -> int:
@@ -178,7 +181,14 @@ class Contract:
             for row in np.flatnonzero(mask)[: max(0, max_errors - len(result.errors))]:
                 result.errors.append(RowError(int(row), col, describe(int(row))))
 
+        block = self._numeric_block(data, out_of_range, range_tolerance, unseen_nulls)
+        rows = iter(block) if block is not None else None
+        if block is not None:
+            result.block, result.block_columns = block, self._plan.names
         for c in self.columns:
+            if rows is not None and c.kind != "categorical":
+                result.normalized[c.name] = next(rows)  # checked all at once in _numeric_block
+                continue
             values = data[c.name]
             bad = None
             if c.kind == "categorical":
@@ -211,24 +221,105 @@ class Contract:
                 if bad is not None and c.kind != "categorical":
                     nulls_mask = nulls_mask & ~bad
                 flag(nulls_mask, c.name, lambda r, c=c: f"column {c.name!r} is null, but it had no nulls in training")
-        n = len(next(iter(result.normalized.values()))) if result.normalized else 0
+        lengths = {name: len(v) for name, v in result.normalized.items()}
+        n = max(lengths.values(), default=0)
+        if any(k != n for k in lengths.values()):
+            short = next(name for name, k in lengths.items() if k != n)
+            raise InvalidInputError(f"columns of different lengths: {short!r} has {lengths[short]} value(s), others "
+                                    f"have {n}; send one value per row in every column.")
         if result.bad_rows is None:
             result.bad_rows = np.zeros(n, dtype=bool)
         return result
 
+    @cached_property
+    def _plan(self) -> _NumericPlan:
+        return _NumericPlan.of(self)
+
+    def _numeric_block(self, data: Mapping[str, Any], out_of_range: str, range_tolerance: float,
+                       unseen_nulls: str) -> Any:
+        """The fast path of :meth:`check`: every numeric and boolean column as one float64 ``[k, N]`` array,
+        checked with two vectorised masks. ``None`` when a value does not convert, the columns are not all
+        plain 1-D sequences of one length, or a value is flagged: the per-column path then decides and
+        words the messages."""
+        import numpy as np
+
+        plan = self._plan
+        if not plan.names:
+            return None
+        try:
+            block = np.array([data[name] for name in plan.names], dtype=np.float64)
+        except (TypeError, ValueError, OverflowError):
+            return None
+        if block.ndim != 2:
+            return None
+        if out_of_range != "accept" and plan.has_ranges:
+            lo, hi = plan.bounds(range_tolerance)
+            with np.errstate(invalid="ignore"):
+                if ((block < lo) | (block > hi)).any():
+                    return None
+        if unseen_nulls == "reject" and plan.not_nullable.any() and (np.isnan(block) & plan.not_nullable).any():
+            return None
+        return block
+
+    def feeds(self, checked: CheckResult) -> dict[str, Any]:
+        """ONNX Runtime feeds for a :meth:`check` result: from its float64 block in one conversion when the
+        vectorised path ran (each feed a contiguous ``[N, 1]`` view), else :meth:`onnx_feeds`."""
+        if checked.block is None:
+            return self.onnx_feeds(checked.normalized)
+        import numpy as np
+
+        with np.errstate(over="ignore"):
+            rows = iter(checked.block.astype(self.numeric_dtype)[:, :, None])  # each row an [N, 1] view
+        return {c.input_name: checked.normalized[c.name].reshape(-1, 1) if c.kind == "categorical" else next(rows)
+                for c in self.columns}
+
     def onnx_feeds(self, normalized: Mapping[str, Any]) -> dict[str, Any]:
         """ONNX Runtime feeds (one ``[N, 1]`` tensor per column) from :meth:`normalize` output."""
-        feeds = {}
-        for c in self.columns:
-            arr = normalized[c.name]
-            if c.kind == "categorical":
-                feeds[c.input_name] = arr.reshape(-1, 1)
-            else:
-                import numpy as np
+        import numpy as np
 
-                with np.errstate(over="ignore"):
+        feeds = {}
+        with np.errstate(over="ignore"):
+            for c in self.columns:
+                arr = normalized[c.name]
+                if c.kind == "categorical":
+                    feeds[c.input_name] = arr.reshape(-1, 1)
+                else:
                     feeds[c.input_name] = arr.astype(self.numeric_dtype).reshape(-1, 1)
         return feeds
+
+
+@dataclass(frozen=True)
+class _NumericPlan:
+    """What the vectorised check needs from a contract, computed once: the numeric and boolean columns in
+    contract order, their range bounds (as ``[k, 1]`` columns; +-inf where unchecked) and which had no nulls."""
+
+    names: tuple[str, ...]
+    mins: Any
+    maxs: Any
+    spans: Any
+    not_nullable: Any
+    has_ranges: bool
+    _bounds: dict = field(default_factory=dict, compare=False)
+
+    @classmethod
+    def of(cls, contract: Contract) -> _NumericPlan:
+        import numpy as np
+
+        cols = [c for c in contract.columns if c.kind != "categorical"]
+        ranged = [c.kind == "numeric" and c.min is not None and c.max is not None for c in cols]
+        mins = np.array([c.min if r else -np.inf for c, r in zip(cols, ranged)], dtype=np.float64).reshape(-1, 1)
+        maxs = np.array([c.max if r else np.inf for c, r in zip(cols, ranged)], dtype=np.float64).reshape(-1, 1)
+        spans = np.array([((c.max - c.min) or max(abs(c.max), 1.0)) if r else 0.0 for c, r in zip(cols, ranged)],
+                         dtype=np.float64).reshape(-1, 1)
+        not_nullable = np.array([c.null_rate == 0 for c in cols], dtype=bool).reshape(-1, 1)
+        return cls(tuple(c.name for c in cols), mins, maxs, spans, not_nullable, any(ranged))
+
+    def bounds(self, tolerance: float) -> tuple[Any, Any]:
+        """(lo, hi): the per-column code's ``min - tolerance * span`` and ``max + tolerance * span``."""
+        b = self._bounds.get(tolerance)
+        if b is None:
+            b = self._bounds[tolerance] = (self.mins - tolerance * self.spans, self.maxs + tolerance * self.spans)
+        return b
 
 
 def _as_float(values: Any, boolean: bool) -> tuple[Any, Any, Any]:

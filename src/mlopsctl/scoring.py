@@ -73,8 +73,11 @@ class Scorer:
 
     def run(self, normalized: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Raw outputs (``label``/``probabilities`` or ``prediction``) for :meth:`Contract.normalize` output."""
-        results = self.session.run(self._outputs, self.contract.onnx_feeds(normalized))
-        return dict(zip(self.contract.outputs, results))
+        return self.run_feeds(self.contract.onnx_feeds(normalized))
+
+    def run_feeds(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Raw outputs for ready feeds (:meth:`Contract.feeds`)."""
+        return dict(zip(self.contract.outputs, self.session.run(self._outputs, feeds)))
 
     def predict_frame(self, frame: Any) -> dict[str, np.ndarray]:
         return self.run(self.contract.normalize({c: frame[c] for c in self.contract.feature_names}))

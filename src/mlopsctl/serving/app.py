@@ -85,10 +85,9 @@ def _register_hooks(app: Flask) -> None:
 
     @app.after_request
     def _finish(resp: Response) -> Response:
-        m = state().metrics
-        endpoint = request.endpoint or "unmatched"
-        m.requests.labels(endpoint, str(resp.status_code)).inc()
-        m.latency.labels(endpoint).observe(time.perf_counter() - g.get("t0", time.perf_counter()))
+        t0 = g.get("t0")
+        state().metrics.request_done(request.endpoint or "unmatched", resp.status_code,
+                                     time.perf_counter() - t0 if t0 is not None else 0.0)
         if "request_id" in g:
             resp.headers["X-Request-ID"] = g.request_id
         return resp

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import os
 import time
-import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -73,10 +73,17 @@ def parse_json(raw: bytes) -> Any:
         raise InvalidInputError(f"the request body is not valid JSON ({e}).") from None
 
 
+def new_request_id() -> str:
+    """32 hex digits, time-ordered: 48 bits of Unix milliseconds, then 80 random bits (UUIDv7's layout,
+    without its version bits). Ordered ids land at the right edge of the prediction log's request-id index,
+    which halves the cost of writing it compared with random uuid4 ids."""
+    return f"{time.time_ns() // 1_000_000:012x}{os.urandom(10).hex()}"
+
+
 def request_id() -> str:
     rid = getattr(g, "request_id", None)
     if rid is None:
-        rid = request.headers.get("X-Request-ID") or uuid.uuid4().hex
+        rid = request.headers.get("X-Request-ID") or new_request_id()
         g.request_id = rid[:100]
     return g.request_id
 
@@ -139,11 +146,12 @@ def infer(columns: dict[str, Any], n_rows: int, endpoint: str) -> Inference:
     warnings = [f"{w.message} at row {w.row}" for w in checked.warnings]
     for w in checked.warnings:
         st.metrics.warnings.labels(w.column).inc()
-    outputs = served.scorer.run(checked.normalized)
-    st.metrics.rows.labels(served.name, str(served.version)).inc(n_rows)
+    outputs = served.scorer.run_feeds(served.contract.feeds(checked))
+    st.metrics.rows_scored(served.name, served.version, n_rows)
     if st.predlog is not None:
         st.predlog.submit(request_id(), served.name, served.version, endpoint, (time.perf_counter() - t0) * 1000,
-                          checked.normalized, outputs, n_rows)
+                          checked.normalized, outputs, n_rows, block=checked.block,
+                          block_columns=checked.block_columns)
     return Inference(served, outputs, n_rows, warnings)
 
 

@@ -42,6 +42,23 @@ class Metrics:
         self.warnings = Counter("mlops_contract_warnings_total", "Values flagged by the contract (out of range).",
                                 ["column"], **kw)
 
+        self._bound: dict[tuple, Any] = {}  # labelled children, looked up once (labels() costs ~2 µs a call)
+
+    def rows_scored(self, model: str, version: int, n: int) -> None:
+        key = ("rows", model, version)
+        child = self._bound.get(key)
+        if child is None:
+            child = self._bound[key] = self.rows.labels(model, str(version))
+        child.inc(n)
+
+    def request_done(self, endpoint: str, status: int, seconds: float) -> None:
+        key = (endpoint, status)
+        children = self._bound.get(key)
+        if children is None:
+            children = self._bound[key] = (self.requests.labels(endpoint, str(status)), self.latency.labels(endpoint))
+        children[0].inc()
+        children[1].observe(seconds)
+
     def render(self) -> tuple[bytes, str]:
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 

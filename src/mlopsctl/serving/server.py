@@ -108,9 +108,13 @@ def _run_gunicorn(settings: Settings, ref: str, *, host: str, port: int, workers
                 self.cfg.set(k, v)
 
         def load(self):
+            import gc
+
             from mlopsctl.serving.app import create_app
 
-            return create_app(settings, ref, workers=workers, device=device)
+            app = create_app(settings, ref, workers=workers, device=device)
+            gc.freeze()  # the app, model and modules live as long as the worker: keep them out of GC passes
+            return app
 
     master = os.getpid()
     try:
