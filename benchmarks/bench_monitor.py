@@ -137,7 +137,7 @@ def log_predictions(project: Path, version: int, frame: Any, rows_per_request: i
     from mlopsctl.config import load_settings
     from mlopsctl.monitoring import service
     from mlopsctl.scoring import Scorer
-    from mlopsctl.serving.predlog import PredictionLog
+    from mlopsctl.serving.predlog import LogRecord, PredictionLog
     from mlopsctl.store import db
     from mlopsctl.store.models import Feedback
 
@@ -156,7 +156,7 @@ def log_predictions(project: Path, version: int, frame: Any, rows_per_request: i
         rid = f"v{version}-{start // rows_per_request:06d}"
         inputs = {c: v[sl] for c, v in checked.normalized.items()}
         outs = {k: np.asarray(v)[sl] for k, v in outputs.items()}
-        batch.append((rid, MODEL, version, "predict", 0.5, inputs, outs, sl.stop - sl.start, _utcnow()))
+        batch.append(LogRecord(rid, MODEL, version, "predict", 0.5, inputs, outs, sl.stop - sl.start, _utcnow()))
         if len(batch) == log.batch_size:
             log._write(batch)
             batch = []

@@ -19,19 +19,32 @@ OUT = "@"  # output columns: "@label", "@p0", "@p1", ... or "@prediction"
 
 def encode(records: list[tuple[dict[str, Any], dict[str, Any], int]]) -> bytes:
     """Arrow IPC bytes for ``[(inputs, outputs, n_rows), ...]`` of one model version (same columns)."""
+    inputs0, outputs0, _ = records[0]
+    return encode_columns({name: concat([r[0][name] for r in records]) for name in inputs0},
+                          {key: concat([r[1][key] for r in records]) for key in outputs0})
+
+
+def concat(parts: list[Any]) -> np.ndarray:
+    """Requests' arrays stacked along rows (a scalar counts as one row)."""
+    parts = [np.asarray(p) for p in parts]
+    parts = [p.reshape(1) if p.ndim == 0 else p for p in parts]
+    return np.concatenate(parts) if len(parts) > 1 else parts[0]
+
+
+def encode_columns(inputs: dict[str, np.ndarray], outputs: dict[str, np.ndarray]) -> bytes:
+    """Arrow IPC bytes for whole columns: ``inputs`` 1-D per column, ``outputs`` by name (``probabilities``
+    ``[N, k]``, the others one value per row)."""
     import pyarrow as pa
 
-    inputs0, outputs0, _ = records[0]
     columns: dict[str, Any] = {}
-    for name in inputs0:
-        parts = [np.asarray(r[0][name]).ravel() for r in records]
-        arr = np.concatenate(parts) if len(parts) > 1 else parts[0]
-        columns[name] = pa.array(arr.astype(object) if arr.dtype.kind in "OUS" else arr.astype(np.float64),
-                                 type=pa.string() if arr.dtype.kind in "OUS" else pa.float64())
-    for key in outputs0:
-        parts = [np.asarray(r[1][key]) for r in records]
-        arr = np.concatenate([p.reshape(len(p), -1) if p.ndim else p.reshape(1, 1) for p in parts])
+    for name, arr in inputs.items():
+        arr = arr.ravel()
+        text = arr.dtype.kind in "OUS"
+        columns[name] = pa.array(arr.astype(object) if text else arr.astype(np.float64, copy=False),
+                                 type=pa.string() if text else pa.float64())
+    for key, arr in outputs.items():
         if key == "probabilities":
+            arr = arr.reshape(len(arr), -1)
             for j in range(arr.shape[1]):
                 columns[f"{OUT}p{j}"] = pa.array(arr[:, j].astype(np.float32))
         elif arr.dtype.kind in "OUS":

@@ -3,6 +3,11 @@
 Requests only ``put_nowait`` into a bounded queue; one background thread drains it and inserts rows in
 batches, so logging never blocks a request. When the queue is full the record is dropped, counted
 (``dropped``, exposed in /metrics) and logged, never silently lost.
+
+The writer works in time windows: once a record arrives it waits ``flush_interval`` and then writes
+everything queued in one transaction (one Arrow batch per model version plus one index row per request).
+A busy worker thus pays one transaction per window instead of one per few requests, and its request
+threads are not interrupted by a writer that wakes on every record.
 """
 
 from __future__ import annotations
@@ -11,16 +16,32 @@ import logging
 import queue
 import threading
 import time
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
-from mlopsctl.predlog_format import encode
+import numpy as np
+
+from mlopsctl.predlog_format import concat, encode_columns
 from mlopsctl.store.models import PredictionBatch, PredictionRecord, utcnow
 
 log = logging.getLogger("mlopsctl.serve")
 
 
+class LogRecord(NamedTuple):
+    request_id: str
+    model: str
+    version: int
+    endpoint: str
+    latency_ms: float
+    inputs: dict[str, Any]  # normalized columns
+    outputs: dict[str, Any]
+    n_rows: int
+    created_at: Any
+    block: Any = None  # the checked float64 [k, n] block (Contract.check's fast path): one concat per batch
+    block_columns: tuple[str, ...] = ()
+
+
 class PredictionLog:
-    def __init__(self, store: Any, maxsize: int = 10_000, *, batch_size: int = 500, flush_interval: float = 0.25,
+    def __init__(self, store: Any, maxsize: int = 10_000, *, batch_size: int = 5_000, flush_interval: float = 0.25,
                  on_drop: Callable[[], None] | None = None, on_write_error: Callable[[], None] | None = None):
         self.store = store
         self.q: queue.Queue = queue.Queue(maxsize=maxsize)
@@ -33,6 +54,7 @@ class PredictionLog:
         self.on_write_error = on_write_error
         self._last_warning = 0.0
         self._stop = threading.Event()
+        self._wake = threading.Event()  # cuts the window short: flush() and close()
         self._thread = threading.Thread(target=self._run, name="mlopsctl-predlog", daemon=True)
         self._thread.start()
 
@@ -40,9 +62,11 @@ class PredictionLog:
         return self.q.qsize()
 
     def submit(self, request_id: str, model: str, version: int, endpoint: str, latency_ms: float,
-               inputs: dict[str, Any], outputs: dict[str, Any], n_rows: int) -> bool:
+               inputs: dict[str, Any], outputs: dict[str, Any], n_rows: int, *, block: Any = None,
+               block_columns: tuple[str, ...] = ()) -> bool:
         try:
-            self.q.put_nowait((request_id, model, version, endpoint, latency_ms, inputs, outputs, n_rows, utcnow()))
+            self.q.put_nowait(LogRecord(request_id, model, version, endpoint, latency_ms, inputs, outputs, n_rows,
+                                        utcnow(), block, block_columns))
             return True
         except queue.Full:
             self.dropped += 1
@@ -56,38 +80,43 @@ class PredictionLog:
 
     def _run(self) -> None:
         while not (self._stop.is_set() and self.q.empty()):
-            batch = []
             try:
-                batch.append(self.q.get(timeout=self.flush_interval))
+                batch = [self.q.get(timeout=self.flush_interval)]
+            except queue.Empty:
+                continue
+            if self.q.qsize() < self.batch_size and not self._stop.is_set():
+                self._wake.wait(self.flush_interval)  # let the window fill
+            try:
                 while len(batch) < self.batch_size:
                     batch.append(self.q.get_nowait())
             except queue.Empty:
                 pass
-            if batch:
-                self._write(batch)
+            self._write(batch)
+            for _ in batch:
+                self.q.task_done()
+            if self.q.empty():
+                self._wake.clear()
 
-    def _write(self, batch: list[tuple]) -> None:
+    def _write(self, batch: list[LogRecord]) -> None:
         """One transaction per flush: per model version, one columnar batch row plus one row per request."""
         from sqlalchemy import insert
 
-        groups: dict[tuple[str, int], list[tuple]] = {}
+        groups: dict[tuple[str, int], list[LogRecord]] = {}
         for rec in batch:
-            groups.setdefault((rec[1], rec[2]), []).append(rec)
+            groups.setdefault((rec.model, rec.version), []).append(rec)
         try:
             with self.store.engine.begin() as conn:
                 for (model, version), recs in groups.items():
-                    data = encode([(inp, out, n) for _rid, _m, _v, _ep, _lat, inp, out, n, _at in recs])
-                    n_total = sum(r[7] for r in recs)
                     batch_id = conn.execute(insert(PredictionBatch).values(
-                        model=model, version=version, n_rows=n_total, data=data, created_at=recs[0][8],
+                        model=model, version=version, n_rows=sum(r.n_rows for r in recs), data=_encode(recs),
+                        created_at=recs[0].created_at,
                     )).inserted_primary_key[0]
                     rows, offset = [], 0
-                    for rid, _m, _v, ep, lat, _inp, _out, n, at in recs:
-                        rows.append({"request_id": rid, "model": model, "version": version, "endpoint": ep,
-                                     "latency_ms": lat, "n_rows": n, "batch_id": batch_id, "offset": offset,
-                                     "created_at": at})
-                        offset += n
-                    conn.execute(insert(PredictionRecord), rows)
+                    for r in recs:
+                        rows.append((r.request_id, model, version, r.endpoint, r.latency_ms, r.n_rows, batch_id,
+                                     offset, r.created_at))
+                        offset += r.n_rows
+                    _insert_index(conn, rows)
             self.written += len(batch)
         except Exception as e:
             self.write_errors += len(batch)
@@ -95,12 +124,59 @@ class PredictionLog:
                 self.on_write_error()
             log.error("prediction log: %d record(s) could not be written: %s", len(batch), e)
 
-    def flush(self, timeout: float = 5.0) -> None:
-        deadline = time.monotonic() + timeout
-        while not self.q.empty() and time.monotonic() < deadline:
-            time.sleep(0.01)
-        time.sleep(self.flush_interval + 0.05)
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Write everything submitted so far now; False if that took longer than ``timeout``."""
+        self._wake.set()
+        with self.q.all_tasks_done:
+            return self.q.all_tasks_done.wait_for(lambda: self.q.unfinished_tasks == 0, timeout)
 
     def close(self, timeout: float = 5.0) -> None:
         self._stop.set()
+        self._wake.set()
         self._thread.join(timeout)
+
+
+INDEX_COLUMNS = ("request_id", "model", "version", "endpoint", "latency_ms", "n_rows", "batch_id", "offset",
+                 "created_at")
+ROWS_PER_STATEMENT = 100  # 900 parameters: within SQLite's oldest limit (999)
+
+
+def _insert_index(conn: Any, rows: list[tuple]) -> None:
+    """The per-request index rows as multi-row INSERTs of ``ROWS_PER_STATEMENT`` rows.
+
+    ``executemany`` steps the database once per row, and the sqlite3 module releases and retakes the GIL
+    around every step: with request threads busy, each retake waits for a thread switch, so a 1,000-row
+    flush took ~0.5 s of wall time and kept interrupting requests. One statement per 100 rows makes that 10
+    switches. Values go through the column types' own bind processors, so the stored form is SQLAlchemy's."""
+    from sqlalchemy import insert
+
+    dialect = conn.dialect
+    mark = {"qmark": "?", "format": "%s", "pyformat": "%s"}.get(dialect.paramstyle)
+    if mark is None:  # a driver with named parameters: SQLAlchemy's executemany
+        conn.execute(insert(PredictionRecord), [dict(zip(INDEX_COLUMNS, r)) for r in rows])
+        return
+    table = PredictionRecord.__table__
+    procs = [table.c[c].type.dialect_impl(dialect).bind_processor(dialect) for c in INDEX_COLUMNS]
+    head = (f"INSERT INTO {dialect.identifier_preparer.format_table(table)} "
+            f"({', '.join(dialect.identifier_preparer.quote(c) for c in INDEX_COLUMNS)}) VALUES ")
+    one = f"({', '.join([mark] * len(INDEX_COLUMNS))})"
+    if any(procs):
+        rows = [tuple(p(v) if p else v for p, v in zip(procs, r)) for r in rows]
+    for start in range(0, len(rows), ROWS_PER_STATEMENT):
+        chunk = rows[start:start + ROWS_PER_STATEMENT]
+        conn.exec_driver_sql(head + ", ".join([one] * len(chunk)), tuple(v for r in chunk for v in r))
+
+
+def _encode(recs: list[LogRecord]) -> bytes:
+    """Arrow IPC bytes for one version's records. When every record carries its checked block (same
+    columns), the numeric inputs are joined with one concatenation instead of one per column."""
+    first = recs[0]
+    inputs: dict[str, Any] = {}
+    if first.block is not None and all(r.block is not None and r.block_columns == first.block_columns for r in recs):
+        joined = np.concatenate([r.block for r in recs], axis=1) if len(recs) > 1 else first.block
+        inputs.update(zip(first.block_columns, joined))
+    for name in first.inputs:
+        if name not in inputs:
+            inputs[name] = concat([r.inputs[name] for r in recs])
+    inputs = {name: inputs[name] for name in first.inputs}  # the contract's column order
+    return encode_columns(inputs, {key: concat([r.outputs[key] for r in recs]) for key in first.outputs})

@@ -1,0 +1,223 @@
+"""The serving hot path's fast code (issues 4 and 6) against the general code it shortcuts.
+
+* ``Contract.check``'s vectorised path (every numeric/boolean column as one float64 block, two vectorised
+  masks) gives exactly what the per-column path gives, and hands anything flagged to the per-column path,
+  which words the messages.
+* ``PredictionLog`` writes in time windows (one transaction for a burst), ``flush`` cuts the window short,
+  the per-request index rows written with multi-row INSERTs read back through SQLAlchemy unchanged, and
+  records with and without a checked block share a batch.
+* Request ids are 32 hex digits and sort in the order they were made (the log's index grows at one edge).
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from mlopsctl.contract import ColumnSpec, Contract
+from mlopsctl.errors import InvalidInputError
+from mlopsctl.predlog_format import read_requests
+from mlopsctl.store.db import open_store
+from mlopsctl.store.models import PredictionBatch, PredictionRecord, utcnow
+
+N = 40
+
+
+@pytest.fixture(scope="module")
+def contract() -> Contract:
+    return Contract(target="y", task="classification", classes=("a", "b"), columns=(
+        ColumnSpec("x", "numeric", "float64", min=0.0, max=10.0),
+        ColumnSpec("gappy", "numeric", "float64", null_rate=0.2, min=-5.0, max=5.0),
+        ColumnSpec("flag", "boolean", "bool"),
+        ColumnSpec("plan", "categorical", "object", null_rate=0.3, categories=("basic", "pro")),
+        ColumnSpec("free", "numeric", "float64"),  # no recorded range: never out of range
+    ))
+
+
+def _data(seed: int = 0) -> dict[str, list[Any]]:
+    rng = np.random.default_rng(seed)
+    gappy = [None if i % 7 == 0 else float(v) for i, v in enumerate(rng.uniform(-5, 5, N))]
+    return {"x": rng.uniform(0, 10, N).tolist(), "gappy": gappy, "flag": [bool(v) for v in rng.integers(0, 2, N)],
+            "plan": [["basic", "pro", None][i % 3] for i in range(N)], "free": (rng.normal(size=N) * 1e6).tolist()}
+
+
+POLICIES = dict(unknown_category="reject", extra_columns="reject", unseen_nulls="reject", out_of_range="reject")
+
+
+def test_vectorised_check_equals_the_per_column_path(contract):
+    data = _data()
+    fast = contract.check(data, **POLICIES)
+    # the same values, with the booleans as words: the block cannot be built, so every column goes the
+    # per-column way (pandas parses the words)
+    slow = contract.check({**data, "flag": ["yes" if v else "no" for v in data["flag"]]}, **POLICIES)
+    assert fast.block is not None and slow.block is None
+    assert fast.errors == slow.errors == [] and fast.warnings == slow.warnings == []
+    assert fast.block_columns == ("x", "gappy", "flag", "free")
+    assert list(fast.normalized) == list(slow.normalized) == contract.feature_names  # column order kept
+    for name in contract.feature_names:
+        a, b = fast.normalized[name], slow.normalized[name]
+        assert a.dtype == b.dtype and a.shape == b.shape == (N,), name
+        if a.dtype == object:
+            assert a.tolist() == b.tolist()
+        else:
+            np.testing.assert_array_equal(a, b)
+    assert np.isnan(fast.normalized["gappy"][0]) and fast.normalized["plan"][2] == ""
+    feeds, reference = contract.feeds(fast), contract.onnx_feeds(slow.normalized)
+    assert list(feeds) == list(reference)
+    for name, arr in feeds.items():
+        assert arr.shape == (N, 1) and arr.dtype == reference[name].dtype and arr.flags.c_contiguous, name
+        np.testing.assert_array_equal(arr, reference[name])
+
+
+@pytest.mark.parametrize("value, row, policy, expect", [
+    (25.0, 3, dict(out_of_range="flag"), ("warning", "x", "far outside the training range [0, 10]")),
+    (25.0, 3, dict(out_of_range="reject"), ("error", "x", "far outside the training range [0, 10]")),
+    (-10.5, 5, dict(out_of_range="reject"), ("error", "x", "(accepted: [-10, 20])")),
+    (None, 6, dict(unseen_nulls="reject"), ("error", "x", "is null, but it had no nulls in training")),
+    ("abc", 2, {}, ("error", "x", "must be numeric, got 'abc'")),
+])
+def test_anything_flagged_is_worded_by_the_per_column_path(contract, value, row, policy, expect):
+    data = _data()
+    data["x"][row] = value
+    checked = contract.check(data, **policy)
+    kind, column, words = expect
+    found = checked.warnings if kind == "warning" else checked.errors
+    assert checked.block is None
+    assert [(e.row, e.column) for e in found] == [(row, column)]
+    assert words in found[0].message
+    if kind == "error":
+        assert checked.bad_rows.tolist() == [i == row for i in range(N)]
+
+
+def test_range_edges_are_the_per_column_rule(contract):
+    """x spans [0, 10]: with tolerance 0.5 the accepted interval is [-5, 15], edges included."""
+    for value, flagged in ((15.0, False), (-5.0, False), (15.000001, True), (-5.000001, True)):
+        data = _data()
+        data["x"][0] = value
+        checked = contract.check(data, out_of_range="flag", range_tolerance=0.5)
+        assert (checked.block is None, len(checked.warnings)) == (flagged, int(flagged)), value
+
+
+def test_nulls_allowed_where_training_had_them_and_accept_policies_keep_the_fast_path(contract):
+    data = _data()
+    data["x"][1] = None  # x had no nulls in training; accepted under the default policy
+    data["x"][2] = 1e9  # far out of range; accepted under the default policy
+    checked = contract.check(data)
+    assert checked.block is not None and checked.errors == []
+    assert np.isnan(checked.normalized["x"][1]) and checked.normalized["x"][2] == 1e9
+
+
+def test_ragged_or_nested_columns_take_the_per_column_path(contract):
+    for short in ("x", "plan"):  # a numeric column (the block cannot be built) and a categorical one
+        data = _data()
+        data[short] = data[short][:-1]  # one value short
+        with pytest.raises(InvalidInputError, match=f"columns of different lengths: '{short}' has {N - 1}"):
+            contract.check(data)
+    data = _data()
+    data["x"][4] = [1.0, 2.0]
+    checked = contract.check(data)
+    assert checked.block is None and (checked.errors[0].row, checked.errors[0].column) == (4, "x")
+
+
+# ---- the prediction-log writer ---------------------------------------------------------------------------
+
+@pytest.fixture
+def store(tmp_path: Path):
+    return open_store(f"sqlite:///{tmp_path / 'log.db'}")
+
+
+def _record(contract: Contract, checked, rid: str) -> dict[str, Any]:
+    n = len(checked.bad_rows)
+    outputs = {"label": np.array(["a", "b"] * (n // 2) + ["a"] * (n % 2), dtype=object),
+               "probabilities": np.tile(np.array([[0.25, 0.75]], dtype=np.float32), (n, 1))}
+    return dict(request_id=rid, model="m", version=1, endpoint="predict", latency_ms=1.5, inputs=checked.normalized,
+                outputs=outputs, n_rows=n, block=checked.block, block_columns=checked.block_columns)
+
+
+def test_a_burst_is_one_transaction_and_flush_cuts_the_window_short(store, contract):
+    from mlopsctl.serving.predlog import ROWS_PER_STATEMENT, PredictionLog
+
+    one = {k: v[:1] for k, v in _data().items()}
+    checked = contract.check(one)
+    log = PredictionLog(store, flush_interval=30.0)  # a window far longer than this test
+    try:
+        n = 2 * ROWS_PER_STATEMENT + 37  # several multi-row statements
+        before = utcnow()
+        for i in range(n):
+            assert log.submit(**_record(contract, checked, f"r{i:04d}"))
+        t0 = time.monotonic()
+        assert log.flush(timeout=60)
+        assert time.monotonic() - t0 < 20  # flush woke the writer instead of waiting out the 30 s window
+        assert (log.written, log.dropped, log.write_errors, log.depth()) == (n, 0, 0, 0)
+    finally:
+        log.close()
+    with store.session() as s:
+        batches = s.query(PredictionBatch).all()
+        rows = s.query(PredictionRecord).order_by(PredictionRecord.id).all()
+    assert [(b.model, b.version, b.n_rows) for b in batches] == [("m", 1, n)]
+    assert [r.request_id for r in rows] == [f"r{i:04d}" for i in range(n)]
+    assert [r.offset for r in rows] == list(range(n))
+    assert {(r.model, r.version, r.endpoint, r.n_rows, r.latency_ms, r.batch_id) for r in rows} == {
+        ("m", 1, "predict", 1, 1.5, batches[0].id)}
+    assert all(before <= r.created_at <= before + timedelta(minutes=5) for r in rows)  # datetimes round-trip
+    logged = read_requests(store, ["r0000", f"r{n - 1:04d}"], contract.feature_names)
+    assert logged["r0000"]["inputs"]["x"] == one["x"] and logged["r0000"]["inputs"]["plan"] == one["plan"]
+    assert logged["r0000"]["outputs"]["label"] == ["a"]
+
+
+def test_records_with_and_without_a_block_share_a_batch(store, contract):
+    from mlopsctl.serving.predlog import PredictionLog
+
+    data = _data(1)
+    fast = contract.check(data)
+    slow = contract.check({**data, "flag": ["true" if v else "false" for v in data["flag"]]})
+    assert fast.block is not None and slow.block is None
+    log = PredictionLog(store, flush_interval=30.0)
+    try:
+        for rid, checked in (("fast-1", fast), ("slow", slow), ("fast-2", fast)):
+            assert log.submit(**_record(contract, checked, rid))
+        assert log.flush(timeout=60)
+    finally:
+        log.close()
+    logged = read_requests(store, ["fast-1", "slow", "fast-2"], contract.feature_names)
+    expected = {k: [None if isinstance(v, float) and v != v else v for v in arr.tolist()]
+                for k, arr in fast.normalized.items()}
+    for rid in ("fast-1", "slow", "fast-2"):
+        got = logged[rid]["inputs"]
+        got = {k: [None if isinstance(v, float) and v != v else v for v in vals] for k, vals in got.items()}
+        assert got == expected, rid
+        assert np.allclose(logged[rid]["outputs"]["probabilities"], [[0.25, 0.75]] * N)
+
+
+def test_close_writes_what_is_queued(store, contract):
+    from mlopsctl.serving.predlog import PredictionLog
+
+    checked = contract.check({k: v[:2] for k, v in _data().items()})
+    log = PredictionLog(store, flush_interval=30.0)
+    for i in range(5):
+        log.submit(**_record(contract, checked, f"c{i}"))
+    log.close(timeout=60)
+    assert log.written == 5
+    with store.session() as s:
+        assert s.query(PredictionRecord).count() == 5
+
+
+# ---- request ids -------------------------------------------------------------------------------------------
+
+def test_request_ids_are_hex_unique_and_time_ordered():
+    from mlopsctl.serving.core import new_request_id
+
+    ids = []
+    for _ in range(5):
+        ids += [new_request_id() for _ in range(2000)]
+        time.sleep(0.002)  # the next ones fall in a later millisecond
+    assert all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
+    assert len(set(ids)) == len(ids)
+    stamps = [int(i[:12], 16) for i in ids]
+    assert stamps == sorted(stamps)
+    assert abs(stamps[-1] / 1000 - time.time()) < 60
