@@ -221,3 +221,33 @@ def test_request_ids_are_hex_unique_and_time_ordered():
     stamps = [int(i[:12], 16) for i in ids]
     assert stamps == sorted(stamps)
     assert abs(stamps[-1] / 1000 - time.time()) < 60
+
+
+def test_both_index_insert_paths_store_what_sqlalchemy_would(store):
+    """SQLite >= 3.38 writes the index from one JSON document; other databases (and older SQLite) use
+    multi-row VALUES. On this SQLite both run: the raw stored rows must equal SQLAlchemy's own insert."""
+    import datetime as dt
+
+    from sqlalchemy import insert, text
+
+    from mlopsctl.serving.predlog import INDEX_COLUMNS, _insert_index_sqlite_json, _insert_index_values
+
+    def rows(prefix: str, batch_id: int) -> list[tuple]:
+        times = [dt.datetime(2026, 11, 26, 23, 5, 7, 0), dt.datetime(2026, 1, 2, 3, 4, 5, 60),
+                 dt.datetime(2026, 12, 31, 23, 59, 59, 999999)]
+        return [(f"{prefix}-{i}" if i != 1 else f"{prefix}-\u00e9 \"quoted\" 12", "m", 1, ["predict", "v2", "invocations"][i],
+                 0.125 * (i + 1), i + 1, batch_id, 10 * i, times[i]) for i in range(3)]
+
+    with store.engine.begin() as conn:
+        ids = [conn.execute(insert(PredictionBatch).values(model="m", version=1, n_rows=6, data=b"")).inserted_primary_key[0]
+               for _ in range(3)]
+        _insert_index_sqlite_json(conn, rows("json", ids[0]))
+        _insert_index_values(conn, rows("values", ids[1]))
+        conn.execute(insert(PredictionRecord), [dict(zip(INDEX_COLUMNS, r)) for r in rows("orm", ids[2])])
+    with store.engine.connect() as conn:  # raw stored values, not parsed back
+        got = {p: [tuple(r) for r in conn.execute(text(
+            "SELECT replace(request_id, :p, ''), model, version, endpoint, latency_ms, n_rows, \"offset\", created_at, "
+            "typeof(latency_ms), typeof(n_rows) FROM predictions WHERE batch_id = :b ORDER BY id"), {"p": p, "b": b})]
+            for p, b in zip(("json", "values", "orm"), ids)}
+    assert got["json"] == got["values"] == got["orm"]
+    assert got["orm"][0][7] == "2026-11-26 23:05:07.000000" and got["orm"][0][8:] == ("real", "integer")

@@ -628,6 +628,35 @@ def test_prediction_log_drops_are_counted_never_silent(projects, make_app, bc_ro
     assert _value(after, "mlops_prediction_log_write_errors_total") == 0.0
 
 
+def test_serving_and_logging_never_import_pandas_or_scikit_learn(projects):
+    """A worker's request and prediction-log paths stay light: pandas (which pyarrow's ``pa.array`` imports
+    lazily, ~0.25 s holding the GIL in the writer thread) and scikit-learn are never loaded. Checked in a
+    fresh process: the mixed-type churn model (string labels, categorical inputs) and the numeric one."""
+    import subprocess
+    import sys
+
+    script = """
+import json, pathlib, sys
+from mlopsctl.config import load_settings
+from mlopsctl.serving.app import create_app
+project, model, records = pathlib.Path(sys.argv[1]), sys.argv[2], json.loads(sys.argv[3])
+app = create_app(load_settings({}, {}, project), model + "@production", watch=False)
+client = app.test_client()
+for i in range(3):
+    r = client.post("/predict", json={"records": records})
+    assert r.status_code == 200, r.get_json()
+assert app.extensions["mlopsctl"].predlog.flush(timeout=30)
+assert app.extensions["mlopsctl"].predlog.written == 3
+print(json.dumps(sorted(m for m in sys.modules if m.split(".")[0] in ("pandas", "sklearn", "joblib"))))
+"""
+    for project, model, target in ((projects["bc"], "bc", BC_TARGET), (projects["ch"], "ch", CHURN_TARGET)):
+        records = _rows(project, target, 4)
+        out = subprocess.run([sys.executable, "-c", script, str(project), model, json.dumps(records)],
+                             capture_output=True, text=True, timeout=300, cwd=project)
+        assert out.returncode == 0, out.stderr[-2000:]
+        assert json.loads(out.stdout.strip().splitlines()[-1]) == [], model
+
+
 def test_prediction_log_can_be_switched_off(projects, make_app, bc_row):
     app = make_app("bc", log_predictions=False)
     assert app.extensions["mlopsctl"].predlog is None

@@ -80,6 +80,7 @@ class ServeSettings:
     reload_interval: float = _opt(1.0, "seconds between checks of the served alias (hot reload)")
     log_predictions: bool = _opt(True, "write every prediction to the store's prediction log")
     log_queue_size: int = _opt(10_000, "prediction-log queue bound; overflow is counted in /metrics")
+    log_flush_seconds: float = _opt(1.0, "each worker writes its prediction log once per this many seconds")
 
 
 @dataclass(frozen=True)
@@ -303,6 +304,8 @@ def _check_ranges(s: Settings) -> None:
     for key in ("max_batch_rows", "log_queue_size"):
         if getattr(s.serve, key) < 1:
             raise ConfigError(f"serve.{key} must be at least 1, got {getattr(s.serve, key)}.")
+    if not 0 < s.serve.log_flush_seconds <= 60:
+        raise ConfigError(f"serve.log_flush_seconds must be above 0 and at most 60, got {s.serve.log_flush_seconds}.")
     if s.watch.window_rows < 0 or s.watch.min_rows < 1 or s.watch.debounce_seconds < 0:
         raise ConfigError("watch.window_rows must be >= 0, watch.min_rows >= 1 and watch.debounce_seconds >= 0.")
     if s.watch.every:

@@ -33,22 +33,28 @@ def concat(parts: list[Any]) -> np.ndarray:
 
 def encode_columns(inputs: dict[str, np.ndarray], outputs: dict[str, np.ndarray]) -> bytes:
     """Arrow IPC bytes for whole columns: ``inputs`` 1-D per column, ``outputs`` by name (``probabilities``
-    ``[N, k]``, the others one value per row)."""
+    ``[N, k]``, the others one value per row).
+
+    Numbers are wrapped, not converted (:func:`_numeric`): the server's writer thread calls this while
+    request threads run, and every pyarrow call that releases the GIL costs a thread switch to get it back."""
     import pyarrow as pa
 
     columns: dict[str, Any] = {}
     for name, arr in inputs.items():
         arr = arr.ravel()
-        text = arr.dtype.kind in "OUS"
-        columns[name] = pa.array(arr.astype(object) if text else arr.astype(np.float64, copy=False),
-                                 type=pa.string() if text else pa.float64())
+        if arr.dtype.kind in "OUS":
+            columns[name] = _strings(arr)
+        else:
+            columns[name] = _numeric(arr, np.float64)
     for key, arr in outputs.items():
         if key == "probabilities":
             arr = arr.reshape(len(arr), -1)
             for j in range(arr.shape[1]):
-                columns[f"{OUT}p{j}"] = pa.array(arr[:, j].astype(np.float32))
+                columns[f"{OUT}p{j}"] = _numeric(arr[:, j], np.float32)
         elif arr.dtype.kind in "OUS":
-            columns[f"{OUT}{key}"] = pa.array(arr.ravel().astype(str))
+            columns[f"{OUT}{key}"] = _strings(arr.ravel())
+        elif arr.dtype.kind in "iuf":
+            columns[f"{OUT}{key}"] = _numeric(arr.ravel(), arr.dtype)
         else:
             columns[f"{OUT}{key}"] = pa.array(arr.ravel())
     table = pa.table(columns)
@@ -56,6 +62,27 @@ def encode_columns(inputs: dict[str, np.ndarray], outputs: dict[str, np.ndarray]
     with pa.ipc.new_stream(sink, table.schema) as writer:
         writer.write_table(table)
     return sink.getvalue().to_pybytes()
+
+
+def _strings(arr: np.ndarray) -> Any:
+    """A string Arrow array built from its buffers (UTF-8 bytes and int32 offsets). ``pa.array`` asks
+    pyarrow's pandas shim about its argument, which imports pandas (~0.25 s of CPU holding the GIL, ~50
+    MiB) in the server's writer thread."""
+    import pyarrow as pa
+
+    encoded = [str(v).encode() for v in arr.tolist()]
+    offsets = np.zeros(len(encoded) + 1, dtype=np.int32)
+    np.cumsum(np.array([len(b) for b in encoded], dtype=np.int64), out=offsets[1:])
+    return pa.Array.from_buffers(pa.string(), len(encoded), [None, pa.py_buffer(offsets), pa.py_buffer(b"".join(encoded))])
+
+
+def _numeric(arr: np.ndarray, dtype: Any) -> Any:
+    """A numeric Arrow array over ``arr``'s memory (``pa.array`` on floats releases and retakes the GIL).
+    NaN stays NaN, as with ``pa.array``."""
+    import pyarrow as pa
+
+    arr = np.ascontiguousarray(arr, dtype=dtype)
+    return pa.Array.from_buffers(pa.from_numpy_dtype(arr.dtype), len(arr), [None, pa.py_buffer(arr)])
 
 
 def decode(data: bytes) -> Any:

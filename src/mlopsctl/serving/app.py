@@ -56,7 +56,8 @@ def create_app(settings: Settings, model_ref: str | None = None, *, workers: int
                 holder.current.provider, device or serve.device)
     predlog = None
     if serve.log_predictions:
-        predlog = PredictionLog(store, serve.log_queue_size, on_drop=metrics.log_dropped.inc,
+        predlog = PredictionLog(store, serve.log_queue_size, flush_interval=serve.log_flush_seconds,
+                                on_drop=metrics.log_dropped.inc,
                                 on_write_error=metrics.log_write_errors.inc)
     if watch:
         holder.start()
