@@ -17,15 +17,14 @@ registered as ``bc`` and promoted to ``@production``; every server below serves 
 * Per-feature cost at the code's default configuration (gthread, 4 threads, 2 workers): mlopsctl with all
   features, with the cheapest validation policies, with prediction logging off, with metrics stubbed out
   (there is no switch: the launcher below swaps the per-request Prometheus objects for no-ops), with all
-  three off, with the prototype log writer, the bare app and `mlflow models serve` — alternating, several
-  rounds. Also an in-process
+  three off, the bare app and `mlflow models serve` — alternating, several rounds. Also an in-process
   measurement of the same variants through Flask's test client (CPU µs per request, no HTTP, no noise from
   the load generator), a micro-benchmark of the metrics calls one request makes, and a cProfile of
   mlopsctl's /predict (``benchmarks/.work/serve/profile.txt``). The server's CPU time per request (its
   process group, from /proc) is reported beside req/s: on a shared machine it is the steadier figure.
-* Prototypes of the proposed fixes, measured against today's code without editing src/: vectorised contract
-  checks (``INPROC``), a time-window prediction-log writer (``BatchedLog``, also run as a server row with
-  ``--proto-log``) and bound metric children.
+* Hot-path micro-measurements of today's code in one process: records → checked feeds (1 and 10,000 rows,
+  default and cheapest policies), the prediction-log writer's CPU per record at several batch sizes, and
+  ``predlog_format.encode_columns`` of a 10,000-row request.
 * Time to ready: process start to the first 200 on /v2/health/ready (mlopsctl, bare) or /ping (MLflow),
   median of 5, alternating.
 * 10,000-row ``POST /predict`` (``dataframe_records`` on MLflow's /invocations): client-side wall, median
@@ -38,10 +37,9 @@ local -w <same worker count>``. When MLflow cannot be installed the recorded fig
 4.7 s to ready) and RESULTS.md says so. Bytecode is precompiled and ``PYTHONDONTWRITEBYTECODE`` dropped for
 every server. Benchmarks are not tests: the exit status is 0 whether targets are met or not.
 
-Internal: ``serve_bench.py --launch [--worker-class C] [--threads N] [--no-metrics] [--proto-log] --
-<mlopsctl args>`` runs the real mlopsctl CLI after overriding server.WORKER_CLASS / THREADS_PER_WORKER
-(gunicorn silently turns "sync" with threads > 1 into gthread, so sync needs threads=1), optionally stubbing
-the metrics or using the prototype prediction-log writer.
+Internal: ``serve_bench.py --launch [--worker-class C] [--threads N] [--no-metrics] -- <mlopsctl args>``
+runs the real mlopsctl CLI after overriding server.WORKER_CLASS / THREADS_PER_WORKER (gunicorn silently
+turns "sync" with threads > 1 into gthread, so sync needs threads=1), optionally stubbing the metrics.
 """
 
 from __future__ import annotations
@@ -272,7 +270,6 @@ class Spec:
     env: dict[str, str] = field(default_factory=dict)
     no_metrics: bool = False
     real_cli: bool = False  # the installed `mlopsctl` entry point instead of the --launch shim
-    proto_log: bool = False  # the prototype prediction-log writer (BatchedLog)
 
     @property
     def threads(self) -> int:
@@ -299,7 +296,7 @@ class Server:
             else:
                 cmd = [PY, str(Path(__file__).resolve()), "--launch", "--worker-class", spec.worker_class,
                        "--threads", str(spec.threads), *(["--no-metrics"] if spec.no_metrics else []),
-                       *(["--proto-log"] if spec.proto_log else []), "--", *tail]
+                       "--", *tail]
             cwd = p.dir
         elif spec.kind == "bare":
             cmd = [PY, "-m", "gunicorn", "-w", str(spec.workers), "-k", spec.worker_class, "--threads",
@@ -502,8 +499,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(sys.argv[0])))
 from mlopsctl.config import load_settings
 import mlopsctl.serving.app as app_mod
 from mlopsctl.serving.metrics import Metrics
-from serve_bench import BatchedLog, NoMetrics
-from mlopsctl.serving.predlog import PredictionLog
+from serve_bench import NoMetrics
+from mlopsctl.serving.predlog import LogRecord, PredictionLog
 os.environ.update(BARE_MODEL=onnx, BARE_CLASSES=classes, BARE_WORKERS="2")
 sys.path.insert(0, os.path.dirname(os.path.abspath(sys.argv[0])))
 import serve_bare_app
@@ -512,11 +509,10 @@ cheap = {"MLOPS_SERVE_UNKNOWN_CATEGORY": "accept", "MLOPS_SERVE_OUT_OF_RANGE": "
          "MLOPS_SERVE_UNSEEN_NULLS": "accept", "MLOPS_SERVE_EXTRA_COLUMNS": "ignore"}
 nolog = {"MLOPS_SERVE_LOG_PREDICTIONS": "false"}
 variants = {"full": ({}, False), "no validation": (cheap, False), "no logging": (nolog, False),
-            "no metrics": ({}, True), "all off": ({**cheap, **nolog}, True), "logging prototype": ({}, False)}
+            "no metrics": ({}, True), "all off": ({**cheap, **nolog}, True)}
 clients = {}
 for name, (env, nometrics) in variants.items():
     app_mod.Metrics = NoMetrics if nometrics else Metrics
-    app_mod.PredictionLog = BatchedLog if name == "logging prototype" else PredictionLog
     settings = load_settings(env={**env})
     clients[name] = app_mod.create_app(settings, "bc@production", workers=2, watch=False).test_client()
 clients["bare"] = serve_bare_app.app.test_client()
@@ -534,7 +530,9 @@ for r in range(rounds):
         w, cpu = time.perf_counter(), time.process_time()
         loop(clients[k], n)
         res[k]["wall_us"].append((time.perf_counter() - w) / n * 1e6)
-        time.sleep(0.6)  # the prediction-log thread writes what is left of this run: its CPU counts (same process)
+        log = clients[k].application.extensions["mlopsctl"].predlog if k != "bare" else None
+        if log is not None:
+            log.flush(60)  # the prediction-log thread writes what is left of this run: its CPU counts (same process)
         res[k]["cpu_us"].append((time.process_time() - cpu) / n * 1e6)
 
 # metrics calls of one successful /predict, multiprocess mode (as under gunicorn) and single-process
@@ -542,9 +540,8 @@ def metric_calls(m, k):
     t = time.perf_counter()
     for _ in range(k):
         t0 = time.perf_counter()
-        m.rows.labels("bc", str(1)).inc(1)
-        m.requests.labels("predict", str(200)).inc()
-        m.latency.labels("predict").observe(time.perf_counter() - t0)
+        m.rows_scored("bc", 1, 1)
+        m.request_done("predict", 200, time.perf_counter() - t0)
     return (time.perf_counter() - t) / k * 1e6
 from prometheus_client import values
 mp = Metrics()
@@ -569,11 +566,12 @@ st.sort_stats("tottime").print_stats(30)
 open(prof_out, "w").write(f"cProfile of {n} in-process POST /predict (validation + metrics on, logging off), "
                           "Flask test client\n" + s.getvalue())
 
-# ---- prototypes of the proposed fixes, measured against today's code on the same data (src/ untouched) ----
-import operator
+# ---- hot-path micro-measurements of today's code (CPU per call, min of 3 repetitions) ----
 import numpy as np, orjson
 from mlopsctl.serving.core import records_to_columns
+from mlopsctl.predlog_format import encode_columns
 from mlopsctl.store.models import utcnow
+from mlopsctl.serving.core import new_request_id
 
 def cpu_us(f, k):
     for _ in range(max(1, k // 10)):
@@ -594,92 +592,31 @@ names = c.feature_names
 recs1 = orjson.loads(body)["records"]
 recs_big = [dict(recs1[0]) for _ in range(10_000)]
 
-def today(records):
+def feeds(records, **policies):
     cols, _ = records_to_columns(records, names)
-    chk = c.check(cols, unknown_category=serve.unknown_category, extra_columns=serve.extra_columns,
-                  unseen_nulls=serve.unseen_nulls, out_of_range=serve.out_of_range,
-                  range_tolerance=serve.range_tolerance, max_errors=5)
-    return c.onnx_feeds(chk.normalized)
+    return c.feeds(c.check(cols, max_errors=5, **policies))
 
-def today_cheapest(records):
-    cols, _ = records_to_columns(records, names)
-    return c.onnx_feeds(c.check(cols, max_errors=5).normalized)
+default = dict(unknown_category=serve.unknown_category, extra_columns=serve.extra_columns,
+               unseen_nulls=serve.unseen_nulls, out_of_range=serve.out_of_range, range_tolerance=serve.range_tolerance)
+hot = {"validation_1row": {"default": cpu_us(lambda: feeds(recs1, **default), 3000),
+                           "cheapest": cpu_us(lambda: feeds(recs1), 3000)},
+       "validation_10k_ms": {"default": cpu_us(lambda: feeds(recs_big, **default), 5) / 1e3,
+                             "cheapest": cpu_us(lambda: feeds(recs_big), 5) / 1e3}}
 
-# proposed: per-contract vectors computed once; one [N, C] block; two vectorised masks; feeds as column views
-num = [col for col in c.columns]
-span = np.array([(col.max - col.min) or max(abs(col.max), 1.0) for col in num])
-lo = np.array([col.min for col in num]) - serve.range_tolerance * span
-hi = np.array([col.max for col in num]) + serve.range_tolerance * span
-no_nulls = np.array([col.null_rate == 0 for col in num])
-getter = operator.itemgetter(*names)
-inputs = [col.input_name for col in num]
-
-def proposed(records):
-    X = np.array(list(map(getter, records)), dtype=np.float64).reshape(len(records), len(names))
-    with np.errstate(invalid="ignore"):
-        flagged = ((X < lo) | (X > hi)).any()
-    nulls = (np.isnan(X) & no_nulls).any()
-    if flagged or nulls:
-        return today(records)  # slow path: today's per-column code builds the messages
-    X32 = np.asfortranarray(X, dtype=np.float32)
-    return {name: X32[:, i:i + 1] for i, name in enumerate(inputs)}
-
-for recs in (recs1, recs_big):
-    a, b = today(recs), proposed(recs)
-    assert all(np.array_equal(a[k], b[k]) for k in a), "prototype feeds differ"
-assert all(c.numeric_dtype == "float32" and col.kind == "numeric" for col in c.columns)
-proto = {"validation_1row": {"today": cpu_us(lambda: today(recs1), 3000), "cheapest": cpu_us(lambda: today_cheapest(recs1), 3000),
-                             "proposed": cpu_us(lambda: proposed(recs1), 3000)},
-         "validation_10k_ms": {"today": cpu_us(lambda: today(recs_big), 5) / 1e3,
-                               "proposed": cpu_us(lambda: proposed(recs_big), 5) / 1e3}}
-
-# prediction log: what today's writer costs per record at the batch sizes it reaches, and the batch sizes
-# reached by today's _run and by the time-window prototype (BatchedLog) at 1 record per ms (a busy worker)
+# the prediction-log writer: CPU per record at several batch sizes (one transaction each), no other threads
 store = app_full.extensions["mlopsctl"].holder.store
-cur = PredictionLog(store)
-cur.close()
+writer = PredictionLog(store)
+writer.close()
 cols1, _ = records_to_columns(recs1, names)
-norm1 = c.normalize(cols1)
-out1 = served.scorer.run(norm1)
-rec = ("0" * 32, served.name, served.version, "predict", 1.0, norm1, out1, 1, utcnow())
-lw = {f"batch{b}": cpu_us(lambda: cur._write([rec] * b), k) / b for b, k in ((1, 200), (8, 60), (250, 4))}
-
-def batch_sizes(cls, k=1500):
-    lg = cls(store)
-    sizes, orig = [], lg._write
-    lg._write = lambda batch: (sizes.append(len(batch)), orig(batch))
-    for _ in range(k):
-        lg.submit(*rec[:8])
-        t = time.perf_counter()
-        while time.perf_counter() - t < 0.001:  # the request thread holds the GIL ~1 ms, like a request
-            pass
-    lg.flush()
-    lg.close()
-    return {"transactions": len(sizes), "median_batch": statistics.median(sizes)}
-
-lw["today_run"] = batch_sizes(PredictionLog)
-lw["proposed_run"] = batch_sizes(BatchedLog)
-proto["log"] = lw
-try:
-    from mlopsctl.predlog_format import encode
-    big = {k: np.random.rand(10_000) for k in names}
-    bigout = served.scorer.run(big)
-    proto["log_encode_10k_ms"] = cpu_us(lambda: encode([(big, bigout, 10_000)]), 3) / 1e3
-except ImportError:
-    pass
-
-# metrics: today's three labels() lookups per request vs children bound once
-m = app_full.extensions["mlopsctl"].metrics
-def metrics_today():
-    t0 = time.perf_counter()
-    m.rows.labels(served.name, str(served.version)).inc(1)
-    m.requests.labels("predict", str(200)).inc()
-    m.latency.labels("predict").observe(time.perf_counter() - t0)
-bound = (m.rows.labels(served.name, str(served.version)), m.requests.labels("predict", "200"), m.latency.labels("predict"))
-def metrics_bound():
-    t0 = time.perf_counter()
-    bound[0].inc(1); bound[1].inc(); bound[2].observe(time.perf_counter() - t0)
-proto["metrics"] = {"today": cpu_us(metrics_today, 20000), "proposed": cpu_us(metrics_bound, 20000)}
+chk1 = c.check(cols1, **default)
+out1 = served.scorer.run_feeds(c.feeds(chk1))
+def batch(b):
+    return [LogRecord(new_request_id(), served.name, served.version, "predict", 1.0, chk1.normalized, out1, 1,
+                      utcnow(), chk1.block, chk1.block_columns) for _ in range(b)]
+hot["log_write_us"] = {b: cpu_us(lambda: writer._write(batch(b)), k) / b for b, k in ((1, 200), (100, 20), (1000, 4))}
+big = {k: np.random.rand(10_000) for k in names}
+bigout = served.scorer.run(big)
+hot["log_encode_10k_ms"] = cpu_us(lambda: encode_columns(big, bigout), 5) / 1e3
 rows = []
 for (file, line, fn), (cc, nc, tt, ct, callers) in st.stats.items():
     rows.append({"fn": f"{os.path.basename(file)}:{line}({fn})", "calls_per_req": nc / n,
@@ -687,7 +624,7 @@ for (file, line, fn), (cc, nc, tt, ct, callers) in st.stats.items():
 rows.sort(key=lambda r: -r["cum_us"])
 print(json.dumps({"variants": {k: {m: statistics.median(v[m]) for m in v} | {"all_cpu_us": [round(x, 1) for x in v["cpu_us"]],
                                                                               "cpu_min_us": min(v["cpu_us"])}
-                               for k, v in res.items()}, "micro": micro, "profile": rows[:80], "proto": proto}))
+                               for k, v in res.items()}, "micro": micro, "profile": rows[:80], "hot": hot}))
 '''
 
 
@@ -720,40 +657,9 @@ def _no_metrics_class():
     return NoMetrics
 
 
-def _batched_log_class():
-    from mlopsctl.serving.predlog import PredictionLog
-
-    class BatchedLog(PredictionLog):
-        """Prototype of the proposed prediction-log writer loop (same queue, submit, _write and accounting):
-        after the first record it sleeps ``flush_interval`` (0.25 s) and then drains up to ``batch_size`` records,
-        so a busy server writes one transaction (and one Arrow batch) per window instead of one per few requests,
-        and the writer thread is not woken by every put."""
-
-        def _run(self) -> None:
-            import queue as _queue
-
-            while not (self._stop.is_set() and self.q.empty()):
-                try:
-                    batch = [self.q.get(timeout=self.flush_interval)]
-                except _queue.Empty:
-                    continue
-                if not self._stop.is_set():
-                    time.sleep(self.flush_interval)
-                try:
-                    while len(batch) < self.batch_size:
-                        batch.append(self.q.get_nowait())
-                except _queue.Empty:
-                    pass
-                self._write(batch)
-
-    return BatchedLog
-
-
 def __getattr__(name: str):  # `from serve_bench import NoMetrics` without importing mlopsctl at module import
     if name == "NoMetrics":
         return _no_metrics_class()
-    if name == "BatchedLog":
-        return _batched_log_class()
     raise AttributeError(name)
 
 
@@ -774,7 +680,6 @@ def launch(argv: list[str]) -> None:
     ap.add_argument("--worker-class", default=None)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--no-metrics", action="store_true")
-    ap.add_argument("--proto-log", action="store_true")
     ap.add_argument("rest", nargs=argparse.REMAINDER)
     a = ap.parse_args(argv)
     import mlopsctl.serving.server as server
@@ -787,10 +692,6 @@ def launch(argv: list[str]) -> None:
         import mlopsctl.serving.app as app_mod
 
         app_mod.Metrics = _no_metrics_class()
-    if a.proto_log:
-        import mlopsctl.serving.app as app_mod
-
-        app_mod.PredictionLog = _batched_log_class()
     from mlopsctl.cli.main import app
 
     rest = a.rest[1:] if a.rest[:1] == ["--"] else a.rest
@@ -868,29 +769,15 @@ def render(args, m: dict, mlflow_note: str, res: dict) -> str:
     mlf_rps = feat["mlflow"]["rps"] if have_mlflow else None
     mlf_ready = ready.get("mlflow models serve", {}).get("median")
     ready_ml = ready["mlopsctl serve"]["median"]
-    pr = inproc["proto"]
-    prow = ["| what | today | prototype | saving |", "|---|---|---|---|"]
-    v1, vb, lg, mt = pr["validation_1row"], pr["validation_10k_ms"], pr["log"], pr["metrics"]
-    per_rec = {1: lg["batch1"], 8: lg["batch8"], 250: lg["batch250"]}
-    prow += [
-        f"| records → checked feeds, 1 row, default policies (`records_to_columns` + `Contract.check` + "
-        f"`onnx_feeds`) | {v1['today']:.0f} µs | {v1['proposed']:.0f} µs (one [N, C] block, vectorised range/null "
-        f"masks, feeds as column views; cheapest policies today: {v1['cheapest']:.0f} µs) | "
-        f"{v1['today'] - v1['proposed']:.0f} µs/request |",
-        f"| the same, 10,000 rows | {vb['today']:.1f} ms | {vb['proposed']:.1f} ms | {vb['today'] - vb['proposed']:.1f} ms |",
-        f"| prediction-log writer at 1 request/ms: transactions for 1,500 requests (median batch) | "
-        f"{lg['today_run']['transactions']} ({lg['today_run']['median_batch']:g}) | {lg['proposed_run']['transactions']} "
-        f"({lg['proposed_run']['median_batch']:g}) (time-window batches: sleep 0.25 s after the first record, then "
-        f"drain) | — |",
-        f"| `PredictionLog._write` CPU per record at batch 1 / 8 / 250 | {per_rec[1]:.0f} / {per_rec[8]:.0f} / "
-        f"{per_rec[250]:.0f} µs | (the prototype writes batches of ~{lg['proposed_run']['median_batch']:g}) | "
-        f"≈ {per_rec[8] - per_rec[250]:.0f} µs/request at today's batch sizes |",
-        f"| metrics calls per request | {mt['today']:.1f} µs | {mt['proposed']:.1f} µs (labelled children bound once) "
-        f"| {mt['today'] - mt['proposed']:.1f} µs |",
-    ]
-    if "log_encode_10k_ms" in pr:
-        prow.append(f"| `predlog_format.encode` of one 10,000-row request (writer thread, holds the GIL) | "
-                    f"{pr['log_encode_10k_ms']:.1f} ms | — | — |")
+    hot = inproc["hot"]
+    v1, vb, lw = hot["validation_1row"], hot["validation_10k_ms"], hot["log_write_us"]
+    prow = ["| what | CPU |", "|---|---|",
+            f"| records → checked feeds, 1 row (`records_to_columns` + `Contract.check` + `Contract.feeds`) | "
+            f"{v1['default']:.0f} µs with the default policies, {v1['cheapest']:.0f} µs with the cheapest |",
+            f"| the same, 10,000 rows | {vb['default']:.1f} ms default, {vb['cheapest']:.1f} ms cheapest |",
+            "| `PredictionLog._write` per record, one transaction of 1 / 100 / 1,000 records | "
+            + " / ".join(f"{lw[b]:.0f}" for b in sorted(lw, key=int)) + " µs |",
+            f"| `predlog_format.encode_columns` of one 10,000-row request | {hot['log_encode_10k_ms']:.1f} ms |"]
     sd = res.get("shutdowns", {})
     sd_txt = "; ".join(f"{k}: {v['stops_with_abort']} of {v['stops']} stops had workers killed by SIGABRT or SIGKILL "
                        f"({v['workers_aborted']} workers)" for k, v in sd.items())
@@ -925,10 +812,7 @@ def render(args, m: dict, mlflow_note: str, res: dict) -> str:
          verdict(big_ml <= TARGET_BIG_S)),
         ("prediction logging's cost", f"≤ {TARGET_LOG_COST:.0%}", f"{log_cost:.1%} of throughput",
          f"logging off {fmt_rps(feat['no logging']['rps'])} req/s; by server CPU per request "
-         f"{1 - feat['no logging']['cpu_min_us'] / full['cpu_min_us']:.1%}"
-         + (f"; prototype writer: {1 - feat['logging prototype']['rps'] / feat['no logging']['rps']:.1%} of "
-            f"throughput, {1 - feat['no logging']['cpu_min_us'] / feat['logging prototype']['cpu_min_us']:.1%} by CPU"
-            if "logging prototype" in feat else ""), verdict(log_cost <= TARGET_LOG_COST)),
+         f"{1 - feat['no logging']['cpu_min_us'] / full['cpu_min_us']:.1%}", verdict(log_cost <= TARGET_LOG_COST)),
     ]
     table = ["| target | goal | mlopsctl | baseline | result |", "|---|---|---|---|---|"]
     table += ["| " + " | ".join(r) + " |" for r in trows]
@@ -939,9 +823,7 @@ def render(args, m: dict, mlflow_note: str, res: dict) -> str:
     for name, with_, key in (("validation (default policies → cheapest)", "full", "no validation"),
                              ("prediction logging", "full", "no logging"),
                              ("metrics (stubbed out: no switch exists)", "full", "no metrics"),
-                             ("all three", "full", "all off"),
-                             ("prediction logging with the prototype writer (see below)", "logging prototype",
-                              "no logging")):
+                             ("all three", "full", "all off")):
         if with_ not in feat or with_ not in var:
             continue
         w, wo = feat[with_]["rps"], feat[key]["rps"]
@@ -956,8 +838,9 @@ def render(args, m: dict, mlflow_note: str, res: dict) -> str:
     micro = inproc["micro"]
     # profile: the functions that matter, cumulative µs per request
     keys = ["full_dispatch_request", "(predict)", "(infer)", "(check)", "(run)", "InferenceSession.run", "(run_with",
-            "(records_to_columns)", "(_predict_body)", "(json_response)", "(submit)", "(request_id)", "(uuid4)",
-            "(_finish)", "(_start)", "(inc)", "(observe)", "(labels)", "(onnx_feeds)", "(_as_float)",
+            "(records_to_columns)", "(_predict_body)", "(json_response)", "(submit)", "(request_id)",
+            "(new_request_id)", "(_finish)", "(_start)", "(request_done)", "(rows_scored)", "(feeds)",
+            "(_numeric_block)", "(run_feeds)", "(onnx_feeds)", "(_as_float)",
             "(parse_json)", "(model)", "(state)"]
     prof_rows = []
     for r in inproc["profile"]:
@@ -1024,13 +907,14 @@ def render(args, m: dict, mlflow_note: str, res: dict) -> str:
         + "; ".join(f"{k} {x['median'] * 1e3:.0f} ms (all: {', '.join(f'{t * 1e3:.0f}' for t in x['all'])})"
                     for k, x in big.items()) + ".", "",
         f"Shutdown (SIGTERM to the gunicorn master after each run, counted from the servers' logs): {sd_txt}.", "",
-        "### Measured prototypes of the proposed fixes (src/ untouched)", "",
-        "CPU per call in one process on the same model and data (min of 3 repetitions; the prototypes' code is in "
-        "this script: `INPROC` and `BatchedLog`).", "",
+        "### Hot-path micro-measurements", "",
+        "CPU per call in one process on the same model and data (min of 3 repetitions; code in this script's "
+        "`INPROC`). The writer rows run with no request threads beside it; under load its CPU per record is "
+        "higher (thread switches for the GIL).", "",
         *prow, "",
         f"### Where the time goes (cProfile, {args.inproc_n:,} in-process requests)", "",
         "Validation and metrics on, logging off (the writer thread would make the request thread wait for the GIL "
-        "inside functions that release it, such as ORT's run; its cost is measured above); wall µs per request; "
+        "inside functions that release it, such as ORT's run; its cost is measured apart); wall µs per request; "
         "the profiler's own overhead inflates small, often-called functions. Full listing: "
         "`benchmarks/.work/serve/profile.txt`.", "",
         "| function | calls/request | cumulative µs | self µs |", "|---|---|---|---|", *prof_rows,
@@ -1106,7 +990,6 @@ def main(argv: list[str] | None = None) -> int:
               Spec("no validation", "mlopsctl", wc, w, env=dict(CHEAPEST_VALIDATION)),
               Spec("no logging", "mlopsctl", wc, w, env=dict(NO_LOGGING)),
               Spec("no metrics", "mlopsctl", wc, w, no_metrics=True),
-              Spec("logging prototype", "mlopsctl", wc, w, proto_log=True),
               Spec("all off", "mlopsctl", wc, w, env={**CHEAPEST_VALIDATION, **NO_LOGGING}, no_metrics=True)]
     if mlflow_py:
         fspecs.append(Spec("mlflow", "mlflow", "uvicorn", w))
