@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -32,3 +33,11 @@ def make_served_project(root: Path, example: str, model: str, params: str, runs:
         cli_ok("-C", project, "register", run, "--name", model)
     cli_ok("-C", project, "promote", model, 1)
     return project
+
+
+def private_copy(template: Path, tmp_path: Path, monkeypatch: Any) -> Path:
+    """A test's own copy of a template project; the working folder is inside it."""
+    p = tmp_path / "p"
+    shutil.copytree(template, p)
+    monkeypatch.chdir(p)
+    return p

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
-from typer.testing import CliRunner
+from served_projects import make_served_project, private_copy
 
 MODEL = "breast-cancer"
 TARGET = "diagnosis"
@@ -33,18 +33,9 @@ FAST = {"MLOPS_WATCH_DEBOUNCE_SECONDS": "0.3"}
 @pytest.fixture(scope="module")
 def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """breast-cancer example, 10 trees, run 1 registered as version 1 and promoted to @production."""
-    from mlopsctl.cli.main import app
     from mlopsctl.store import db
 
-    project = tmp_path_factory.mktemp("watch-template") / "p"
-    runner = CliRunner()
-    result = runner.invoke(app, ["init", str(project), "--example", "breast-cancer"])
-    assert result.exit_code == 0, result.stderr
-    cfg = project / ".mlops.toml"
-    cfg.write_text(cfg.read_text().replace("n_estimators = 100", "n_estimators = 10"))
-    for args in (["train", "--json"], ["register", "1"], ["promote", MODEL, "1"]):
-        result = runner.invoke(app, ["-C", str(project), *args])
-        assert result.exit_code == 0, (args, result.stdout, result.stderr)
+    project = make_served_project(tmp_path_factory.mktemp("watch-template"), "breast-cancer", MODEL, "{ n_estimators = 10 }")
     db.close_all()
     return project
 
@@ -52,10 +43,7 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def proj(template: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A private copy of the template project; the working folder is inside it."""
-    p = tmp_path / "p"
-    shutil.copytree(template, p)
-    monkeypatch.chdir(p)
-    return p
+    return private_copy(template, tmp_path, monkeypatch)
 
 
 def settings(project: Path, **env: str):

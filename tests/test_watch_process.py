@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import signal
 import socket
 import sqlite3
@@ -24,7 +23,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
-from typer.testing import CliRunner
+from served_projects import make_served_project, private_copy
 
 MODEL = "breast-cancer"
 TARGET = "diagnosis"
@@ -35,28 +34,18 @@ SLOW = '{"n_estimators": 5000}'  # a training that is surely still running when 
 
 @pytest.fixture(scope="module")
 def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from mlopsctl.cli.main import app
+    """breast-cancer example, 10 trees, run 1 registered as version 1 and promoted to @production."""
     from mlopsctl.store import db
 
-    project = tmp_path_factory.mktemp("watch-process-template") / "p"
-    runner = CliRunner()
-    result = runner.invoke(app, ["init", str(project), "--example", "breast-cancer"])
-    assert result.exit_code == 0, result.stderr
-    cfg = project / ".mlops.toml"
-    cfg.write_text(cfg.read_text().replace("n_estimators = 100", "n_estimators = 10"))
-    for args in (["train", "--json"], ["register", "1"], ["promote", MODEL, "1"]):
-        result = runner.invoke(app, ["-C", str(project), *args])
-        assert result.exit_code == 0, (args, result.stdout, result.stderr)
+    project = make_served_project(tmp_path_factory.mktemp("watch-process-template"), "breast-cancer", MODEL, "{ n_estimators = 10 }")
     db.close_all()
     return project
 
 
 @pytest.fixture
 def proj(template: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    p = tmp_path / "p"
-    shutil.copytree(template, p)
-    monkeypatch.chdir(p)
-    return p
+    """A private copy of the template project; the working folder is inside it."""
+    return private_copy(template, tmp_path, monkeypatch)
 
 
 def fresh_rows(project: Path, n: int, seed: int, noise: float = 0.02):
