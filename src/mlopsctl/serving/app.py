@@ -18,8 +18,8 @@ from mlopsctl.errors import InvalidInputError, MlopsError
 from mlopsctl.registry import latest_monitor_results, parse_ref
 from mlopsctl.serving import mlflow, v2
 from mlopsctl.serving.core import (
-    ServerState, Unauthorized, error_response, infer, json_response, parse_json, records_to_columns, request_id,
-    state,
+    ServerState, Unauthorized, error_response, infer, json_response, parse_json, read_body, records_to_columns,
+    request_id, state,
 )
 from mlopsctl.serving.metrics import Metrics
 from mlopsctl.serving.openapi import spec
@@ -63,7 +63,6 @@ def create_app(settings: Settings, model_ref: str | None = None, *, workers: int
         holder.start()
 
     app = Flask("mlopsctl.serving", static_folder=None)
-    app.config.update(MAX_CONTENT_LENGTH=int(serve.max_body_mb * 1024 * 1024))
     app.extensions["mlopsctl"] = ServerState(settings, holder, metrics, predlog, serve.token)
     app.register_blueprint(v2.bp)
     app.register_blueprint(mlflow.bp)
@@ -124,7 +123,7 @@ def _register_routes(app: Flask) -> None:
     @app.post("/predict")
     def predict() -> Response:
         """Plain records in; predictions, probabilities, model and version, request id out."""
-        body = parse_json(request.get_data(cache=False))
+        body = parse_json(read_body())
         if not isinstance(body, dict) or "records" not in body:
             raise InvalidInputError('send {"records": [{"column": value, ...}, ...]}.')
         names = state().model.contract.feature_names

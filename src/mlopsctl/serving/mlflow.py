@@ -10,7 +10,9 @@ from flask import Blueprint, Response, request
 
 from mlopsctl._version import __version__
 from mlopsctl.errors import InvalidInputError
-from mlopsctl.serving.core import UnsupportedMediaType, infer, json_response, parse_json, records_to_columns, state
+from mlopsctl.serving.core import (
+    UnsupportedMediaType, infer, json_response, parse_json, read_body, records_to_columns, state,
+)
 
 bp = Blueprint("mlflow", __name__)
 
@@ -128,7 +130,7 @@ def _columns_from_table(raw: bytes, media: str) -> tuple[dict[str, Any], int]:
 def invocations() -> Response:
     media = _media_type()
     names = state().model.contract.feature_names
-    raw = request.get_data(cache=False)
+    raw = read_body()
     if media == "application/json":
         columns, n = _columns_from_json(parse_json(raw), names)
     else:

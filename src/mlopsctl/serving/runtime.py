@@ -14,7 +14,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-import numpy as np
 
 from mlopsctl.artifacts import ArtifactStore
 from mlopsctl.contract import Contract

@@ -15,7 +15,7 @@ from flask import Blueprint, Response, request
 
 from mlopsctl._version import __version__
 from mlopsctl.errors import InvalidInputError, NotFoundError
-from mlopsctl.serving.core import infer, json_response, parse_json, request_id, state
+from mlopsctl.serving.core import infer, json_response, parse_json, read_body, request_id, state
 
 bp = Blueprint("v2", __name__, url_prefix="/v2")
 
@@ -66,7 +66,7 @@ def model_ready(name: str, version: str | None = None) -> Response:
 # ---- infer --------------------------------------------------------------------------------------------
 
 def _split_body() -> tuple[dict[str, Any], bytes]:
-    raw = request.get_data(cache=False)
+    raw = read_body()
     header_len = request.headers.get(HEADER)
     if header_len is None:
         body = parse_json(raw)
