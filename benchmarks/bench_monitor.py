@@ -9,7 +9,7 @@ columns (40 numeric, 10 categorical; 8,000 rows; HistGradientBoosting, 20 iterat
 promoted through the service layer, so its contract carries the default 1,000-row reference sample (the
 small regime: KS / chi-square). 100,000 rows, 20 of the 50 columns shifted, are scored by the version's own
 ONNX Runtime session and written to the store's prediction log (``prediction_batches`` + ``predictions``) by the server's ``PredictionLog``
-writer (its batched insert, 500 records a transaction), in two layouts: one record per request (100,000
+writer (its batched insert, one transaction per ``PredictionLog.batch_size`` records), in two layouts: one record per request (100,000
 records of 1 row, the worst case) and requests of 100 rows (1,000 records). 5,000 predictions get labels
 (``monitor feedback``), so the report has a live-metric chart.
 
@@ -318,7 +318,8 @@ def section(res: dict[str, Any], runs: int, load: tuple[float, float], argv: lis
         f"{res[(pr, 'report_bytes')]:,} bytes with {LABELLED:,} labelled predictions. Set-up (not timed): "
         f"{N_NUMERIC} numeric + {N_CATEGORICAL} categorical columns, {TRAIN_ROWS:,} training rows, "
         "HistGradientBoosting (20 iterations); logged rows scored by the version's ONNX session and written "
-        "with `PredictionLog`'s batched insert (500 records a transaction), `created_at` = now. "
+        "with `PredictionLog`'s batched insert (one transaction per `PredictionLog.batch_size` records), "
+        "`created_at` = now. "
         f"1-minute load average before/after: {load[0]:.2f} / {load[1]:.2f}.",
         "",
         f"All runs, wall (s): drift per-request {runs_of((pr, 'drift'))}; drift batched {runs_of((ba, 'drift'))}; "
