@@ -231,6 +231,12 @@ ERRORS = [
      "serve.workers must be at least 1, got 0."),
     ("[train]\nreference_rows = -1\n", {}, {},
      "train.reference_rows must be 0 or more, got -1."),
+    ("[serve]\nlog_flush_seconds = 0\n", {}, {},
+     "serve.log_flush_seconds must be above 0 and at most 60, got 0.0."),
+    (None, {"MLOPS_SERVE_LOG_FLUSH_SECONDS": "600"}, {},
+     "serve.log_flush_seconds must be above 0 and at most 60, got 600.0."),
+    (None, {"MLOPS_SERVE_LOG_FLUSH_SECONDS": "soon"}, {},
+     "serve.log_flush_seconds from the environment must be a number, got 'soon'."),
 ]
 
 
