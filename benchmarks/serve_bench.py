@@ -9,7 +9,8 @@ registered as ``bc`` and promoted to ``@production``; every server below serves 
 
 * Load: ``wrk -t2 -c8 -d10s --latency`` on loopback, single-row ``POST /predict`` (``benchmarks/wrk_post.lua``;
   install wrk with ``apt-get install -y wrk``). Every measured run follows a 2 s warm-up run on a freshly
-  started server; any non-2xx answer fails the run.
+  started server and a 1.5 s pause (the warm-up's prediction-log flush ends before measuring); any non-2xx
+  answer fails the run.
 * Worker matrix: ``mlopsctl serve bc@production`` and the bare app (``benchmarks/serve_bare_app.py``, same
   ONNX file, same feeds, same ORT thread rule, orjson) on gunicorn with the same worker class (sync,
   gthread with 4 threads) and count (2, 4); runs alternate between the two systems, the order of the
@@ -82,6 +83,7 @@ TARGET_P99_MS = 5.0
 TARGET_READY_S = 1.5
 TARGET_BIG_S = 0.1
 TARGET_LOG_COST = 0.10
+SETTLE_S = 1.5  # pause between the warm-up run and the measured run (> serve.log_flush_seconds)
 RECORDED_MLFLOW = {"rps": (62.0, 88.0), "ready_s": 4.7}
 MATRIX = [("sync", 2), ("sync", 4), ("gthread", 2), ("gthread", 4)]
 DEFAULT = ("gthread", 2)  # server.py's WORKER_CLASS and serve.workers
@@ -135,12 +137,12 @@ def precompile(paths: list[Path]) -> None:
                            stderr=subprocess.DEVNULL)
 
 
-def group_cpu_s(pgid: int) -> float:
-    """User + system CPU seconds of every live process in process group ``pgid`` (the server we started:
+def process_cpu_s(pgid: int) -> dict[int, float]:
+    """User + system CPU seconds, by pid, of every live process in process group ``pgid`` (the server we started:
     gunicorn master and workers, or MLflow's uvicorn), read from /proc. Robust to a shared machine: it
     counts the work the server did, not the share of the cores it got."""
     tick = os.sysconf("SC_CLK_TCK")
-    total = 0
+    out: dict[int, float] = {}
     for d in os.listdir("/proc"):
         if not d.isdigit():
             continue
@@ -150,8 +152,8 @@ def group_cpu_s(pgid: int) -> float:
         except OSError:
             continue
         if int(fields[2]) == pgid:  # fields after "comm)": state ppid pgrp ... utime(11) stime(12)
-            total += int(fields[11]) + int(fields[12])
-    return total / tick
+            out[int(d)] = (int(fields[11]) + int(fields[12])) / tick
+    return out
 
 
 def loadavg() -> float:
@@ -403,18 +405,23 @@ def measure(spec: Spec, p: Project, args: argparse.Namespace, mlflow_py, mlflow_
     try:
         srv.start()
         wrk(srv.url, body, args.warmup)
+        time.sleep(SETTLE_S)  # background work of the warm-up (e.g. the prediction log's flush) ends first
         la = loadavg()
-        cpu0 = group_cpu_s(srv.proc.pid)
+        cpu0 = process_cpu_s(srv.proc.pid)
         res = wrk(srv.url, body, args.duration)
-        cpu1 = group_cpu_s(srv.proc.pid)  # workers still alive: measured before stop()
+        cpu1 = process_cpu_s(srv.proc.pid)  # workers still alive: measured before stop()
+        used = {pid: cpu1[pid] - cpu0.get(pid, 0.0) for pid in cpu1}
         res["load1"] = la
-        res["cpu_us"] = (cpu1 - cpu0) / max(1, res["requests"]) * 1e6
+        res["cpu_us"] = sum(used.values()) / max(1, res["requests"]) * 1e6
+        # how evenly the connections were spread: the busiest process's share of the server's CPU (with 8
+        # keep-alive connections one gunicorn worker sometimes accepts all of them)
+        res["top_share"] = max(used.values()) / max(1e-9, sum(used.values())) if used else 0.0
     finally:
         srv.stop()
     if res["non2xx"]:
         raise RuntimeError(f"{spec.label}: {res['non2xx']} non-2xx answers under load; see {srv.log}")
     say(f"    {spec.label:<40} {res['rps']:8.1f} req/s  p50 {res['p50_ms']:6.2f} ms  p99 {res['p99_ms']:7.2f} ms"
-        f"  CPU {res['cpu_us']:5.0f} µs/req"
+        f"  CPU {res['cpu_us']:5.0f} µs/req  busiest process {res['top_share']:.0%}"
         f"  (load {la:.1f}{', socket errors ' + str(res['socket_errors']) if res['socket_errors'] else ''})")
     return res
 
@@ -436,7 +443,8 @@ def rounds_of(specs: list[Spec], rounds: int, p, args, mlflow_py, mlflow_dir, pa
 def summary(runs: list[dict]) -> dict:
     return {k: median([r[k] for r in runs]) for k in ("rps", "p50_ms", "p99_ms", "cpu_us")} | {
         "cpu_min_us": min(r["cpu_us"] for r in runs), "all_cpu_us": [round(r["cpu_us"]) for r in runs],
-        "all_rps": [round(r["rps"], 1) for r in runs], "socket_errors": sum(r["socket_errors"] for r in runs)}
+        "all_rps": [round(r["rps"], 1) for r in runs], "socket_errors": sum(r["socket_errors"] for r in runs),
+        "all_top_share": [round(r.get("top_share", 0.0), 2) for r in runs]}
 
 
 # ---- time to ready, big requests ----------------------------------------------------------------------
@@ -848,12 +856,13 @@ def render(args, m: dict, mlflow_note: str, res: dict) -> str:
             prof_rows.append(f"| `{r['fn']}` | {r['calls_per_req']:.1f} | {r['cum_us']:.1f} | {r['self_us']:.1f} |")
     v = m["versions"]
     cmd = ".venv/bin/python benchmarks/serve_bench.py" + (" --quick" if args.quick else "")
-    srows = ["| server | req/s | p50 ms | p99 ms | server CPU µs/req (lowest; all rounds) | all rounds (req/s) |",
-             "|---|---|---|---|---|---|"]
+    srows = ["| server | req/s | p50 ms | p99 ms | server CPU µs/req (lowest; all rounds) | all rounds (req/s) "
+             "| busiest process's share of the server CPU, all rounds |", "|---|---|---|---|---|---|---|"]
     for k, s in feat.items():
         srows.append(f"| {k} | {fmt_rps(s['rps'])} | {s['p50_ms']:.2f} | {s['p99_ms']:.2f} | {s['cpu_min_us']:.0f}; "
                      f"{', '.join(str(x) for x in s['all_cpu_us'])} | "
-                     f"{', '.join(f'{x:,.0f}' for x in s['all_rps'])} |")
+                     f"{', '.join(f'{x:,.0f}' for x in s['all_rps'])} | "
+                     f"{', '.join(f'{x:.0%}' for x in s['all_top_share'])} |")
     lines = [
         SECTION, "",
         f"Produced by `{cmd}` (from the repo root; it rewrites this section except the hand-written "
@@ -868,7 +877,8 @@ def render(args, m: dict, mlflow_note: str, res: dict) -> str:
         f"and the figures are medians; compare ratios from the same rounds rather than absolute req/s.", "",
         f"Load: `wrk -t2 -c8 -d{args.duration:g}s --latency -s benchmarks/wrk_post.lua` on loopback (wrk shares the "
         f"{m['cores']} cores with the server), one-row `POST /predict` (`dataframe_records` on MLflow's "
-        f"/invocations), after a {args.warmup:g} s warm-up on a freshly started server. mlopsctl runs with contract "
+        f"/invocations), after a {args.warmup:g} s warm-up on a freshly started server and a {SETTLE_S:g} s pause. "
+        f"mlopsctl runs with contract "
         f"checks (default policies), prediction logging and metrics on unless a row says otherwise.", "",
         *table, "",
         f"### Worker matrix ({args.matrix_rounds} alternating rounds, medians)", "",
@@ -899,7 +909,9 @@ def render(args, m: dict, mlflow_note: str, res: dict) -> str:
         f"latency histogram): {micro['multiprocess_us']:.1f} µs per request in prometheus_client's multiprocess "
         f"mode (what gunicorn uses: mmap'd files, a lock per value), {micro['single_process_us']:.1f} µs "
         "single-process.", "",
-        "All servers in the per-feature rounds:", "", *srows, "",
+        "All servers in the per-feature rounds (busiest process: near 50 % when the two workers share the load, "
+        "near 100 % when one worker accepted all 8 connections — such rounds show about half the req/s):", "",
+        *srows, "",
         f"Time to ready (process start → first 200 on /v2/health/ready, /ping for MLflow; median of {args.ready_reps},"
         " alternating): " + "; ".join(f"{k} {x['median']:.2f} s (all: {', '.join(f'{t:.2f}' for t in x['all'])})"
                                        for k, x in ready.items()) + ".", "",
