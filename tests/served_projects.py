@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import re
 import shutil
 from pathlib import Path
@@ -41,3 +42,29 @@ def private_copy(template: Path, tmp_path: Path, monkeypatch: Any) -> Path:
     shutil.copytree(template, p)
     monkeypatch.chdir(p)
     return p
+
+
+def training_records(project: Path, target: str, n: int, *, start: int = 0, complete: bool = False) -> list[dict[str, Any]]:
+    """``n`` rows of the project's training CSV as JSON records, from row ``start``: numbers as numbers, ''
+    as null, True/False as booleans, the target left out; ``complete`` skips rows with a missing value."""
+    out: list[dict[str, Any]] = []
+    with open(project / "data" / "train.csv", newline="") as fh:
+        for i, raw in enumerate(csv.DictReader(fh)):
+            if len(out) == n:
+                break
+            if i < start or (complete and "" in raw.values()):
+                continue
+            raw.pop(target)
+            rec: dict[str, Any] = {}
+            for k, v in raw.items():
+                if v == "":
+                    rec[k] = None
+                elif v in ("True", "False"):
+                    rec[k] = v == "True"
+                else:
+                    try:
+                        rec[k] = float(v)
+                    except ValueError:
+                        rec[k] = v
+            out.append(rec)
+    return out

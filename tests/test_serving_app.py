@@ -29,6 +29,7 @@ import pytest
 from typer.testing import CliRunner
 from served_projects import cli_ok as _cli
 from served_projects import make_served_project as _make_project
+from served_projects import training_records
 
 BC_TARGET = "diagnosis"
 CHURN_TARGET = "churned"
@@ -56,31 +57,6 @@ def projects(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
             "ch": _make_project(root, "churn", "ch", "{ max_iter = 20 }", runs=1),
         }
     db.close_all()
-    return out
-
-
-def _rows(project: Path, target: str, n: int, start: int = 0) -> list[dict[str, Any]]:
-    """Rows of the project's training CSV as JSON records (numbers as numbers, '' as null, booleans)."""
-    out = []
-    with open(project / "data" / "train.csv", newline="") as fh:
-        for i, raw in enumerate(csv.DictReader(fh)):
-            if i < start:
-                continue
-            if len(out) == n:
-                break
-            raw.pop(target)
-            rec: dict[str, Any] = {}
-            for k, v in raw.items():
-                if v == "":
-                    rec[k] = None
-                elif v in ("True", "False"):
-                    rec[k] = v == "True"
-                else:
-                    try:
-                        rec[k] = float(v)
-                    except ValueError:
-                        rec[k] = v
-            out.append(rec)
     return out
 
 
@@ -174,7 +150,7 @@ def _feeds(session, records: list[dict[str, Any]]) -> dict[str, np.ndarray]:
 
 
 def test_predict_equals_the_onnx_graph_and_probabilities_sum_to_one(projects, bc):
-    records = _rows(projects["bc"], BC_TARGET, 60)
+    records = training_records(projects["bc"], BC_TARGET, 60)
     r = _post(bc, "/predict", {"records": records}, rid="values-1")
     assert r.status_code == 200
     body = r.get_json()
@@ -196,7 +172,7 @@ def test_predict_equals_the_onnx_graph_and_probabilities_sum_to_one(projects, bc
 
 
 def test_predict_equals_mlopsctl_predict(projects, bc, tmp_path):
-    records = _rows(projects["bc"], BC_TARGET, 25, start=100)
+    records = training_records(projects["bc"], BC_TARGET, 25, start=100)
     names = _names(projects)
     src, out = tmp_path / "rows.csv", tmp_path / "scored.csv"
     with open(src, "w", newline="") as fh:
@@ -217,7 +193,7 @@ def test_predict_equals_mlopsctl_predict(projects, bc, tmp_path):
 
 
 def test_request_id_is_made_up_when_absent_and_echoed_in_the_header(projects, bc):
-    records = _rows(projects["bc"], BC_TARGET, 1)
+    records = training_records(projects["bc"], BC_TARGET, 1)
     r = bc.post("/predict", json={"records": records})
     rid = r.get_json()["request_id"]
     assert re.fullmatch(r"[0-9a-f]{32}", rid)
@@ -229,7 +205,7 @@ def test_request_id_is_made_up_when_absent_and_echoed_in_the_header(projects, bc
 
 def test_mixed_type_model_with_missing_values_equals_the_onnx_graph(projects, make_app):
     client = make_app("ch").test_client()
-    records = _rows(projects["ch"], CHURN_TARGET, 80)
+    records = training_records(projects["ch"], CHURN_TARGET, 80)
     assert any(None in r.values() for r in records)  # the churn data has missing values
     nulls = {"plan": None, "monthly_charges": None, "age": None}  # columns that had nulls in training
     records[0] = {**records[0], **nulls}
@@ -254,7 +230,7 @@ def test_mixed_type_model_with_missing_values_equals_the_onnx_graph(projects, ma
 
 @pytest.fixture(scope="module")
 def bc_row(projects) -> dict[str, Any]:
-    return _rows(projects["bc"], BC_TARGET, 1)[0]
+    return training_records(projects["bc"], BC_TARGET, 1)[0]
 
 
 def test_missing_column_is_named(projects, bc, bc_row):
@@ -325,7 +301,7 @@ def test_a_list_where_a_number_is_expected_is_a_400(bc, bc_row, value, where):
 
 @pytest.mark.parametrize("value", [["basic", "premium"], ["basic"]], ids=["pair", "one"])
 def test_a_list_where_a_category_is_expected_is_a_400(projects, make_app, value):
-    row = next(r for r in _rows(projects["ch"], CHURN_TARGET, 20) if None not in r.values())
+    row = next(r for r in training_records(projects["ch"], CHURN_TARGET, 20) if None not in r.values())
     r = _post(make_app("ch").test_client(), "/predict", {"records": [{**row, "plan": value}]})
     assert r.status_code == 400, r.get_json()
     assert r.get_json()["message"].startswith("column 'plan' ")
@@ -343,7 +319,7 @@ def test_null_where_training_had_none(make_app, bc, bc_row):
 
 
 def test_unknown_category_accepted_by_default_and_rejected_when_configured(projects, make_app):
-    row = next(r for r in _rows(projects["ch"], CHURN_TARGET, 20) if None not in r.values())
+    row = next(r for r in training_records(projects["ch"], CHURN_TARGET, 20) if None not in r.values())
     client = make_app("ch").test_client()
     r = _post(client, "/predict", {"records": [row, {**row, "plan": "platinum"}]})
     assert r.status_code == 200, r.get_json()
@@ -650,7 +626,7 @@ assert app.extensions["mlopsctl"].predlog.written == 3
 print(json.dumps(sorted(m for m in sys.modules if m.split(".")[0] in ("pandas", "sklearn", "joblib"))))
 """
     for project, model, target in ((projects["bc"], "bc", BC_TARGET), (projects["ch"], "ch", CHURN_TARGET)):
-        records = _rows(project, target, 4)
+        records = training_records(project, target, 4)
         out = subprocess.run([sys.executable, "-c", script, str(project), model, json.dumps(records)],
                              capture_output=True, text=True, timeout=300, cwd=project)
         assert out.returncode == 0, out.stderr[-2000:]

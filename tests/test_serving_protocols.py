@@ -19,12 +19,12 @@ import json
 import os
 import re
 import struct
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 from served_projects import make_served_project as _make_project
+from served_projects import training_records
 
 ORT_TO_V2 = {"tensor(float)": "FP32", "tensor(double)": "FP64", "tensor(int64)": "INT64", "tensor(string)": "BYTES",
              "tensor(bool)": "BOOL", "tensor(int32)": "INT32"}
@@ -72,39 +72,15 @@ def ch(apps):
     return apps["ch"].test_client()
 
 
-def _records(project: Path, target: str, n: int, *, complete: bool = False) -> list[dict[str, Any]]:
-    out = []
-    with open(project / "data" / "train.csv", newline="") as fh:
-        for raw in csv.DictReader(fh):
-            raw.pop(target)
-            if complete and "" in raw.values():
-                continue
-            rec: dict[str, Any] = {}
-            for k, v in raw.items():
-                if v == "":
-                    rec[k] = None
-                elif v in ("True", "False"):
-                    rec[k] = v == "True"
-                else:
-                    try:
-                        rec[k] = float(v)
-                    except ValueError:
-                        rec[k] = v
-            out.append(rec)
-            if len(out) == n:
-                break
-    return out
-
-
 @pytest.fixture(scope="module")
 def bc_rows(apps) -> list[dict[str, Any]]:
-    return _records(apps["bc_project"], "diagnosis", 8)
+    return training_records(apps["bc_project"], "diagnosis", 8)
 
 
 @pytest.fixture(scope="module")
 def ch_rows(apps) -> list[dict[str, Any]]:
     """Complete churn rows (JSON tensors have no null) that get both labels."""
-    return _records(apps["ch_project"], "churned", 40, complete=True)
+    return training_records(apps["ch_project"], "churned", 40, complete=True)
 
 
 @pytest.fixture(scope="module")
@@ -343,7 +319,7 @@ def test_binary_request_equals_json_request(apps, bc_rows, ch_rows, key):
 def test_binary_request_carries_missing_values_as_nan(apps, ch):
     """Missing values reach the model through V2 as FP32 NaN (nullable columns only) and '' for BYTES."""
     served = apps["ch"].extensions["mlopsctl"].model
-    rows = _records(apps["ch_project"], "churned", 60)
+    rows = training_records(apps["ch_project"], "churned", 60)
     with_nulls = [r for r in rows if r["age"] is None or r["plan"] is None or r["monthly_charges"] is None][:5]
     assert with_nulls
     expected = _predict(ch, with_nulls)
@@ -520,7 +496,7 @@ def _mlflow_bodies(records: list[dict[str, Any]], names: list[str]) -> dict[str,
 def test_invocations_every_json_format_agrees_with_predict(apps, bc_rows, ch_rows, key):
     client = apps[key].test_client()
     served = apps[key].extensions["mlopsctl"].model
-    records = bc_rows if key == "bc" else _records(apps["ch_project"], "churned", 40)  # churn: with nulls
+    records = bc_rows if key == "bc" else training_records(apps["ch_project"], "churned", 40)  # churn: with nulls
     expected = _predict(client, records)["predictions"]
     for label, body in _mlflow_bodies(records, served.contract.feature_names).items():
         for ctype in ("application/json", "application/json; charset=utf-8", "application/json;charset=UTF-8"):
@@ -547,7 +523,7 @@ def test_invocations_csv_and_parquet(apps, bc_rows, key):
 
     client = apps[key].test_client()
     names = apps[key].extensions["mlopsctl"].model.contract.feature_names
-    records = bc_rows if key == "bc" else _records(apps["ch_project"], "churned", 40)
+    records = bc_rows if key == "bc" else training_records(apps["ch_project"], "churned", 40)
     expected = _predict(client, records)["predictions"]
     for ctype in ("text/csv", "text/csv; charset=utf-8"):
         r = client.post("/invocations", data=_csv(records, names), headers={"Content-Type": ctype})

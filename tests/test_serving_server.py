@@ -30,6 +30,7 @@ import pytest
 from typer.testing import CliRunner
 from served_projects import cli_ok as _cli
 from served_projects import make_served_project as _make_project
+from served_projects import training_records
 
 START_TIMEOUT = 60.0
 
@@ -61,30 +62,6 @@ def projects(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         ch = _make_project(root, "churn", "ch", "{ max_iter = 20 }", runs=1)
     db.close_all()
     return {"bc": bc, "ch": ch}
-
-
-def _rows(project: Path, target: str, n: int, *, complete: bool = False) -> list[dict[str, Any]]:
-    out = []
-    with open(project / "data" / "train.csv", newline="") as fh:
-        for raw in csv.DictReader(fh):
-            raw.pop(target)
-            if complete and "" in raw.values():
-                continue
-            rec: dict[str, Any] = {}
-            for k, v in raw.items():
-                if v == "":
-                    rec[k] = None
-                elif v in ("True", "False"):
-                    rec[k] = v == "True"
-                else:
-                    try:
-                        rec[k] = float(v)
-                    except ValueError:
-                        rec[k] = v
-            out.append(rec)
-            if len(out) == n:
-                break
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -275,7 +252,7 @@ def _check_triton(client, app, records, model: str) -> None:
 # ---- gunicorn, tritonclient ---------------------------------------------------------------------------
 
 def test_tritonclient_against_gunicorn(projects, reference, bc_server, triton):
-    records = _rows(projects["bc"], "diagnosis", 30)
+    records = training_records(projects["bc"], "diagnosis", 30)
     _check_triton(triton(bc_server.port), reference["bc"], records, "bc")
 
 
@@ -309,7 +286,7 @@ def test_mlflow_payloads_against_gunicorn(projects, reference, bc_server):
     from mlopsctl import __version__
 
     port = bc_server.port
-    records = _rows(projects["bc"], "diagnosis", 12)
+    records = training_records(projects["bc"], "diagnosis", 12)
     names = reference["bc"].extensions["mlopsctl"].model.contract.feature_names
     want = reference["bc"].test_client().post("/predict", json={"records": records}).get_json()["predictions"]
     rows = [[r[n] for n in names] for r in records]
@@ -355,7 +332,7 @@ def test_predict_and_metrics_across_gunicorn_workers(projects, bc_server):
                    if s.name == "mlops_requests_total" and s.labels == {"endpoint": "predict", "status": "200"})
 
     before = predict_200s()
-    record = json.dumps({"records": _rows(projects["bc"], "diagnosis", 1)}).encode()
+    record = json.dumps({"records": training_records(projects["bc"], "diagnosis", 1)}).encode()
     for i in range(20):
         status, headers, body = request(bc_server.port, "POST", "/predict", record, {"X-Request-ID": f"gun-{i}"})
         assert status == 200
@@ -369,7 +346,7 @@ def test_predict_and_metrics_across_gunicorn_workers(projects, bc_server):
 # ---- --dev --------------------------------------------------------------------------------------------
 
 def test_dev_server_mixed_types_with_tritonclient_and_mlflow(projects, reference, triton):
-    records = _rows(projects["ch"], "churned", 40)
+    records = training_records(projects["ch"], "churned", 40)
     complete = [r for r in records if None not in r.values()]
     with serving(projects["ch"], "ch@production", "--dev") as server:
         assert "Flask development server" in server.output
@@ -433,7 +410,7 @@ def test_hot_reload_under_load(projects):
     """4 clients send /predict without pause to gunicorn following bc@staging (polled every 0.2 s) while the
     alias moves 1 -> 2 -> 3 through the CLI: every response is a 200, and all clients end on version 3."""
     bc = projects["bc"]
-    body = json.dumps({"records": _rows(bc, "diagnosis", 3)}).encode()
+    body = json.dumps({"records": training_records(bc, "diagnosis", 3)}).encode()
     env = _clean_env(MLOPS_SERVE_RELOAD_INTERVAL="0.2")
     stop = threading.Event()
     seen: list[list[tuple[int, int | None]]] = [[] for _ in range(4)]
@@ -516,7 +493,7 @@ def _children(pid: int) -> set[int]:
 def test_a_worker_exit_leaves_the_server_serving(projects):
     """gunicorn replaces a worker that exits (max-requests, a crash, an operator's SIGTERM): the other
     worker keeps answering, the replacement boots, and /metrics still aggregates."""
-    record = json.dumps({"records": _rows(projects["bc"], "diagnosis", 1)}).encode()
+    record = json.dumps({"records": training_records(projects["bc"], "diagnosis", 1)}).encode()
     with serving(projects["bc"], "bc@production") as server:
         master = server.proc.pid
         deadline = time.monotonic() + 30
@@ -546,7 +523,7 @@ def test_a_worker_exit_leaves_the_server_serving(projects):
 def test_sigterm_shuts_gunicorn_down_cleanly(projects):
     """SIGTERM: the workers finish and exit normally, in seconds (no abort at exit, no kill after the 10 s
     graceful timeout)."""
-    record = json.dumps({"records": _rows(projects["bc"], "diagnosis", 1)}).encode()
+    record = json.dumps({"records": training_records(projects["bc"], "diagnosis", 1)}).encode()
     with serving(projects["bc"], "bc@production", stop_timeout=6) as server:
         assert request(server.port, "POST", "/predict", record)[0] == 200
     assert server.returncode == 0, (server.returncode, server.stop_seconds, server.output)
