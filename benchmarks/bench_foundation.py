@@ -35,13 +35,14 @@ import sys
 import time
 from pathlib import Path
 
+from _common import ensure_mlflow, write_section
+
 REPO = Path(__file__).resolve().parents[1]
 WORK = REPO / "benchmarks" / ".work"
 RESULTS = REPO / "benchmarks" / "RESULTS.md"
 SECTION = "## Foundation (issue 2)"
 BIN = Path(sys.executable).parent  # the venv's bin/ (not resolved: the venv python, not the base one)
 MLOPSCTL = BIN / "mlopsctl"
-MLFLOW_VENV = WORK / "mlflow-venv"
 
 TARGET_HELP_S = 0.15
 TARGET_LOG_METRIC_MS = 0.5
@@ -125,30 +126,6 @@ def precompile(paths: list[Path]) -> None:
 
 def site_packages(venv_bin: Path) -> Path:
     return venv_bin.parent / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages"
-
-
-def ensure_mlflow(install: bool) -> tuple[Path | None, str]:
-    """(python of the MLflow venv, its version) or (None, why not)."""
-    py = MLFLOW_VENV / "bin" / "python"
-    check = [str(py), "-c", "import mlflow; print(mlflow.__version__)"]
-    if py.exists():
-        p = subprocess.run(check, env=env(), capture_output=True, text=True)
-        if p.returncode == 0:
-            return py, p.stdout.strip()
-    if not install:
-        return None, "not installed (--no-install)"
-    say(f"installing mlflow into {MLFLOW_VENV} (a separate venv) ...")
-    try:
-        subprocess.run([sys.executable, "-m", "venv", str(MLFLOW_VENV)], check=True, env=env(),
-                       capture_output=True, timeout=300)
-        pip = subprocess.run([str(MLFLOW_VENV / "bin" / "pip"), "install", "-q", "mlflow"], env=env(),
-                             capture_output=True, text=True, timeout=1800)
-    except (OSError, subprocess.SubprocessError) as e:
-        return None, f"install failed ({type(e).__name__}: {e})"
-    if pip.returncode != 0:
-        return None, "pip install mlflow failed: " + (pip.stderr.strip().splitlines() or ["?"])[-1]
-    p = subprocess.run(check, env=env(), capture_output=True, text=True)
-    return (py, p.stdout.strip()) if p.returncode == 0 else (None, "mlflow installed but does not import")
 
 
 # ---- 1. --help ----------------------------------------------------------------------------------------
@@ -427,19 +404,6 @@ def render(args: argparse.Namespace, m: dict, mlflow_note: str, helps: dict, api
     return "\n".join(lines) + "\n"
 
 
-def write_section(text: str, path: Path = RESULTS) -> None:
-    if path.exists():
-        current = path.read_text()
-    else:
-        current = "# Benchmark results\n\nEach section is written by the benchmark it names; see README.md.\n\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(current):
-        new = pattern.sub(lambda _: text + "\n", current, count=1)
-    else:
-        new = current.rstrip("\n") + "\n\n" + text
-    path.write_text(new.rstrip("\n") + "\n")
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="fewer repetitions (a smoke check)")
@@ -452,7 +416,7 @@ def main(argv: list[str] | None = None) -> int:
 
     QUIET["budget_s"] = args.quiet_wait
     WORK.mkdir(parents=True, exist_ok=True)
-    mlflow_py, mlflow_note = ensure_mlflow(install=not args.no_install)
+    mlflow_py, mlflow_note = ensure_mlflow(not args.no_install, env(), say, packages=("mlflow",), imports=("mlflow",))
     say("precompiling bytecode ...")
     precompile([REPO / "src", site_packages(BIN)] + ([site_packages(mlflow_py.parent)] if mlflow_py else []))
     m = machine()
@@ -467,7 +431,7 @@ def main(argv: list[str] | None = None) -> int:
     text = render(args, m, mlflow_note, helps, api, train)
     print(text)
     if not args.no_write:
-        write_section(text)
+        write_section(SECTION, text)
         say(f"wrote the '{SECTION}' section of {RESULTS.relative_to(REPO)}")
     return 0
 

@@ -33,7 +33,6 @@ import argparse
 import datetime as dt
 import os
 import platform
-import re
 import shutil
 import statistics
 import subprocess
@@ -41,6 +40,8 @@ import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
+
+from _common import write_section
 
 REPO = Path(__file__).resolve().parents[1]
 WORK = REPO / "benchmarks" / ".work" / "monitor"
@@ -329,18 +330,6 @@ def section(res: dict[str, Any], runs: int, load: tuple[float, float], argv: lis
     return "\n".join(lines) + "\n"
 
 
-def write_section(text: str) -> None:
-    """Replace only this benchmark's section, re-reading the file right before writing."""
-    current = RESULTS.read_text() if RESULTS.exists() else (
-        "# Benchmark results\n\nEach section is written by the benchmark it names; see README.md.\n\n")
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(current):
-        new = pattern.sub(lambda _: text + "\n", current, count=1)
-    else:
-        new = current.rstrip("\n") + "\n\n" + text
-    RESULTS.write_text(new.rstrip("\n") + "\n")
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -362,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(text)
     if not args.no_write:
-        write_section(text)
+        write_section(SECTION, text)
         print(f"wrote the {SECTION!r} section of {RESULTS.relative_to(REPO)}")
     return 0
 

@@ -23,6 +23,8 @@ import sys
 import time
 from pathlib import Path
 
+from _common import write_section
+
 ROOT = Path(__file__).resolve().parents[1]
 WORK = ROOT / "benchmarks" / ".work" / "predict"
 PY = sys.executable
@@ -119,11 +121,7 @@ def main(argv: list[str] | None = None) -> None:
     print(section)
     print(f"ratio {ratio:.2f}")
     if not args.no_write:
-        path = ROOT / "benchmarks" / "RESULTS.md"
-        text = path.read_text() if path.exists() else "# Benchmark results\n"
-        pattern = re.compile(r"## Batch predict \(issue 3\)\n.*?(?=\n## |\Z)", re.S)
-        text = pattern.sub(section.rstrip("\n"), text) if pattern.search(text) else text.rstrip("\n") + "\n\n" + section
-        path.write_text(text if text.endswith("\n") else text + "\n")
+        write_section("## Batch predict (issue 3)", section)
 
 
 if __name__ == "__main__":

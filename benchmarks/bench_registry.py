@@ -47,11 +47,12 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from _common import ensure_mlflow, write_section
+
 REPO = Path(__file__).resolve().parents[1]
 WORK = REPO / "benchmarks" / ".work"
 RESULTS = REPO / "benchmarks" / "RESULTS.md"
 SECTION = "## Registry (issue 3)"
-MLFLOW_VENV = WORK / "mlflow-venv"
 TARGET_MS = 5.0
 RECORDED_MLFLOW = {"register": 22.0, "set alias": 10.0, "load by alias": 78.0}
 
@@ -233,30 +234,6 @@ print(json.dumps(res))
 '''
 
 
-def ensure_mlflow(install: bool) -> tuple[Path | None, str]:
-    py = MLFLOW_VENV / "bin" / "python"
-    check = [str(py), "-c", "import mlflow, sklearn; print(mlflow.__version__)"]
-    if py.exists():
-        p = subprocess.run(check, env=clean_env(), capture_output=True, text=True)
-        if p.returncode == 0:
-            return py, p.stdout.strip()
-    if not install:
-        return None, "not installed (--no-install)"
-    say(f"installing mlflow into {MLFLOW_VENV} (a separate venv) ...")
-    try:
-        if not py.exists():
-            subprocess.run([sys.executable, "-m", "venv", str(MLFLOW_VENV)], check=True, capture_output=True,
-                           timeout=300)
-        pip = subprocess.run([str(MLFLOW_VENV / "bin" / "pip"), "install", "-q", "mlflow", "scikit-learn"],
-                             env=clean_env(), capture_output=True, text=True, timeout=1800)
-    except (OSError, subprocess.SubprocessError) as e:
-        return None, f"install failed ({type(e).__name__}: {e})"
-    if pip.returncode != 0:
-        return None, "pip install mlflow failed: " + (pip.stderr.strip().splitlines() or ["?"])[-1]
-    p = subprocess.run(check, env=clean_env(), capture_output=True, text=True)
-    return (py, p.stdout.strip()) if p.returncode == 0 else (None, "mlflow installed but does not import")
-
-
 def bench_mlflow(py: Path, n: int, warmup: int) -> dict[str, Any] | None:
     work = WORK / "registry-mlflow"
     shutil.rmtree(work, ignore_errors=True)
@@ -345,18 +322,6 @@ def render(args: argparse.Namespace, ours: dict, theirs: dict | None, mlflow_not
     return "\n".join(lines) + "\n"
 
 
-def write_section(text: str) -> None:
-    """Replace only this benchmark's section, re-reading the file right before writing."""
-    current = RESULTS.read_text() if RESULTS.exists() else (
-        "# Benchmark results\n\nEach section is written by the benchmark it names; see README.md.\n\n")
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(current):
-        new = pattern.sub(lambda _: text + "\n", current, count=1)
-    else:
-        new = current.rstrip("\n") + "\n\n" + text
-    RESULTS.write_text(new.rstrip("\n") + "\n")
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="fewer repetitions (a smoke check)")
@@ -373,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
     ours = bench_mlopsctl(n, warmup)
     theirs, note = None, "not run (--no-mlflow)"
     if not args.no_mlflow:
-        py, note = ensure_mlflow(install=not args.no_install)
+        py, note = ensure_mlflow(not args.no_install, clean_env(), say)
         if py is not None:
             say(f"MLflow {note} ...")
             theirs = bench_mlflow(py, max(50, n // 2), 5)
@@ -383,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     print(json.dumps({"mlopsctl": ours, "mlflow": theirs}, indent=1), file=sys.stderr)
     if not args.no_write:
-        write_section(text)
+        write_section(SECTION, text)
         say(f"wrote the '{SECTION}' section of {RESULTS.relative_to(REPO)}")
     return 0
 

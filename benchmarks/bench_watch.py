@@ -50,6 +50,8 @@ from contextlib import closing
 from pathlib import Path
 from typing import Any
 
+from _common import write_section
+
 REPO = Path(__file__).resolve().parents[1]
 WORK = REPO / "benchmarks" / ".work" / "watch"
 RESULTS = REPO / "benchmarks" / "RESULTS.md"
@@ -357,20 +359,6 @@ def render(results: list[dict], m: dict, args: argparse.Namespace) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_section(text: str, path: Path = RESULTS) -> None:
-    """Replace only this benchmark's section of RESULTS.md (read right before writing)."""
-    if path.exists():
-        current = path.read_text()
-    else:
-        current = "# Benchmark results\n\nEach section is written by the benchmark it names; see README.md.\n\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(current):
-        new = pattern.sub(lambda _: text + "\n", current, count=1)
-    else:
-        new = current.rstrip("\n") + "\n\n" + text
-    path.write_text(new.rstrip("\n") + "\n")
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="1 run per configuration, 5 s idle window; prints only")
@@ -385,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
         text = render(saved["results"], saved["machine"], argparse.Namespace(quick=saved.get("quick", False)))
         print(text)
         if not args.no_write:
-            write_section(text)
+            write_section(SECTION, text)
         return 0
     if args.quick:
         args.runs, args.idle, args.no_write = 1, 5.0, True
@@ -398,7 +386,7 @@ def main(argv: list[str] | None = None) -> int:
     text = render(results, m, args)
     print(text)
     if not args.no_write:
-        write_section(text)
+        write_section(SECTION, text)
         say(f"wrote the '{SECTION}' section of {RESULTS.relative_to(REPO)}")
     return 0
 

@@ -62,6 +62,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from _common import ensure_mlflow, write_section
+
 REPO = Path(__file__).resolve().parents[1]
 BENCH = REPO / "benchmarks"
 WORK = BENCH / ".work" / "serve"
@@ -71,7 +73,6 @@ FINDINGS = "### Profiling findings"  # a hand-written subsection kept across re-
 BIN = Path(sys.executable).parent
 PY = sys.executable
 MLOPSCTL = BIN / "mlopsctl"
-MLFLOW_VENV = BENCH / ".work" / "mlflow-venv"
 LUA = BENCH / "wrk_post.lua"
 HOST = "127.0.0.1"
 MODEL = "bc"
@@ -215,30 +216,6 @@ def make_project() -> Project:
 
 
 # ---- MLflow -------------------------------------------------------------------------------------------
-
-def ensure_mlflow(install: bool) -> tuple[Path | None, str]:
-    py = MLFLOW_VENV / "bin" / "python"
-    check = [str(py), "-c", "import mlflow, sklearn; print(mlflow.__version__)"]
-    if py.exists():
-        p = subprocess.run(check, env=base_env(), capture_output=True, text=True)
-        if p.returncode == 0:
-            return py, p.stdout.strip()
-    if not install:
-        return None, "not installed (--no-install)"
-    say(f"installing mlflow + scikit-learn into {MLFLOW_VENV} (a separate venv) ...")
-    try:
-        if not py.exists():
-            subprocess.run([sys.executable, "-m", "venv", str(MLFLOW_VENV)], check=True, env=base_env(),
-                           capture_output=True, timeout=300)
-        pip = subprocess.run([str(MLFLOW_VENV / "bin" / "pip"), "install", "-q", "mlflow", "scikit-learn"],
-                             env=base_env(), capture_output=True, text=True, timeout=1800)
-    except (OSError, subprocess.SubprocessError) as e:
-        return None, f"install failed ({type(e).__name__}: {e})"
-    if pip.returncode != 0:
-        return None, "pip install mlflow failed: " + (pip.stderr.strip().splitlines() or ["?"])[-1]
-    p = subprocess.run(check, env=base_env(), capture_output=True, text=True)
-    return (py, p.stdout.strip()) if p.returncode == 0 else (None, "mlflow installed but does not import")
-
 
 MLFLOW_SAVE = """
 import sys, joblib, pandas as pd, mlflow.sklearn
@@ -675,6 +652,7 @@ def bench_inproc(p: Project, n: int, rounds: int) -> dict:
     script = WORK / "inproc.py"
     script.write_text(INPROC)
     shutil.copy(Path(__file__), WORK / "serve_bench.py")
+    shutil.copy(BENCH / "_common.py", WORK / "_common.py")  # serve_bench imports it
     shutil.copy(BENCH / "serve_bare_app.py", WORK / "serve_bare_app.py")
     out = run([PY, script, p.dir, p.body1, p.onnx, ",".join(p.classes), str(n), str(rounds),
                WORK / "profile.txt"], cwd=WORK)
@@ -934,21 +912,6 @@ def render(args, m: dict, mlflow_note: str, res: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_section(text: str, path: Path = RESULTS) -> None:
-    current = path.read_text() if path.exists() else (
-        "# Benchmark results\n\nEach section is written by the benchmark it names; see README.md.\n\n")
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    old = pattern.search(current)
-    if old:
-        kept = re.search(rf"^{re.escape(FINDINGS)}.*?(?=^### |\Z)", old.group(0), re.S | re.M)
-        if kept:
-            text = text.rstrip("\n") + "\n\n" + kept.group(0).rstrip("\n") + "\n"
-        new = current[:old.start()] + text + "\n" + current[old.end():]
-    else:
-        new = current.rstrip("\n") + "\n\n" + text
-    path.write_text(new.rstrip("\n") + "\n")
-
-
 # ---- main ---------------------------------------------------------------------------------------------
 
 def main(argv: list[str] | None = None) -> int:
@@ -976,7 +939,7 @@ def main(argv: list[str] | None = None) -> int:
     WORK.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(WORK / "logs", ignore_errors=True)
     load_start = loadavg()
-    mlflow_py, mlflow_note = ensure_mlflow(install=not args.no_install)
+    mlflow_py, mlflow_note = ensure_mlflow(not args.no_install, base_env(), say)
     say("precompiling bytecode ...")
     precompile([REPO / "src", BENCH, site_packages(BIN)] + ([site_packages(mlflow_py.parent)] if mlflow_py else []))
     m = machine()
@@ -1029,7 +992,7 @@ def main(argv: list[str] | None = None) -> int:
     text = render(args, m, mlflow_note, res)
     print(text)
     if not args.no_write:
-        write_section(text)
+        write_section(SECTION, text, keep=FINDINGS)
         say(f"wrote the '{SECTION}' section of {RESULTS}")
     return 0
 

@@ -1,0 +1,58 @@
+"""What the benchmark scripts share: rewriting their own section of RESULTS.md, and MLflow's separate venv."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Callable
+
+BENCH = Path(__file__).resolve().parent
+RESULTS = BENCH / "RESULTS.md"
+MLFLOW_VENV = BENCH / ".work" / "mlflow-venv"
+HEADER = "# Benchmark results\n\nEach section is written by the benchmark it names; see README.md.\n\n"
+
+
+def write_section(section: str, text: str, path: Path = RESULTS, keep: str | None = None) -> None:
+    """Replace only the ``section`` ("## ...") of RESULTS.md (read right before writing) with ``text``, or
+    append it. ``keep``: the heading of a hand-written "### ..." subsection of the old section that is carried
+    over to the end of the new one."""
+    current = path.read_text() if path.exists() else HEADER
+    old = re.compile(rf"^{re.escape(section)}\n.*?(?=^## |\Z)", re.S | re.M).search(current)
+    if old is None:
+        new = current.rstrip("\n") + "\n\n" + text
+    else:
+        kept = keep and re.search(rf"^{re.escape(keep)}.*?(?=^### |\Z)", old.group(0), re.S | re.M)
+        if kept:
+            text = text.rstrip("\n") + "\n\n" + kept.group(0).rstrip("\n") + "\n"
+        new = current[:old.start()] + text + "\n" + current[old.end():]
+    path.write_text(new.rstrip("\n") + "\n")
+
+
+def ensure_mlflow(install: bool, env: dict[str, str], say: Callable[[str], None],
+                  packages: tuple[str, ...] = ("mlflow", "scikit-learn"),
+                  imports: tuple[str, ...] = ("mlflow", "sklearn")) -> tuple[Path | None, str]:
+    """(python of the MLflow venv, MLflow's version) or (None, why not). The venv is ``MLFLOW_VENV``, never
+    the project's; it is created and ``packages`` pip-installed when ``imports`` fail and ``install`` is set."""
+    py = MLFLOW_VENV / "bin" / "python"
+    check = [str(py), "-c", f"import {', '.join(imports)}; print(mlflow.__version__)"]
+    if py.exists():
+        p = subprocess.run(check, env=env, capture_output=True, text=True)
+        if p.returncode == 0:
+            return py, p.stdout.strip()
+    if not install:
+        return None, "not installed (--no-install)"
+    say(f"installing {' + '.join(packages)} into {MLFLOW_VENV} (a separate venv) ...")
+    try:
+        if not py.exists():
+            subprocess.run([sys.executable, "-m", "venv", str(MLFLOW_VENV)], check=True, env=env,
+                           capture_output=True, timeout=300)
+        pip = subprocess.run([str(MLFLOW_VENV / "bin" / "pip"), "install", "-q", *packages], env=env,
+                             capture_output=True, text=True, timeout=1800)
+    except (OSError, subprocess.SubprocessError) as e:
+        return None, f"install failed ({type(e).__name__}: {e})"
+    if pip.returncode != 0:
+        return None, "pip install mlflow failed: " + (pip.stderr.strip().splitlines() or ["?"])[-1]
+    p = subprocess.run(check, env=env, capture_output=True, text=True)
+    return (py, p.stdout.strip()) if p.returncode == 0 else (None, "mlflow installed but does not import")
