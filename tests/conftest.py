@@ -6,12 +6,12 @@ files, models are real scikit-learn pipelines scored by real ONNX Runtime sessio
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 from typing import Callable
 
 import pytest
+from served_projects import forget_mlops_env
 from typer.testing import CliRunner
 
 
@@ -19,9 +19,7 @@ from typer.testing import CliRunner
 def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """A private working folder, no MLOPS_* settings leaking in, and no store cached across tests."""
     monkeypatch.chdir(tmp_path)
-    for name in list(os.environ):
-        if name.startswith("MLOPS_"):
-            monkeypatch.delenv(name)
+    forget_mlops_env(monkeypatch)
     # `git rev-parse` must not find a repository above tmp_path (tests that want one create it).
     monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path.parent))
     yield

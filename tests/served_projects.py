@@ -1,14 +1,35 @@
-"""Shared set-up for the serving tests: small example projects trained, registered and promoted via the CLI."""
+"""Shared test set-up: isolation from the caller's MLOPS_* settings, and small example projects trained,
+registered and promoted via the CLI."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import os
 import re
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
+import pytest
 from typer.testing import CliRunner
+
+
+def forget_mlops_env(mp: pytest.MonkeyPatch) -> None:
+    """Unset every MLOPS_* variable for the rest of ``mp``'s life (settings must come from the test)."""
+    for name in [n for n in os.environ if n.startswith("MLOPS_")]:
+        mp.delenv(name)
+
+
+@contextlib.contextmanager
+def module_isolation(root: Path | None = None) -> Iterator[pytest.MonkeyPatch]:
+    """For module-scoped fixtures, what conftest's autouse isolation does per test: no MLOPS_* settings
+    and, given ``root``, that folder as the working folder."""
+    with pytest.MonkeyPatch.context() as mp:
+        if root is not None:
+            mp.chdir(root)
+        forget_mlops_env(mp)
+        yield mp
 
 
 def cli_ok(*args: Any) -> Any:

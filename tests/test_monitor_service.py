@@ -15,7 +15,6 @@ be installed: the test fails, it does not skip, without it.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import sqlite3
@@ -27,6 +26,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from served_projects import module_isolation
 from scipy import stats
 from typer.testing import CliRunner
 
@@ -57,11 +57,7 @@ def templates(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
     root = tmp_path_factory.mktemp("monitor-service")
     out = {}
-    with pytest.MonkeyPatch.context() as mp:  # the autouse isolation is per test; do the same here
-        mp.chdir(root)
-        for name in list(os.environ):
-            if name.startswith("MLOPS_"):
-                mp.delenv(name)
+    with module_isolation(root):
         bc = root / "bc"
         _cli_ok("init", bc, "--example", BC)
         cfg = bc / ".mlops.toml"

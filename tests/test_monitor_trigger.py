@@ -9,7 +9,6 @@ either `mlopsctl watch --once --on-drift` (CliRunner) or a `Watcher` with a `Dri
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import sqlite3
@@ -18,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from served_projects import module_isolation
 from typer.testing import CliRunner
 
 MODEL, TARGET = "breast-cancer", "diagnosis"
@@ -31,10 +31,7 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     project = tmp_path_factory.mktemp("drift-trigger") / "p"
     runner = CliRunner()
-    with pytest.MonkeyPatch.context() as mp:
-        for name in list(os.environ):
-            if name.startswith("MLOPS_"):
-                mp.delenv(name)
+    with module_isolation():
         assert runner.invoke(app, ["init", str(project), "--example", MODEL]).exit_code == 0
         cfg = project / ".mlops.toml"
         cfg.write_text(re.sub(r"(?m)^params = .*$", "params = { n_estimators = 10 }", cfg.read_text()))

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
+from served_projects import module_isolation
 from sqlalchemy import text
 from typer.testing import CliRunner
 
@@ -64,11 +64,8 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> dict:
     root = tmp_path_factory.mktemp("registry-template")
     p = root / "proj"
     runner = CliRunner()
-    with pytest.MonkeyPatch.context() as mp:
-        for name in [n for n in os.environ if n.startswith("MLOPS_")]:
-            mp.delenv(name)
+    with module_isolation(root) as mp:
         mp.setenv("GIT_CEILING_DIRECTORIES", str(root))
-        mp.chdir(root)
         _ok(runner.invoke(app, ["init", str(p), "--example", "breast-cancer"]))
         cfg = p / ".mlops.toml"
         cfg.write_text(re.sub(r"(?m)^params = .*$", "params = {}", cfg.read_text()))

@@ -16,7 +16,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import os
 import re
 import sqlite3
 import threading
@@ -27,6 +26,7 @@ from typing import Any
 import numpy as np
 import pytest
 from typer.testing import CliRunner
+from served_projects import module_isolation
 from served_projects import cli_ok as _cli
 from served_projects import make_served_project as _make_project
 from served_projects import training_records
@@ -47,11 +47,7 @@ def projects(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     from mlopsctl.store import db
 
     root = tmp_path_factory.mktemp("serving-app")
-    with pytest.MonkeyPatch.context() as mp:  # the autouse isolation is per test; do the same here
-        mp.chdir(root)
-        for name in list(os.environ):
-            if name.startswith("MLOPS_"):
-                mp.delenv(name)
+    with module_isolation(root):
         out = {
             "bc": _make_project(root, "breast-cancer", "bc", "{ n_estimators = 10 }", runs=2),
             "ch": _make_project(root, "churn", "ch", "{ max_iter = 20 }", runs=1),

@@ -16,15 +16,14 @@ import csv
 import datetime
 import io
 import json
-import os
 import random
 import re
 import struct
 import zlib
-from pathlib import Path
 from typing import Any, Callable
 
 import pytest
+from served_projects import module_isolation, training_records
 from served_projects import make_served_project
 
 CASES = 12
@@ -32,7 +31,6 @@ HEADER = "Inference-Header-Content-Length"
 
 
 # ---- module projects and apps -------------------------------------------------------------------------
-
 
 
 @pytest.fixture(scope="module")
@@ -43,43 +41,20 @@ def apps(tmp_path_factory: pytest.TempPathFactory):
 
     root = tmp_path_factory.mktemp("serving-fuzz")
     out: dict[str, Any] = {}
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(root)
-        for name in list(os.environ):
-            if name.startswith("MLOPS_"):
-                mp.delenv(name)
+    with module_isolation(root):
         for key, example, target, params in (("bc", "breast-cancer", "diagnosis", "{ n_estimators = 10 }"),
                                              ("ch", "churn", "churned", "{ max_iter = 20 }")):
             project = make_served_project(root, example, key, params)
             app = create_app(load_settings({}, {}, project), f"{key}@production", watch=False)
-            out[key] = (app, _rows(project, target))
+            rows = training_records(project, target, 3, complete=True)
+            assert len(rows) == 3, "no complete rows"
+            out[key] = (app, rows)
     yield out
     for app, _ in out.values():
         st = app.extensions["mlopsctl"]
         if st.predlog is not None:
             st.predlog.close()
     db.close_all()
-
-
-def _rows(project: Path, target: str) -> list[dict[str, Any]]:
-    """Three complete rows of the training data as JSON records."""
-    out = []
-    with open(project / "data" / "train.csv", newline="") as fh:
-        for raw in csv.DictReader(fh):
-            raw.pop(target)
-            if "" in raw.values():
-                continue
-            out.append({k: (v == "True") if v in ("True", "False") else _num(v) for k, v in raw.items()})
-            if len(out) == 3:
-                return out
-    raise AssertionError("no complete rows")
-
-
-def _num(v: str) -> Any:
-    try:
-        return float(v)
-    except ValueError:
-        return v
 
 
 # ---- valid requests -----------------------------------------------------------------------------------

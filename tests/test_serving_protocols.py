@@ -16,13 +16,13 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import re
 import struct
 from typing import Any
 
 import numpy as np
 import pytest
+from served_projects import module_isolation
 from served_projects import make_served_project as _make_project
 from served_projects import training_records
 
@@ -36,9 +36,6 @@ ONE_KEY = ("the input must be a JSON dictionary with exactly one of the input fi
 # ---- module projects and apps -------------------------------------------------------------------------
 
 
-
-
-
 @pytest.fixture(scope="module")
 def apps(tmp_path_factory: pytest.TempPathFactory):
     """{"bc": app, "ch": app, "bc_project": Path, "ch_project": Path}, built once for the module."""
@@ -48,11 +45,7 @@ def apps(tmp_path_factory: pytest.TempPathFactory):
 
     root = tmp_path_factory.mktemp("serving-protocols")
     out: dict[str, Any] = {}
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(root)
-        for name in list(os.environ):
-            if name.startswith("MLOPS_"):
-                mp.delenv(name)
+    with module_isolation(root):
         for key, example, params in (("bc", "breast-cancer", "{ n_estimators = 10 }"), ("ch", "churn", "{ max_iter = 20 }")):
             project = _make_project(root, example, key, params)
             out[f"{key}_project"] = project

@@ -28,6 +28,7 @@ from typing import Any, Iterator
 import numpy as np
 import pytest
 from typer.testing import CliRunner
+from served_projects import module_isolation
 from served_projects import cli_ok as _cli
 from served_projects import make_served_project as _make_project
 from served_projects import training_records
@@ -52,11 +53,7 @@ def projects(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     from mlopsctl.store import db
 
     root = tmp_path_factory.mktemp("serving-server")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(root)
-        for name in list(os.environ):
-            if name.startswith("MLOPS_"):
-                mp.delenv(name)
+    with module_isolation(root):
         bc = _make_project(root, "breast-cancer", "bc", "{ n_estimators = 10 }", runs=3)
         _cli("-C", bc, "promote", "bc", 1, "--alias", "staging")
         ch = _make_project(root, "churn", "ch", "{ max_iter = 20 }", runs=1)
