@@ -56,3 +56,14 @@ def ensure_mlflow(install: bool, env: dict[str, str], say: Callable[[str], None]
         return None, "pip install mlflow failed: " + (pip.stderr.strip().splitlines() or ["?"])[-1]
     p = subprocess.run(check, env=env, capture_output=True, text=True)
     return (py, p.stdout.strip()) if p.returncode == 0 else (None, "mlflow installed but does not import")
+
+
+def cpu_model(default: str = "?") -> str:
+    """The CPU's model name from /proc/cpuinfo (Linux), else ``default``."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return default

@@ -35,7 +35,7 @@ import sys
 import time
 from pathlib import Path
 
-from _common import ensure_mlflow, write_section
+from _common import cpu_model, ensure_mlflow, write_section
 
 REPO = Path(__file__).resolve().parents[1]
 WORK = REPO / "benchmarks" / ".work"
@@ -301,14 +301,7 @@ def bench_train(reps: int) -> dict:
 # ---- report -------------------------------------------------------------------------------------------
 
 def machine() -> dict:
-    cpu = platform.processor() or "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model(platform.processor() or "?")
     versions = {}
     code = ("import importlib.metadata as m, json\n"
             "out = {}\n"

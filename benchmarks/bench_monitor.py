@@ -41,7 +41,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from _common import write_section
+from _common import cpu_model, write_section
 
 REPO = Path(__file__).resolve().parents[1]
 WORK = REPO / "benchmarks" / ".work" / "monitor"
@@ -256,14 +256,7 @@ def machine() -> str:
 
     from mlopsctl._version import __version__
 
-    cpu = "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model()
     return (f"{os.cpu_count()} cores ({cpu}), Python {platform.python_version()}, {platform.system()} "
             f"{platform.release()}; mlopsctl {__version__}, numpy {numpy.__version__}, scipy {scipy.__version__}, "
             f"scikit-learn {sklearn.__version__}, onnxruntime {onnxruntime.__version__}, "

@@ -50,7 +50,7 @@ from contextlib import closing
 from pathlib import Path
 from typing import Any
 
-from _common import write_section
+from _common import cpu_model, write_section
 
 REPO = Path(__file__).resolve().parents[1]
 WORK = REPO / "benchmarks" / ".work" / "watch"
@@ -264,14 +264,7 @@ def med(rs: list[dict], key: str) -> float:
 
 
 def machine() -> dict[str, Any]:
-    cpu = platform.processor() or "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model(platform.processor() or "?")
     from importlib import metadata
 
     versions = {}

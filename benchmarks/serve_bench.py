@@ -62,7 +62,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from _common import ensure_mlflow, write_section
+from _common import cpu_model, ensure_mlflow, write_section
 
 REPO = Path(__file__).resolve().parents[1]
 BENCH = REPO / "benchmarks"
@@ -699,14 +699,7 @@ def commit() -> str:
 
 
 def machine() -> dict:
-    cpu = platform.processor() or "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model(platform.processor() or "?")
     code = ("import importlib.metadata as m, json\nout = {}\n"
             "for d in ('mlopsctl', 'flask', 'gunicorn', 'onnxruntime', 'orjson', 'prometheus-client', 'sqlalchemy'):\n"
             "    try: out[d] = m.version(d)\n    except m.PackageNotFoundError: pass\nprint(json.dumps(out))")
