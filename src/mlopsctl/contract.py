@@ -41,6 +41,14 @@ class ColumnSpec:
     def nullable(self) -> bool:
         return self.null_rate > 0
 
+    def accepted_range(self, tolerance: float) -> tuple[float, float] | None:
+        """[lo, hi] a value may take before it counts as far out of range: the training range widened by
+        ``tolerance`` x its span on each side; None when the column has no recorded range (or is not numeric)."""
+        if self.kind != "numeric" or self.min is None or self.max is None:
+            return None
+        span = (self.max - self.min) or max(abs(self.max), 1.0)
+        return self.min - tolerance * span, self.max + tolerance * span
+
 
 @dataclass(frozen=True)
 class RowError:
@@ -207,9 +215,9 @@ class Contract:
                 if bad is not None:
                     flag(bad, c.name, lambda r, c=c, raw=raw: f"column {c.name!r} must be {c.kind}, got {raw[r]!r}")
                 result.normalized[c.name] = arr
-                if c.kind == "numeric" and c.min is not None and c.max is not None and out_of_range != "accept":
-                    span = (c.max - c.min) or max(abs(c.max), 1.0)
-                    lo, hi = c.min - range_tolerance * span, c.max + range_tolerance * span
+                accepted = c.accepted_range(range_tolerance) if out_of_range != "accept" else None
+                if accepted is not None:
+                    lo, hi = accepted
                     with np.errstate(invalid="ignore"):
                         far = (arr < lo) | (arr > hi)
                     flag(far, c.name, lambda r, c=c, a=arr, lo=lo, hi=hi: (
@@ -291,12 +299,10 @@ class Contract:
 @dataclass(frozen=True)
 class _NumericPlan:
     """What the vectorised check needs from a contract, computed once: the numeric and boolean columns in
-    contract order, their range bounds (as ``[k, 1]`` columns; +-inf where unchecked) and which had no nulls."""
+    contract order, which had no nulls, and per range tolerance their accepted ranges as ``[k, 1]`` columns."""
 
+    columns: tuple[ColumnSpec, ...]
     names: tuple[str, ...]
-    mins: Any
-    maxs: Any
-    spans: Any
     not_nullable: Any
     has_ranges: bool
     _bounds: dict = field(default_factory=dict, compare=False)
@@ -305,20 +311,20 @@ class _NumericPlan:
     def of(cls, contract: Contract) -> _NumericPlan:
         import numpy as np
 
-        cols = [c for c in contract.columns if c.kind != "categorical"]
-        ranged = [c.kind == "numeric" and c.min is not None and c.max is not None for c in cols]
-        mins = np.array([c.min if r else -np.inf for c, r in zip(cols, ranged)], dtype=np.float64).reshape(-1, 1)
-        maxs = np.array([c.max if r else np.inf for c, r in zip(cols, ranged)], dtype=np.float64).reshape(-1, 1)
-        spans = np.array([((c.max - c.min) or max(abs(c.max), 1.0)) if r else 0.0 for c, r in zip(cols, ranged)],
-                         dtype=np.float64).reshape(-1, 1)
+        cols = tuple(c for c in contract.columns if c.kind != "categorical")
         not_nullable = np.array([c.null_rate == 0 for c in cols], dtype=bool).reshape(-1, 1)
-        return cls(tuple(c.name for c in cols), mins, maxs, spans, not_nullable, any(ranged))
+        return cls(cols, tuple(c.name for c in cols), not_nullable,
+                   any(c.accepted_range(1.0) is not None for c in cols))
 
     def bounds(self, tolerance: float) -> tuple[Any, Any]:
-        """(lo, hi): the per-column code's ``min - tolerance * span`` and ``max + tolerance * span``."""
+        """(lo, hi) as ``[k, 1]`` arrays of :meth:`ColumnSpec.accepted_range`; +-inf where there is none."""
         b = self._bounds.get(tolerance)
         if b is None:
-            b = self._bounds[tolerance] = (self.mins - tolerance * self.spans, self.maxs + tolerance * self.spans)
+            import numpy as np
+
+            ranges = [c.accepted_range(tolerance) or (-np.inf, np.inf) for c in self.columns]
+            b = self._bounds[tolerance] = (np.array([r[0] for r in ranges], dtype=np.float64).reshape(-1, 1),
+                                           np.array([r[1] for r in ranges], dtype=np.float64).reshape(-1, 1))
         return b
 
 

@@ -17,13 +17,6 @@ import numpy as np
 OUT = "@"  # output columns: "@label", "@p0", "@p1", ... or "@prediction"
 
 
-def encode(records: list[tuple[dict[str, Any], dict[str, Any], int]]) -> bytes:
-    """Arrow IPC bytes for ``[(inputs, outputs, n_rows), ...]`` of one model version (same columns)."""
-    inputs0, outputs0, _ = records[0]
-    return encode_columns({name: concat([r[0][name] for r in records]) for name in inputs0},
-                          {key: concat([r[1][key] for r in records]) for key in outputs0})
-
-
 def concat(parts: list[Any]) -> np.ndarray:
     """Requests' arrays stacked along rows (a scalar counts as one row)."""
     parts = [np.asarray(p) for p in parts]

@@ -45,7 +45,6 @@ class PredictionLog:
     def __init__(self, store: Any, maxsize: int = 10_000, *, batch_size: int = 5_000, flush_interval: float = 1.0,
                  on_drop: Callable[[], None] | None = None, on_write_error: Callable[[], None] | None = None):
         import pyarrow  # noqa: F401 - imported now, not by the first write (an import holds the GIL ~0.3 s)
-        import sqlalchemy.sql  # noqa: F401
 
         self.store = store
         self.q: queue.Queue = queue.Queue(maxsize=maxsize)
