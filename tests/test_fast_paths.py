@@ -230,9 +230,10 @@ def test_both_index_insert_paths_store_what_sqlalchemy_would(store):
 
     from sqlalchemy import insert, text
 
-    from mlopsctl.serving.predlog import INDEX_COLUMNS, _insert_index_sqlite_json, _insert_index_values
+    from mlopsctl.serving.predlog import (INDEX_COLUMNS, _index_document, _insert_index_sqlite_json,
+                                          _insert_index_values)
 
-    def rows(prefix: str, batch_id: int) -> list[tuple]:
+    def rows(prefix: str, batch_id: int | None) -> list[tuple]:
         times = [dt.datetime(2026, 11, 26, 23, 5, 7, 0), dt.datetime(2026, 1, 2, 3, 4, 5, 60),
                  dt.datetime(2026, 12, 31, 23, 59, 59, 999999)]
         return [(f"{prefix}-{i}" if i != 1 else f"{prefix}-\u00e9 \"quoted\" 12", "m", 1, ["predict", "v2", "invocations"][i],
@@ -241,8 +242,8 @@ def test_both_index_insert_paths_store_what_sqlalchemy_would(store):
     with store.engine.begin() as conn:
         ids = [conn.execute(insert(PredictionBatch).values(model="m", version=1, n_rows=6, data=b"")).inserted_primary_key[0]
                for _ in range(3)]
-        _insert_index_sqlite_json(conn, rows("json", ids[0]))
-        _insert_index_values(conn, rows("values", ids[1]))
+        _insert_index_sqlite_json(conn, "m", 1, ids[0], _index_document(rows("json", None)))
+        _insert_index_values(conn, rows("values", None), ids[1])
         conn.execute(insert(PredictionRecord), [dict(zip(INDEX_COLUMNS, r)) for r in rows("orm", ids[2])])
     with store.engine.connect() as conn:  # raw stored values, not parsed back
         got = {p: [tuple(r) for r in conn.execute(text(
