@@ -3,6 +3,8 @@
 * ``Contract.check``'s vectorised path (every numeric/boolean column as one float64 block, two vectorised
   masks) gives exactly what the per-column path gives, and hands anything flagged to the per-column path,
   which words the messages.
+* Records become the numeric columns in one conversion (``records_to_columns(..., numeric=...)``); what
+  the contract then decides is exactly what it decides on the plain per-column lists.
 * ``PredictionLog`` writes in time windows (one transaction for a burst), ``flush`` cuts the window short,
   the per-request index rows written with multi-row INSERTs read back through SQLAlchemy unchanged, and
   records with and without a checked block share a batch.
@@ -122,6 +124,70 @@ def test_ragged_or_nested_columns_take_the_per_column_path(contract):
     data["x"][4] = [1.0, 2.0]
     checked = contract.check(data)
     assert checked.block is None and (checked.errors[0].row, checked.errors[0].column) == (4, "x")
+
+
+def _records(data: dict[str, list[Any]]) -> list[dict[str, Any]]:
+    return [{k: data[k][i] for k in data} for i in range(len(next(iter(data.values()))))]
+
+
+def _outcome(contract: Contract, records: list[dict[str, Any]], fast: bool, policies: dict) -> Any:
+    from mlopsctl.serving.core import records_to_columns
+
+    try:
+        columns, n = records_to_columns(records, contract.feature_names,
+                                        numeric=contract.numeric_names if fast else ())
+        checked = contract.check(columns, **policies)
+    except InvalidInputError as e:
+        return ("raised", str(e))
+    norm = {k: [None if isinstance(v, float) and v != v else v for v in a.tolist()] for k, a in checked.normalized.items()}
+    block = None if checked.block is None else checked.block.tolist()
+    return (n, norm, checked.errors, checked.warnings, checked.bad_rows.tolist(), str(block))
+
+
+def _variant(name: str) -> list[dict[str, Any]]:
+    records = _records(_data(3))
+    if name == "null in a column without nulls":
+        records[5]["x"] = None
+    elif name == "numeric strings and a bool in a numeric column":
+        records[1]["x"], records[2]["free"], records[3]["x"] = "7.25", "-1e3", True
+    elif name == "a word in a numeric column":
+        records[9]["gappy"] = "abc"
+    elif name == "a nested value":
+        records[4]["free"] = [1.0, 2.0]
+    elif name == "far out of range":
+        records[7]["x"] = 99.0
+    elif name == "a record without a column":
+        del records[6]["free"]
+    elif name == "an extra column in one record":
+        records[8]["extra"] = 1.0
+    return records
+
+
+@pytest.mark.parametrize("variant", ["clean", "null in a column without nulls",
+                                     "numeric strings and a bool in a numeric column", "a word in a numeric column",
+                                     "a nested value", "far out of range", "a record without a column",
+                                     "an extra column in one record"])
+@pytest.mark.parametrize("policies", [{}, POLICIES, dict(out_of_range="flag")], ids=["defaults", "strict", "flag"])
+def test_records_fast_conversion_decides_like_the_per_column_lists(contract, variant, policies):
+    records = _variant(variant)
+    fast, slow = _outcome(contract, records, True, policies), _outcome(contract, records, False, policies)
+    assert fast == slow
+    if variant == "clean":
+        from mlopsctl.serving.core import records_to_columns
+
+        columns, _ = records_to_columns(records, contract.feature_names, numeric=contract.numeric_names)
+        assert [type(columns[k]).__name__ for k in contract.feature_names] == ["ndarray"] * 3 + ["list", "ndarray"]
+        assert fast[0] == N and fast[5] != "None"  # the block path ran on the converted columns
+
+
+def test_records_fast_conversion_single_numeric_column():
+    from mlopsctl.serving.core import records_to_columns
+
+    one = Contract(target="y", task="regression", columns=(ColumnSpec("v", "numeric", "float64"),
+                                                           ColumnSpec("c", "categorical", "object")))
+    columns, n = records_to_columns([{"v": 1, "c": "a"}, {"v": None, "c": "b"}], one.feature_names,
+                                    numeric=one.numeric_names)
+    assert n == 2 and columns["v"].tolist()[0] == 1.0 and np.isnan(columns["v"][1]) and columns["c"] == ["a", "b"]
 
 
 # ---- the prediction-log writer ---------------------------------------------------------------------------

@@ -129,6 +129,11 @@ class Contract:
     def feature_names(self) -> list[str]:
         return [c.name for c in self.columns]
 
+    @property
+    def numeric_names(self) -> tuple[str, ...]:
+        """The numeric and boolean columns, in contract order (the vectorised check's block rows)."""
+        return self._plan.names
+
     def column(self, name: str) -> ColumnSpec:
         for c in self.columns:
             if c.name == name:

@@ -126,8 +126,8 @@ def _register_routes(app: Flask) -> None:
         body = parse_json(read_body())
         if not isinstance(body, dict) or "records" not in body:
             raise InvalidInputError('send {"records": [{"column": value, ...}, ...]}.')
-        names = state().model.contract.feature_names
-        columns, n = records_to_columns(body["records"], names)
+        contract = state().model.contract
+        columns, n = records_to_columns(body["records"], contract.feature_names, numeric=contract.numeric_names)
         result = infer(columns, n, "predict")
         return json_response(_predict_body(result))
 

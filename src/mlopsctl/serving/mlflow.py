@@ -60,7 +60,7 @@ def _rows_to_columns(rows: Any, names: list[str], what: str) -> tuple[dict[str, 
     return {n: [r[j] for r in rows] for j, n in enumerate(names)}, len(rows)
 
 
-def _columns_from_json(body: Any, names: list[str]) -> tuple[dict[str, Any], int]:
+def _columns_from_json(body: Any, names: list[str], numeric: tuple[str, ...] = ()) -> tuple[dict[str, Any], int]:
     if not isinstance(body, dict):
         raise InvalidInputError(
             "the input must be a JSON dictionary with exactly one of the input fields "
@@ -84,10 +84,10 @@ def _columns_from_json(body: Any, names: list[str]) -> tuple[dict[str, Any], int
             raise InvalidInputError("dataframe_split.columns has duplicate names.")
         return _rows_to_columns(value["data"], cols, "dataframe_split.data")
     if key == "dataframe_records":
-        return records_to_columns(value, names, "dataframe_records")
+        return records_to_columns(value, names, "dataframe_records", numeric)
     if key == "instances":
         if isinstance(value, list) and value and all(isinstance(r, dict) for r in value):
-            return records_to_columns(value, names, "instances")
+            return records_to_columns(value, names, "instances", numeric)
         return _rows_to_columns(value, names, "instances")
     # inputs: {"col": [...]} (columnar) or [[...], ...] (rows in the model's column order)
     if isinstance(value, dict):
@@ -129,10 +129,11 @@ def _columns_from_table(raw: bytes, media: str) -> tuple[dict[str, Any], int]:
 @bp.post("/invocations")
 def invocations() -> Response:
     media = _media_type()
-    names = state().model.contract.feature_names
+    contract = state().model.contract
+    names = contract.feature_names
     raw = read_body()
     if media == "application/json":
-        columns, n = _columns_from_json(parse_json(raw), names)
+        columns, n = _columns_from_json(parse_json(raw), names, contract.numeric_names)
     else:
         columns, n = _columns_from_table(raw, media)
     result = infer(columns, n, "invocations")
