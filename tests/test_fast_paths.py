@@ -3,8 +3,10 @@
 * ``Contract.check``'s vectorised path (every numeric/boolean column as one float64 block, two vectorised
   masks) gives exactly what the per-column path gives, and hands anything flagged to the per-column path,
   which words the messages.
-* Records become the numeric columns in one conversion (``records_to_columns(..., numeric=...)``); what
-  the contract then decides is exactly what it decides on the plain per-column lists.
+* Records become the numeric columns in one conversion (``records_to_columns(..., numeric=...)``), and
+  ``RecordsDecoder`` parses bodies inside its strict types straight into rows; what the contract then
+  decides is exactly what it decides on the plain per-column lists, and the decoder leaves every unusual
+  body (malformed, wrong types, missing or extra keys) to the general path.
 * ``PredictionLog`` writes in time windows (one transaction for a burst), ``flush`` cuts the window short,
   the per-request index rows written with multi-row INSERTs read back through SQLAlchemy unchanged, and
   records with and without a checked block share a batch.
@@ -130,12 +132,13 @@ def _records(data: dict[str, list[Any]]) -> list[dict[str, Any]]:
     return [{k: data[k][i] for k in data} for i in range(len(next(iter(data.values()))))]
 
 
-def _outcome(contract: Contract, records: list[dict[str, Any]], fast: bool, policies: dict) -> Any:
+def _outcome(contract: Contract, records: list[dict[str, Any]], fast: bool, policies: dict,
+             decoded: tuple | None = None) -> Any:
     from mlopsctl.serving.core import records_to_columns
 
     try:
-        columns, n = records_to_columns(records, contract.feature_names,
-                                        numeric=contract.numeric_names if fast else ())
+        columns, n = decoded or records_to_columns(records, contract.feature_names,
+                                                   numeric=contract.numeric_names if fast else ())
         checked = contract.check(columns, **policies)
     except InvalidInputError as e:
         return ("raised", str(e))
@@ -169,9 +172,20 @@ def _variant(name: str) -> list[dict[str, Any]]:
                                      "an extra column in one record"])
 @pytest.mark.parametrize("policies", [{}, POLICIES, dict(out_of_range="flag")], ids=["defaults", "strict", "flag"])
 def test_records_fast_conversion_decides_like_the_per_column_lists(contract, variant, policies):
+    import orjson
+
+    from mlopsctl.serving.records import RecordsDecoder
+
     records = _variant(variant)
     fast, slow = _outcome(contract, records, True, policies), _outcome(contract, records, False, policies)
     assert fast == slow
+    # the typed decoder takes only bodies inside its strict types; what it takes, the contract decides alike
+    decoded = RecordsDecoder(contract).columns(orjson.dumps({"records": records, "id": "ignored"}))
+    typed = variant in ("clean", "null in a column without nulls", "far out of range")
+    assert (decoded is not None) == typed
+    if decoded is not None:
+        assert _outcome(contract, records, True, policies, decoded[:2]) == slow
+        assert len(decoded[2]) == N  # the decoded rows, handed back so the caller frees them after answering
     if variant == "clean":
         from mlopsctl.serving.core import records_to_columns
 
@@ -188,6 +202,76 @@ def test_records_fast_conversion_single_numeric_column():
     columns, n = records_to_columns([{"v": 1, "c": "a"}, {"v": None, "c": "b"}], one.feature_names,
                                     numeric=one.numeric_names)
     assert n == 2 and columns["v"].tolist()[0] == 1.0 and np.isnan(columns["v"][1]) and columns["c"] == ["a", "b"]
+
+
+@pytest.mark.parametrize("body", [
+    b"", b"{", b"[]", b"null", b'{"records": {}}', b'{"records": []}', b'{"rows": []}', b"\xef\xbb\xbf{}",
+    b'{"records": [{"x": 1, "gappy": 1, "flag": true, "plan": "\xff", "free": 1}]}',  # invalid UTF-8
+    b'{"records": [{"x": 1, "gappy": 1, "flag": true, "plan": "\\ud800", "free": 1}]}',  # lone surrogate
+    b'{"records": [{"x": 1, "gappy": 1, "flag": true, "plan": 3, "free": 1}]}',  # a number as category
+    b'{"records": [{"x": [1], "gappy": 1, "flag": true, "plan": "pro", "free": 1}]}',
+    b'{"records": [{"x": 1, "gappy": 1, "flag": true, "plan": "pro", "free": 1e400}]}',
+    b'{"records": [{"x": 1, "gappy": 1, "flag": true, "plan": "pro", "free": 1}]} trailing',
+    b'{"records": [' + b"[" * 5000 + b"]" * 5000 + b"]}",
+])
+def test_records_decoder_leaves_anything_unusual_to_the_general_path(contract, body):
+    from mlopsctl.serving.records import RecordsDecoder
+
+    assert RecordsDecoder(contract).columns(body) is None
+
+
+def test_records_decoder_columns_in_contract_order_with_odd_column_names():
+    import orjson
+
+    from mlopsctl.serving.records import RecordsDecoder
+
+    odd = Contract(target="y", task="regression", columns=(
+        ColumnSpec("mean radius", "numeric", "float64"), ColumnSpec("plané", "categorical", "object"),
+        ColumnSpec("f0", "boolean", "bool")))  # a column named like the decoder's own field names
+    rows = [{"f0": True, "plané": "a", "mean radius": 2}, {"plané": None, "mean radius": None, "f0": False}]
+    columns, n, _rows = RecordsDecoder(odd).columns(orjson.dumps({"records": rows}))
+    assert n == 2 and list(columns) == ["mean radius", "plané", "f0"]
+    assert columns["mean radius"][0] == 2.0 and np.isnan(columns["mean radius"][1])
+    assert columns["plané"] == ["a", None] and columns["f0"].tolist() == [1.0, 0.0]
+
+
+def test_records_decoder_all_numeric_contract_matches_the_general_path():
+    """All columns numeric or boolean: the decoder reads each row as a tuple (its fields in block order)."""
+    import orjson
+
+    from mlopsctl.serving.core import records_to_columns
+    from mlopsctl.serving.records import RecordsDecoder
+
+    nums = Contract(target="y", task="regression", columns=(
+        ColumnSpec("b", "numeric", "float64"), ColumnSpec("a", "boolean", "bool"), ColumnSpec("c", "numeric", "int64")))
+    rows = [{"c": 3, "a": True, "b": 0.5}, {"a": False, "b": None, "c": -2}, {"b": 1e300, "c": 7, "a": None}]
+    columns, n, _rows = RecordsDecoder(nums).columns(orjson.dumps({"records": rows}))
+    general, m = records_to_columns(rows, nums.feature_names)
+    assert n == m == 3 and list(columns) == ["b", "a", "c"]
+    for name in nums.feature_names:
+        np.testing.assert_array_equal(columns[name], np.array(general[name], dtype=np.float64))
+
+
+def test_release_after_keeps_a_big_requests_input_until_the_answer_is_closed():
+    import gc
+    import weakref
+
+    from flask import Response
+
+    from mlopsctl.serving.core import RELEASE_AFTER_ROWS, release_after
+
+    class Parsed:
+        pass
+
+    big, small = Parsed(), Parsed()
+    refs = weakref.ref(big), weakref.ref(small)
+    response = release_after(Response(b"{}"), RELEASE_AFTER_ROWS, big)
+    release_after(Response(b"{}"), RELEASE_AFTER_ROWS - 1, small)
+    del big, small
+    gc.collect()
+    assert refs[0]() is not None and refs[1]() is None  # the big one waits for the answer to be sent
+    response.close()  # what the WSGI server does after writing the last byte
+    assert refs[0]() is None
 
 
 # ---- the prediction-log writer ---------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from mlopsctl.registry import latest_monitor_results, parse_ref
 from mlopsctl.serving import mlflow, v2
 from mlopsctl.serving.core import (
     ServerState, Unauthorized, error_response, infer, json_response, parse_json, read_body, records_to_columns,
-    request_id, state,
+    release_after, request_id, state,
 )
 from mlopsctl.serving.metrics import Metrics
 from mlopsctl.serving.openapi import spec
@@ -123,13 +123,19 @@ def _register_routes(app: Flask) -> None:
     @app.post("/predict")
     def predict() -> Response:
         """Plain records in; predictions, probabilities, model and version, request id out."""
-        body = parse_json(read_body())
-        if not isinstance(body, dict) or "records" not in body:
-            raise InvalidInputError('send {"records": [{"column": value, ...}, ...]}.')
-        contract = state().model.contract
-        columns, n = records_to_columns(body["records"], contract.feature_names, numeric=contract.numeric_names)
+        raw = read_body()
+        served = state().model
+        decoded = served.records.columns(raw) if served.records is not None else None
+        if decoded is None:  # anything outside the typed fast path: parsed and checked the general way
+            parsed = parse_json(raw)
+            if not isinstance(parsed, dict) or "records" not in parsed:
+                raise InvalidInputError('send {"records": [{"column": value, ...}, ...]}.')
+            columns, n = records_to_columns(parsed["records"], served.contract.feature_names,
+                                            numeric=served.contract.numeric_names)
+        else:
+            columns, n, parsed = decoded
         result = infer(columns, n, "predict")
-        return json_response(_predict_body(result))
+        return release_after(json_response(_predict_body(result)), n, parsed, columns)
 
     @app.get("/metrics")
     def metrics() -> Response:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
-from itertools import chain
 from operator import itemgetter
 from typing import Any
 
@@ -18,6 +17,7 @@ from mlopsctl.config import Settings
 from mlopsctl.errors import InvalidInputError, MlopsError
 from mlopsctl.serving.metrics import Metrics
 from mlopsctl.serving.predlog import PredictionLog
+from mlopsctl.serving.records import numeric_columns
 from mlopsctl.serving.runtime import ModelHolder, ServedModel
 
 
@@ -64,6 +64,19 @@ def json_response(body: Any, status: int = 200, headers: dict[str, str] | None =
     if headers:
         resp.headers.update(headers)
     return resp
+
+
+RELEASE_AFTER_ROWS = 1_000  # requests this big free their parsed input after the answer is sent
+
+
+def release_after(response: Response, n_rows: int, *parsed: Any) -> Response:
+    """Keep a big request's parsed input alive until ``response`` is closed (after its last byte is
+    written): freeing 10,000 parsed records is ~300,000 objects and 5-10 ms of uninterruptible work that
+    would otherwise come before the answer."""
+    if n_rows >= RELEASE_AFTER_ROWS:
+        keep = list(parsed)
+        response.call_on_close(keep.clear)
+    return response
 
 
 def read_body() -> bytes:
@@ -198,17 +211,9 @@ def records_to_columns(records: Any, names: list[str], what: str = "records",
 
 
 def _numeric_records(records: list[dict], names: tuple[str, ...]) -> dict[str, Any]:
-    """The ``names`` columns of ``records`` as rows of one float64 ``[k, N]`` block, converted in one
-    ``np.fromiter`` pass over the values (instead of one list per column and a second conversion of those
-    lists in ``Contract.check``: 20 -> 8 ms for 10,000 rows x 30 columns). The conversion is numpy's
-    float64 conversion, the same the contract's vectorised check applies (None -> NaN, numeric strings and
-    booleans convert). ``{}`` when a record lacks a column or a value does not convert: the general path
-    then names the problem."""
-    get = itemgetter(*names)
-    values = map(get, records) if len(names) == 1 else chain.from_iterable(map(get, records))
+    """:func:`~mlopsctl.serving.records.numeric_columns` of parsed records; ``{}`` when a record lacks a
+    column or a value does not convert: the general path then names the problem."""
     try:
-        flat = np.fromiter(values, np.float64, count=len(records) * len(names))
+        return numeric_columns(records, itemgetter(*names), names)
     except (KeyError, TypeError, ValueError, OverflowError):
         return {}
-    block = np.ascontiguousarray(flat.reshape(len(records), len(names)).T)
-    return dict(zip(names, block))

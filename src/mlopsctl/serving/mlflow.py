@@ -11,7 +11,7 @@ from flask import Blueprint, Response, request
 from mlopsctl._version import __version__
 from mlopsctl.errors import InvalidInputError
 from mlopsctl.serving.core import (
-    UnsupportedMediaType, infer, json_response, parse_json, read_body, records_to_columns, state,
+    UnsupportedMediaType, infer, json_response, parse_json, read_body, records_to_columns, release_after, state,
 )
 
 bp = Blueprint("mlflow", __name__)
@@ -132,11 +132,13 @@ def invocations() -> Response:
     contract = state().model.contract
     names = contract.feature_names
     raw = read_body()
+    parsed = None
     if media == "application/json":
-        columns, n = _columns_from_json(parse_json(raw), names, contract.numeric_names)
+        parsed = parse_json(raw)
+        columns, n = _columns_from_json(parsed, names, contract.numeric_names)
     else:
         columns, n = _columns_from_table(raw, media)
     result = infer(columns, n, "invocations")
     out = result.outputs
     preds = out["label"] if "label" in out else np.asarray(out["prediction"]).ravel()
-    return json_response({"predictions": np.asarray(preds).ravel().tolist()})
+    return release_after(json_response({"predictions": np.asarray(preds).ravel().tolist()}), n, parsed, columns)

@@ -19,6 +19,7 @@ from mlopsctl.artifacts import ArtifactStore
 from mlopsctl.contract import Contract
 from mlopsctl.registry import ModelRef, current_version, load_model
 from mlopsctl.scoring import Scorer, providers_for
+from mlopsctl.serving.records import RecordsDecoder
 
 log = logging.getLogger("mlopsctl.serve")
 
@@ -41,6 +42,7 @@ class ServedModel:
     inputs: list[dict[str, Any]] = field(default_factory=list)  # V2 metadata, from the real ONNX graph
     outputs: list[dict[str, Any]] = field(default_factory=list)
     column_by_input: dict[str, str] = field(default_factory=dict)
+    records: RecordsDecoder | None = None  # the typed fast path for /predict bodies
 
     def metadata(self) -> dict[str, Any]:
         return {"name": self.name, "versions": [str(self.version)], "platform": "onnxruntime_onnx",
@@ -66,6 +68,7 @@ def build(store: Any, arts: ArtifactStore, ref: ModelRef, device: str, threads: 
         scorer=scorer, provider=scorer.provider, loaded_at=time.time(),
         inputs=_tensor_meta(scorer.session.get_inputs()), outputs=_tensor_meta(scorer.session.get_outputs()),
         column_by_input={c.input_name: c.name for c in loaded.contract.columns},
+        records=RecordsDecoder(loaded.contract),
     )
     warm_up(served)
     return served
