@@ -259,10 +259,12 @@ class Contract:
         plan = self._plan
         if not plan.names:
             return None
-        try:
-            block = np.array([data[name] for name in plan.names], dtype=np.float64)
-        except (TypeError, ValueError, OverflowError):
-            return None
+        block = getattr(data, "block", None)  # already converted together (mlopsctl.serving.records.Columns)
+        if block is None or getattr(data, "block_names", None) != plan.names:
+            try:
+                block = np.array([data[name] for name in plan.names], dtype=np.float64)
+            except (TypeError, ValueError, OverflowError):
+                return None
         if block.ndim != 2:
             return None
         if out_of_range != "accept" and plan.has_ranges:

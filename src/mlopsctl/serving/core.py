@@ -17,7 +17,7 @@ from mlopsctl.config import Settings
 from mlopsctl.errors import InvalidInputError, MlopsError
 from mlopsctl.serving.metrics import Metrics
 from mlopsctl.serving.predlog import PredictionLog
-from mlopsctl.serving.records import numeric_columns
+from mlopsctl.serving.records import in_order, numeric_columns
 from mlopsctl.serving.runtime import ModelHolder, ServedModel
 
 
@@ -199,7 +199,7 @@ def records_to_columns(records: Any, names: list[str], what: str = "records",
             raise InvalidInputError(f"{what}[{i}] must be an object mapping column names to values, got {type(r).__name__}.")
     fast = _numeric_records(records, numeric) if numeric and records else {}
     try:
-        columns = {k: fast[k] if k in fast else [r[k] for r in records] for k in names}
+        columns = in_order(fast, names, {k: [r[k] for r in records] for k in names if k not in fast})
     except KeyError as e:
         col = e.args[0]
         row = next(i for i, r in enumerate(records) if col not in r)

@@ -25,7 +25,15 @@ import numpy as np
 from mlopsctl.contract import Contract
 
 
-def numeric_columns(rows: list[Any], get: Callable[[Any], Any], names: tuple[str, ...]) -> dict[str, np.ndarray]:
+class Columns(dict):
+    """Columns by name, carrying the float64 ``[k, N]`` block their numeric columns are rows of, so the
+    contract's check uses it as is instead of stacking the rows again (see ``Contract.check``)."""
+
+    block: np.ndarray | None = None
+    block_names: tuple[str, ...] = ()
+
+
+def numeric_columns(rows: list[Any], get: Callable[[Any], Any], names: tuple[str, ...]) -> Columns:
     """``names``' columns of ``rows`` (``get(row)`` gives a row's values in ``names`` order: a tuple, or
     the value itself for one name) as the float64 rows of one C-contiguous ``[k, N]`` block. The
     conversion is numpy's float64 conversion, the one the contract's vectorised check applies (None ->
@@ -34,7 +42,19 @@ def numeric_columns(rows: list[Any], get: Callable[[Any], Any], names: tuple[str
     values: Iterable[Any] = map(get, rows) if len(names) == 1 else chain.from_iterable(map(get, rows))
     flat = np.fromiter(values, np.float64, count=len(rows) * len(names))
     block = np.ascontiguousarray(flat.reshape(len(rows), len(names)).T)
-    return dict(zip(names, block))
+    columns = Columns(zip(names, block))
+    columns.block, columns.block_names = block, names
+    return columns
+
+
+def in_order(columns: dict[str, Any], names: list[str], extra: dict[str, Any]) -> dict[str, Any]:
+    """``columns`` and ``extra`` in ``names`` order, keeping ``columns``' block (a :class:`Columns`)."""
+    out = Columns() if isinstance(columns, Columns) else {}
+    for name in names:
+        out[name] = columns[name] if name in columns else extra[name]
+    if isinstance(columns, Columns):
+        out.block, out.block_names = columns.block, columns.block_names
+    return out
 
 
 class RecordsDecoder:
@@ -69,7 +89,6 @@ class RecordsDecoder:
             return None
         if not rows:
             return None  # the general path words "no rows"
-        columns = numeric_columns(rows, self._numeric, self.numeric) if self._numeric else {}
-        for name, get in self._categorical:
-            columns[name] = list(map(get, rows))
-        return {name: columns[name] for name in self.names}, len(rows), rows
+        numeric = numeric_columns(rows, self._numeric, self.numeric) if self._numeric else {}
+        categorical = {name: list(map(get, rows)) for name, get in self._categorical}
+        return in_order(numeric, self.names, categorical), len(rows), rows
