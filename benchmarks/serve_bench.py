@@ -86,9 +86,9 @@ TARGET_BIG_S = 0.1
 TARGET_LOG_COST = 0.10
 SETTLE_S = 1.5  # pause between the warm-up run and the measured run (> serve.log_flush_seconds)
 RECORDED_MLFLOW = {"rps": (62.0, 88.0), "ready_s": 4.7}
-MATRIX = [("sync", 2), ("sync", 4), ("gthread", 2), ("gthread", 4)]
+MATRIX = [("sync", 1, 2), ("gthread", 2, 2), ("gthread", 4, 2), ("gthread", 2, 4)]  # (class, threads, workers)
 DEFAULT = ("gthread", 2)  # server.py's WORKER_CLASS and serve.workers
-GTHREADS = 4  # server.py's THREADS_PER_WORKER
+GTHREADS = 2  # server.py's THREADS_PER_WORKER
 CHEAPEST_VALIDATION = {"MLOPS_SERVE_UNKNOWN_CATEGORY": "accept", "MLOPS_SERVE_OUT_OF_RANGE": "accept",
                        "MLOPS_SERVE_UNSEEN_NULLS": "accept", "MLOPS_SERVE_EXTRA_COLUMNS": "ignore"}
 NO_LOGGING = {"MLOPS_SERVE_LOG_PREDICTIONS": "false"}
@@ -249,10 +249,11 @@ class Spec:
     env: dict[str, str] = field(default_factory=dict)
     no_metrics: bool = False
     real_cli: bool = False  # the installed `mlopsctl` entry point instead of the --launch shim
+    nthreads: int = 0  # threads per gthread worker; 0: server.py's THREADS_PER_WORKER
 
     @property
     def threads(self) -> int:
-        return GTHREADS if self.worker_class == "gthread" else 1
+        return (self.nthreads or GTHREADS) if self.worker_class == "gthread" else 1
 
     @property
     def path(self) -> str:
@@ -716,9 +717,9 @@ def verdict(ok: bool) -> str:
     return "PASS" if ok else "MISS"
 
 
-def label(kind: str, wc: str, w: int, extra: str = "") -> str:
-    t = f" ×{GTHREADS} threads" if wc == "gthread" else ""
-    return f"{kind} {wc}{t}, {w} workers{extra}"
+def label(kind: str, wc: str, w: int, threads: int = GTHREADS) -> str:
+    t = f" ×{threads} threads" if wc == "gthread" else ""
+    return f"{kind} {wc}{t}, {w} workers"
 
 
 def fmt_rps(x: float) -> str:
@@ -732,15 +733,15 @@ def render(args, m: dict, mlflow_note: str, res: dict) -> str:
     mrows = ["| gunicorn config | mlopsctl req/s | p50 / p99 ms | CPU µs/req (lowest) | bare req/s | p50 / p99 ms | CPU µs/req (lowest) "
              "| mlopsctl / bare (req/s) | bare / mlopsctl (CPU per req) |", "|---|---|---|---|---|---|---|---|---|"]
     best = None
-    for wc, w in MATRIX:
-        a, b = mat.get(label("mlopsctl", wc, w)), mat.get(label("bare", wc, w))
+    for wc, t, w in MATRIX:
+        a, b = mat.get(label("mlopsctl", wc, w, t)), mat.get(label("bare", wc, w, t))
         if not a or not b:
             continue
         ratio = a["rps"] / b["rps"]
         if best is None or a["rps"] > best[2]:
-            best = (wc, w, a["rps"], ratio)
-        t = f" ×{GTHREADS} threads" if wc == "gthread" else ""
-        mrows.append(f"| {wc}{t}, {w} workers{' (default)' if (wc, w) == DEFAULT else ''} | {fmt_rps(a['rps'])} | "
+            best = (wc, w, a["rps"], ratio, t)
+        default = (wc, w) == DEFAULT and t == GTHREADS
+        mrows.append(f"| {label('', wc, w, t).strip()}{' (default)' if default else ''} | {fmt_rps(a['rps'])} | "
                      f"{a['p50_ms']:.2f} / {a['p99_ms']:.2f} | {a['cpu_min_us']:.0f} | {fmt_rps(b['rps'])} | "
                      f"{b['p50_ms']:.2f} / {b['p99_ms']:.2f} | {b['cpu_min_us']:.0f} | **{ratio:.2f}×** | "
                      f"{b['cpu_min_us'] / a['cpu_min_us']:.2f}× |")
@@ -770,14 +771,14 @@ def render(args, m: dict, mlflow_note: str, res: dict) -> str:
                   f"{ready['bare gunicorn']['median']:.2f} s" if mlf_ready is not None else
                   f"MLflow {RECORDED_MLFLOW['ready_s']} s (recorded); bare gunicorn app "
                   f"{ready['bare gunicorn']['median']:.2f} s")
-    bc = label("mlopsctl", best[0], best[1]).removeprefix("mlopsctl ") if best else "?"
+    bc = label("mlopsctl", best[0], best[1], best[4]).removeprefix("mlopsctl ") if best else "?"
     trows = [
         ("throughput vs bare Flask + ORT (default config)", f"≥ {TARGET_RATIO_BARE}×",
          f"{full['rps'] / bare['rps']:.2f}× ({fmt_rps(full['rps'])} vs {fmt_rps(bare['rps'])} req/s)",
          f"bare app, same gunicorn config, same rounds; by server CPU per request: "
          f"{bare['cpu_min_us'] / full['cpu_min_us']:.2f}× ({full['cpu_min_us']:.0f} vs {bare['cpu_min_us']:.0f} µs)",
          verdict(full["rps"] / bare["rps"] >= TARGET_RATIO_BARE)),
-        (f"throughput vs bare, best mlopsctl config ({best[0]}, {best[1]} workers)" if best else "best config",
+        (f"throughput vs bare, best mlopsctl config ({bc})" if best else "best config",
          f"≥ {TARGET_RATIO_BARE}×", f"{best[3]:.2f}×" if best else "?", "worker matrix, same config for both",
          verdict(bool(best) and best[3] >= TARGET_RATIO_BARE)),
         ("throughput vs MLflow", f"≥ {TARGET_RATIO_MLFLOW:.0f}×", f"{mlf_ratio:.1f}×", mlf_txt,
@@ -853,9 +854,9 @@ def render(args, m: dict, mlflow_note: str, res: dict) -> str:
         f"checks (default policies), prediction logging and metrics on unless a row says otherwise.", "",
         *table, "",
         f"### Worker matrix ({args.matrix_rounds} alternating rounds, medians)", "",
-        "Both systems on gunicorn with the same class and count; gthread with "
-        f"{GTHREADS} threads per worker (server.py's THREADS_PER_WORKER), sync with 1 (gunicorn turns sync + threads "
-        "> 1 into gthread). ORT intra-op threads: max(1, cores // workers) for both.", "",
+        "Both systems on gunicorn with the same class, thread and worker counts (server.py's default: "
+        f"THREADS_PER_WORKER = {GTHREADS}; sync has 1 thread: gunicorn turns sync + threads > 1 into gthread). "
+        "ORT intra-op threads: max(1, cores // workers) for both.", "",
         *mrows, "",
         f"Best mlopsctl configuration here: **{bc}** ({fmt_rps(best[2]) if best else '?'} req/s); the code's "
         f"default is {DEFAULT[0]} ×{GTHREADS} threads, {DEFAULT[1]} workers. Sync workers do not keep connections "
@@ -947,8 +948,9 @@ def main(argv: list[str] | None = None) -> int:
 
     say("2/5 worker matrix ...")
     specs = []
-    for wc, w in MATRIX:
-        specs += [Spec(label("mlopsctl", wc, w), "mlopsctl", wc, w), Spec(label("bare", wc, w), "bare", wc, w)]
+    for wc, t, w in MATRIX:
+        specs += [Spec(label("mlopsctl", wc, w, t), "mlopsctl", wc, w, nthreads=t),
+                  Spec(label("bare", wc, w, t), "bare", wc, w, nthreads=t)]
     mat = {} if args.skip_matrix else rounds_of(specs, args.matrix_rounds, p, args, mlflow_py, mlflow_dir, pairs=True)
     res["matrix"] = {k: summary(v) for k, v in mat.items()}
 

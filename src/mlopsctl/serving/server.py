@@ -15,8 +15,10 @@ from mlopsctl.errors import ConfigError, InvalidInputError
 
 log = logging.getLogger("mlopsctl.serve")
 
-WORKER_CLASS = "gthread"  # measured best in benchmarks/serve_bench.py (keep-alive, threads per worker)
-THREADS_PER_WORKER = 4
+WORKER_CLASS = "gthread"  # keep-alive, and a slow client holds one thread, not the worker
+# benchmarks/serve_bench.py's worker matrix: with 4 connections per worker, 4 threads all contend for the
+# GIL at once (p99 up); 2 threads kept p99 lower at the same throughput, for the bare app too
+THREADS_PER_WORKER = 2
 
 
 def check_port(host: str, port: int) -> None:
