@@ -17,7 +17,7 @@ log = logging.getLogger("mlopsctl.serve")
 
 WORKER_CLASS = "gthread"  # keep-alive, and a slow client holds one thread, not the worker
 # benchmarks/serve_bench.py's worker matrix: with 4 connections per worker, 4 threads all contend for the
-# GIL at once (p99 up); 2 threads kept p99 lower at the same throughput, for the bare app too
+# GIL at once; 2 threads gave a lower p99 (the bare app's too), 4 threads ~8 % more throughput
 THREADS_PER_WORKER = 2
 
 
