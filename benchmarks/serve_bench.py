@@ -39,7 +39,7 @@ local -w <same worker count>``. When MLflow cannot be installed the recorded fig
 every server. Benchmarks are not tests: the exit status is 0 whether targets are met or not.
 
 Internal: ``serve_bench.py --launch [--worker-class C] [--threads N] [--no-metrics] -- <mlopsctl args>``
-runs the real mlopsctl CLI after overriding server.WORKER_CLASS / THREADS_PER_WORKER (gunicorn silently
+runs the real mlopsctl CLI after overriding server.WORKER_CLASS and MLOPS_SERVE_THREADS (gunicorn silently
 turns "sync" with threads > 1 into gthread, so sync needs threads=1), optionally stubbing the metrics.
 """
 
@@ -88,7 +88,7 @@ SETTLE_S = 1.5  # pause between the warm-up run and the measured run (> serve.lo
 RECORDED_MLFLOW = {"rps": (62.0, 88.0), "ready_s": 4.7}
 MATRIX = [("sync", 1, 2), ("gthread", 2, 2), ("gthread", 4, 2), ("gthread", 2, 4)]  # (class, threads, workers)
 DEFAULT = ("gthread", 2)  # server.py's WORKER_CLASS and serve.workers
-GTHREADS = 2  # server.py's THREADS_PER_WORKER
+GTHREADS = 2  # serve.threads' default
 CHEAPEST_VALIDATION = {"MLOPS_SERVE_UNKNOWN_CATEGORY": "accept", "MLOPS_SERVE_OUT_OF_RANGE": "accept",
                        "MLOPS_SERVE_UNSEEN_NULLS": "accept", "MLOPS_SERVE_EXTRA_COLUMNS": "ignore"}
 NO_LOGGING = {"MLOPS_SERVE_LOG_PREDICTIONS": "false"}
@@ -249,7 +249,7 @@ class Spec:
     env: dict[str, str] = field(default_factory=dict)
     no_metrics: bool = False
     real_cli: bool = False  # the installed `mlopsctl` entry point instead of the --launch shim
-    nthreads: int = 0  # threads per gthread worker; 0: server.py's THREADS_PER_WORKER
+    nthreads: int = 0  # threads per gthread worker; 0: serve.threads' default (GTHREADS)
 
     @property
     def threads(self) -> int:
@@ -674,7 +674,7 @@ def launch(argv: list[str]) -> None:
     if a.worker_class:
         server.WORKER_CLASS = a.worker_class
     if a.threads:
-        server.THREADS_PER_WORKER = a.threads
+        os.environ["MLOPS_SERVE_THREADS"] = str(a.threads)
     if a.no_metrics:
         import mlopsctl.serving.app as app_mod
 
@@ -854,8 +854,8 @@ def render(args, m: dict, mlflow_note: str, res: dict) -> str:
         f"checks (default policies), prediction logging and metrics on unless a row says otherwise.", "",
         *table, "",
         f"### Worker matrix ({args.matrix_rounds} alternating rounds, medians)", "",
-        "Both systems on gunicorn with the same class, thread and worker counts (server.py's default: "
-        f"THREADS_PER_WORKER = {GTHREADS}; sync has 1 thread: gunicorn turns sync + threads > 1 into gthread). "
+        "Both systems on gunicorn with the same class, thread and worker counts (mlopsctl's default: "
+        f"serve.threads = {GTHREADS}; sync has 1 thread: gunicorn turns sync + threads > 1 into gthread). "
         "ORT intra-op threads: max(1, cores // workers) for both.", "",
         *mrows, "",
         f"Best mlopsctl configuration here: **{bc}** ({fmt_rps(best[2]) if best else '?'} req/s); the code's "

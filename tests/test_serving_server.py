@@ -340,6 +340,15 @@ def test_predict_and_metrics_across_gunicorn_workers(projects, bc_server):
     assert (status, headers["content-type"]) == (404, "application/json")
 
 
+def test_workers_and_threads_reach_gunicorn(projects):
+    """--workers / --threads (serve.threads) are what gunicorn runs, and the server answers."""
+    record = json.dumps({"records": training_records(projects["bc"], "diagnosis", 1)}).encode()
+    with serving(projects["bc"], "bc@production", "--workers", "1", "--threads", "3") as server:
+        status, _, body = request(server.port, "POST", "/predict", record)
+        assert status == 200 and json.loads(body)["version"] == 1
+        assert "(1 gunicorn gthread worker(s) × 3 threads)" in " ".join(server.output.split())  # rich wraps
+
+
 # ---- --dev --------------------------------------------------------------------------------------------
 
 def test_dev_server_mixed_types_with_tritonclient_and_mlflow(projects, reference, triton):

@@ -20,6 +20,8 @@ def register(app: typer.Typer) -> None:
         host: Annotated[Optional[str], typer.Option(help="Address to bind (default 127.0.0.1).")] = None,
         port: Annotated[Optional[int], typer.Option(help="Port (default 8080).")] = None,
         workers: Annotated[Optional[int], typer.Option(help="Worker processes (default 2).")] = None,
+        threads: Annotated[Optional[int], typer.Option(
+            help="Threads per worker (default 2: the lower p99; 4: a little more throughput).")] = None,
         device: Annotated[Optional[str], typer.Option(help="cpu, cuda or auto (CUDA when present, said in the log).")] = None,
         dev: Annotated[bool, typer.Option("--dev", help="Flask's development server instead of gunicorn.")] = False,
     ) -> None:
@@ -31,14 +33,14 @@ def register(app: typer.Typer) -> None:
 
           mlopsctl serve churn@production
 
-          mlopsctl serve churn/3 --port 9000 --workers 4
+          mlopsctl serve churn/3 --port 9000 --workers 4 --threads 4
 
           curl -s localhost:8080/predict -d '{"records": [{"tenure_months": 3, "plan": "basic"}]}'
         """
         from mlopsctl.serving import server
 
         settings = settings_from(ctx, **{"serve.host": host, "serve.port": port, "serve.workers": workers,
-                                         "serve.device": device, "serve.dev": dev or None})
+                                         "serve.threads": threads, "serve.device": device, "serve.dev": dev or None})
         s = settings.serve
 
         def ready(url: str) -> None:

@@ -16,9 +16,9 @@ from mlopsctl.errors import ConfigError, InvalidInputError
 log = logging.getLogger("mlopsctl.serve")
 
 WORKER_CLASS = "gthread"  # keep-alive, and a slow client holds one thread, not the worker
-# benchmarks/serve_bench.py's worker matrix: with 4 connections per worker, 4 threads all contend for the
-# GIL at once; 2 threads gave a lower p99 (the bare app's too), 4 threads ~8 % more throughput
-THREADS_PER_WORKER = 2
+# Threads per worker: serve.threads (default 2). benchmarks/serve_bench.py's worker matrix: with 4
+# connections per worker, 4 threads all contend for the GIL at once; 2 threads gave a lower p99 (the bare
+# app's too), 4 threads ~8 % more throughput.
 
 
 def check_port(host: str, port: int) -> None:
@@ -57,7 +57,7 @@ def preflight(settings: Settings, model_ref: str | None, device: str) -> str:
 
 
 def run(settings: Settings, model_ref: str | None, *, host: str, port: int, workers: int, device: str,
-        dev: bool = False, on_ready: Callable[[str], None] | None = None) -> None:
+        dev: bool = False, on_ready: Callable[[str], None] | None = None, threads: int | None = None) -> None:
     if device not in ("cpu", "cuda", "auto"):
         raise ConfigError(f"--device must be cpu, cuda or auto, got {device!r}.")
     ref = preflight(settings, model_ref, device)
@@ -70,11 +70,12 @@ def run(settings: Settings, model_ref: str | None, *, host: str, port: int, work
             on_ready(f"http://{host}:{port} (Flask development server)")
         app.run(host=host, port=port, threaded=True, use_reloader=False)
         return
-    _run_gunicorn(settings, ref, host=host, port=port, workers=workers, device=device, on_ready=on_ready)
+    _run_gunicorn(settings, ref, host=host, port=port, workers=workers, device=device, on_ready=on_ready,
+                  threads=threads or settings.serve.threads)
 
 
 def _run_gunicorn(settings: Settings, ref: str, *, host: str, port: int, workers: int, device: str,
-                  on_ready: Callable[[str], None] | None) -> None:
+                  on_ready: Callable[[str], None] | None, threads: int) -> None:
     from gunicorn.app.base import BaseApplication
 
     import mlopsctl.serving.app  # noqa: F401 - import once in the master; workers inherit the modules
@@ -95,11 +96,11 @@ def _run_gunicorn(settings: Settings, ref: str, *, host: str, port: int, workers
 
     def when_ready(_server: Any) -> None:
         if on_ready:
-            on_ready(f"http://{host}:{port} ({workers} gunicorn {WORKER_CLASS} worker(s))")
+            on_ready(f"http://{host}:{port} ({workers} gunicorn {WORKER_CLASS} worker(s) × {threads} threads)")
 
     options = {
         "bind": f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
-        "workers": workers, "worker_class": WORKER_CLASS, "threads": THREADS_PER_WORKER,
+        "workers": workers, "worker_class": WORKER_CLASS, "threads": threads,
         "timeout": 60, "graceful_timeout": 10, "keepalive": 5, "loglevel": "warning",
         "accesslog": None, "child_exit": child_exit, "worker_exit": worker_exit, "when_ready": when_ready, "proc_name": "mlopsctl-serve",
     }
