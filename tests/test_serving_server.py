@@ -346,7 +346,7 @@ def test_workers_and_threads_reach_gunicorn(projects):
     with serving(projects["bc"], "bc@production", "--workers", "1", "--threads", "3") as server:
         status, _, body = request(server.port, "POST", "/predict", record)
         assert status == 200 and json.loads(body)["version"] == 1
-        assert "(1 gunicorn gthread worker(s) × 3 threads)" in " ".join(server.output.split())  # rich wraps
+        assert "(1 gunicorn gthread worker(s) × 3 thread(s))" in " ".join(server.output.split())  # rich wraps
 
 
 # ---- --dev --------------------------------------------------------------------------------------------

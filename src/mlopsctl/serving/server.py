@@ -96,7 +96,7 @@ def _run_gunicorn(settings: Settings, ref: str, *, host: str, port: int, workers
 
     def when_ready(_server: Any) -> None:
         if on_ready:
-            on_ready(f"http://{host}:{port} ({workers} gunicorn {WORKER_CLASS} worker(s) × {threads} threads)")
+            on_ready(f"http://{host}:{port} ({workers} gunicorn {WORKER_CLASS} worker(s) × {threads} thread(s))")
 
     options = {
         "bind": f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
