@@ -250,6 +250,12 @@ def test_records_decoder_all_numeric_contract_matches_the_general_path():
     assert n == m == 3 and list(columns) == ["b", "a", "c"]
     for name in nums.feature_names:
         np.testing.assert_array_equal(columns[name], np.array(general[name], dtype=np.float64))
+    checked = nums.check(columns)
+    feeds, reference = nums.feeds(checked), nums.onnx_feeds(checked.normalized)  # all-numeric: block rows in order
+    assert checked.block is not None and list(feeds) == list(reference) == ["b", "a", "c"]
+    for name, arr in feeds.items():
+        assert arr.shape == (3, 1) and arr.dtype == reference[name].dtype
+        np.testing.assert_array_equal(arr, reference[name])
 
 
 def test_release_after_keeps_a_big_requests_input_until_the_answer_is_closed():

@@ -155,6 +155,9 @@ def test_predict_equals_the_onnx_graph_and_probabilities_sum_to_one(projects, bc
     assert set(body) == {"request_id", "model", "version", "predictions", "probabilities"}
     assert (body["request_id"], body["model"], body["version"]) == ("values-1", "bc", 1)
 
+    # the server's CPU session is called without InferenceSession.run's Python wrapper; an independent
+    # session through the wrapper must agree
+    assert bc.application.extensions["mlopsctl"].model.scorer._direct is not None
     sess = _onnx_session(projects["bc"], "bc", 1)
     label, proba = sess.run(["label", "probabilities"], _feeds(sess, records))
     assert body["predictions"] == [str(x) for x in label.ravel()]

@@ -285,8 +285,14 @@ class Contract:
 
         with np.errstate(over="ignore"):
             rows = iter(checked.block.astype(self.numeric_dtype)[:, :, None])  # each row an [N, 1] view
+        if len(self._plan.names) == len(self.columns):  # all numeric/boolean: the block rows, in order
+            return dict(zip(self._input_names, rows))
         return {c.input_name: checked.normalized[c.name].reshape(-1, 1) if c.kind == "categorical" else next(rows)
                 for c in self.columns}
+
+    @cached_property
+    def _input_names(self) -> tuple[str, ...]:
+        return tuple(c.input_name for c in self.columns)
 
     def onnx_feeds(self, normalized: Mapping[str, Any]) -> dict[str, Any]:
         """ONNX Runtime feeds (one ``[N, 1]`` tensor per column) from :meth:`normalize` output."""
