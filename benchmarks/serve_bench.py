@@ -673,7 +673,9 @@ def launch(argv: list[str]) -> None:
 
     if a.worker_class:
         server.WORKER_CLASS = a.worker_class
-    if a.threads:
+    if a.threads and hasattr(server, "THREADS_PER_WORKER"):  # an older mlopsctl (A/B runs against old trees)
+        server.THREADS_PER_WORKER = a.threads
+    elif a.threads:
         os.environ["MLOPS_SERVE_THREADS"] = str(a.threads)
     if a.no_metrics:
         import mlopsctl.serving.app as app_mod
