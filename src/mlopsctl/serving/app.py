@@ -125,7 +125,7 @@ def _register_routes(app: Flask) -> None:
         """Plain records in; predictions, probabilities, model and version, request id out."""
         raw = read_body()
         served = state().model
-        decoded = served.records.columns(raw) if served.records is not None else None
+        decoded = served.records.columns(raw)
         if decoded is None:  # anything outside the typed fast path: parsed and checked the general way
             parsed = parse_json(raw)
             if not isinstance(parsed, dict) or "records" not in parsed:

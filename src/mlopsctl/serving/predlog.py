@@ -203,7 +203,12 @@ def _json_index(dialect: Any) -> bool:
     around every step: with request threads busy, each retake waits for a thread switch, so a 1,000-row
     flush took ~0.5 s of wall time and kept interrupting requests. SQLite with JSON support gets one
     statement per flush; other databases multi-row VALUES (one switch per 1,000 rows)."""
-    return dialect.name == "sqlite" and getattr(dialect.dbapi, "sqlite_version_info", (0,)) >= (3, 38)
+    return _sqlite_version(dialect) >= (3, 38)
+
+
+def _sqlite_version(dialect: Any) -> tuple[int, ...]:
+    """The SQLite library's version; (0,) for other databases."""
+    return getattr(dialect.dbapi, "sqlite_version_info", (0,)) if dialect.name == "sqlite" else (0,)
 
 
 def _insert_index_values(conn: Any, rows: list[tuple], batch_id: int) -> None:
@@ -225,7 +230,7 @@ def _insert_index_values(conn: Any, rows: list[tuple], batch_id: int) -> None:
     if any(procs):
         rows = [tuple(p(v) if p else v for p, v in zip(procs, r)) for r in rows]
     per = ROWS_PER_STATEMENT
-    if dialect.name == "sqlite" and getattr(dialect.dbapi, "sqlite_version_info", (0,)) < (3, 32):
+    if dialect.name == "sqlite" and _sqlite_version(dialect) < (3, 32):
         per = OLD_SQLITE_ROWS
     for start in range(0, len(rows), per):
         chunk = rows[start:start + per]

@@ -39,10 +39,10 @@ class ServedModel:
     scorer: Scorer
     provider: str
     loaded_at: float
+    records: RecordsDecoder  # the typed fast path for /predict bodies
     inputs: list[dict[str, Any]] = field(default_factory=list)  # V2 metadata, from the real ONNX graph
     outputs: list[dict[str, Any]] = field(default_factory=list)
     column_by_input: dict[str, str] = field(default_factory=dict)
-    records: RecordsDecoder | None = None  # the typed fast path for /predict bodies
 
     def metadata(self) -> dict[str, Any]:
         return {"name": self.name, "versions": [str(self.version)], "platform": "onnxruntime_onnx",
