@@ -13,9 +13,9 @@ registered as ``bc`` and promoted to ``@production``; every server below serves 
   answer fails the run.
 * Worker matrix: ``mlopsctl serve bc@production`` and the bare app (``benchmarks/serve_bare_app.py``, same
   ONNX file, same feeds, same ORT thread rule, orjson) on gunicorn with the same worker class (sync,
-  gthread with 4 threads) and count (2, 4); runs alternate between the two systems, the order of the
+  gthread with 2 or 4 threads) and count (2, 4); runs alternate between the two systems, the order of the
   configurations rotates each round.
-* Per-feature cost at the code's default configuration (gthread, 4 threads, 2 workers): mlopsctl with all
+* Per-feature cost at the code's default configuration (sync, 2 workers): mlopsctl with all
   features, with the cheapest validation policies, with prediction logging off, with metrics stubbed out
   (there is no switch: the launcher below swaps the per-request Prometheus objects for no-ops), with all
   three off, the bare app and `mlflow models serve` — alternating, several rounds. Also an in-process
@@ -39,8 +39,9 @@ local -w <same worker count>``. When MLflow cannot be installed the recorded fig
 every server. Benchmarks are not tests: the exit status is 0 whether targets are met or not.
 
 Internal: ``serve_bench.py --launch [--worker-class C] [--threads N] [--no-metrics] -- <mlopsctl args>``
-runs the real mlopsctl CLI after overriding server.WORKER_CLASS and MLOPS_SERVE_THREADS (gunicorn silently
-turns "sync" with threads > 1 into gthread, so sync needs threads=1), optionally stubbing the metrics.
+runs the real mlopsctl CLI with MLOPS_SERVE_THREADS set (serve.threads = 1 means sync workers, more means
+gthread; trees older than that get server.WORKER_CLASS / THREADS_PER_WORKER overridden), optionally stubbing
+the metrics.
 """
 
 from __future__ import annotations
@@ -86,9 +87,9 @@ TARGET_BIG_S = 0.1
 TARGET_LOG_COST = 0.10
 SETTLE_S = 1.5  # pause between the warm-up run and the measured run (> serve.log_flush_seconds)
 RECORDED_MLFLOW = {"rps": (62.0, 88.0), "ready_s": 4.7}
-MATRIX = [("sync", 1, 2), ("gthread", 2, 2), ("gthread", 4, 2), ("gthread", 2, 4)]  # (class, threads, workers)
-DEFAULT = ("gthread", 2)  # server.py's WORKER_CLASS and serve.workers
-GTHREADS = 2  # serve.threads' default
+MATRIX = [("sync", 1, 2), ("gthread", 2, 2), ("gthread", 4, 2), ("sync", 1, 4)]  # (class, threads, workers)
+DEFAULT = ("sync", 2)  # serve.threads' default (1: sync workers) and serve.workers
+GTHREADS = 2  # threads of a gthread row that names none
 CHEAPEST_VALIDATION = {"MLOPS_SERVE_UNKNOWN_CATEGORY": "accept", "MLOPS_SERVE_OUT_OF_RANGE": "accept",
                        "MLOPS_SERVE_UNSEEN_NULLS": "accept", "MLOPS_SERVE_EXTRA_COLUMNS": "ignore"}
 NO_LOGGING = {"MLOPS_SERVE_LOG_PREDICTIONS": "false"}
@@ -249,7 +250,7 @@ class Spec:
     env: dict[str, str] = field(default_factory=dict)
     no_metrics: bool = False
     real_cli: bool = False  # the installed `mlopsctl` entry point instead of the --launch shim
-    nthreads: int = 0  # threads per gthread worker; 0: serve.threads' default (GTHREADS)
+    nthreads: int = 0  # threads per gthread worker; 0: GTHREADS
 
     @property
     def threads(self) -> int:
@@ -671,7 +672,7 @@ def launch(argv: list[str]) -> None:
     a = ap.parse_args(argv)
     import mlopsctl.serving.server as server
 
-    if a.worker_class:
+    if a.worker_class and hasattr(server, "WORKER_CLASS"):  # older trees: the class was a module constant
         server.WORKER_CLASS = a.worker_class
     if a.threads and hasattr(server, "THREADS_PER_WORKER"):  # an older mlopsctl (A/B runs against old trees)
         server.THREADS_PER_WORKER = a.threads
@@ -742,7 +743,7 @@ def render(args, m: dict, mlflow_note: str, res: dict) -> str:
         ratio = a["rps"] / b["rps"]
         if best is None or a["rps"] > best[2]:
             best = (wc, w, a["rps"], ratio, t)
-        default = (wc, w) == DEFAULT and t == GTHREADS
+        default = (wc, w) == DEFAULT
         mrows.append(f"| {label('', wc, w, t).strip()}{' (default)' if default else ''} | {fmt_rps(a['rps'])} | "
                      f"{a['p50_ms']:.2f} / {a['p99_ms']:.2f} | {a['cpu_min_us']:.0f} | {fmt_rps(b['rps'])} | "
                      f"{b['p50_ms']:.2f} / {b['p99_ms']:.2f} | {b['cpu_min_us']:.0f} | **{ratio:.2f}×** | "
@@ -857,16 +858,16 @@ def render(args, m: dict, mlflow_note: str, res: dict) -> str:
         *table, "",
         f"### Worker matrix ({args.matrix_rounds} alternating rounds, medians)", "",
         "Both systems on gunicorn with the same class, thread and worker counts (mlopsctl's default: "
-        f"serve.threads = {GTHREADS}; sync has 1 thread: gunicorn turns sync + threads > 1 into gthread). "
+        "serve.threads = 1, which means sync workers; more threads mean gthread workers). "
         "ORT intra-op threads: max(1, cores // workers) for both.", "",
         *mrows, "",
         f"Best mlopsctl configuration here: **{bc}** ({fmt_rps(best[2]) if best else '?'} req/s); the code's "
-        f"default is {DEFAULT[0]} ×{GTHREADS} threads, {DEFAULT[1]} workers. Sync workers do not keep connections "
+        f"default is {label('', DEFAULT[0], DEFAULT[1]).strip()}. Sync workers do not keep connections "
         "alive, so wrk reconnects for every request"
         + (f" (socket errors seen: {sum(s['socket_errors'] for s in mat.values())})" if any(s['socket_errors'] for s in mat.values()) else "")
         + ".", "",
-        f"### Per-feature cost ({args.feature_rounds} alternating rounds, default config: {DEFAULT[0]} ×{GTHREADS} "
-        f"threads, {DEFAULT[1]} workers)", "",
+        f"### Per-feature cost ({args.feature_rounds} alternating rounds, default config: "
+        f"{label('', DEFAULT[0], DEFAULT[1]).strip()})", "",
         "Throughput columns: wrk against real servers (switched off with `MLOPS_SERVE_UNKNOWN_CATEGORY=accept "
         "MLOPS_SERVE_OUT_OF_RANGE=accept MLOPS_SERVE_UNSEEN_NULLS=accept MLOPS_SERVE_EXTRA_COLUMNS=ignore`, "
         "`MLOPS_SERVE_LOG_PREDICTIONS=false`, and for metrics the benchmark's launcher swapping the per-request "

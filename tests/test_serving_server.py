@@ -340,13 +340,22 @@ def test_predict_and_metrics_across_gunicorn_workers(projects, bc_server):
     assert (status, headers["content-type"]) == (404, "application/json")
 
 
-def test_workers_and_threads_reach_gunicorn(projects):
-    """--workers / --threads (serve.threads) are what gunicorn runs, and the server answers."""
+@pytest.mark.parametrize("args, ready", [
+    ((), "(1 gunicorn sync worker(s))"),  # serve.threads = 1 by default: sync workers
+    (("--threads", "3"), "(1 gunicorn gthread worker(s) × 3 thread(s))"),
+])
+def test_workers_and_threads_reach_gunicorn(projects, args, ready):
+    """--workers / --threads (serve.threads) are what gunicorn runs, and the server answers; sync workers
+    close the connection after each answer, gthread workers keep it alive."""
     record = json.dumps({"records": training_records(projects["bc"], "diagnosis", 1)}).encode()
-    with serving(projects["bc"], "bc@production", "--workers", "1", "--threads", "3") as server:
-        status, _, body = request(server.port, "POST", "/predict", record)
-        assert status == 200 and json.loads(body)["version"] == 1
-        assert "(1 gunicorn gthread worker(s) × 3 thread(s))" in " ".join(server.output.split())  # rich wraps
+    with serving(projects["bc"], "bc@production", "--workers", "1", *args) as server:
+        assert ready in " ".join(server.output.split())  # rich wraps
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+        conn.request("POST", "/predict", record)
+        resp = conn.getresponse()
+        assert resp.status == 200 and json.loads(resp.read())["version"] == 1
+        assert (resp.getheader("Connection") == "close") == (not args)
+        conn.close()
 
 
 # ---- --dev --------------------------------------------------------------------------------------------

@@ -68,7 +68,7 @@ class ServeSettings:
     port: int = _opt(8080, "port to bind")
     device: str = _opt("cpu", "inference device", choices=("cpu", "cuda", "auto"))
     workers: int = _opt(2, "server worker processes")
-    threads: int = _opt(2, "threads per gunicorn worker (2: the lower p99; 4: a little more throughput)")
+    threads: int = _opt(1, "threads per gunicorn worker: 1 = sync workers (the lowest p99); N > 1 = gthread workers with keep-alive")
     token: str = _opt("", "bearer token required on prediction and admin endpoints (empty: none)")
     dev: bool = _opt(False, "use Flask's development server instead of gunicorn")
     unknown_category: str = _opt("accept", "a category not seen in training", choices=("accept", "reject"))

@@ -21,7 +21,8 @@ def register(app: typer.Typer) -> None:
         port: Annotated[Optional[int], typer.Option(help="Port (default 8080).")] = None,
         workers: Annotated[Optional[int], typer.Option(help="Worker processes (default 2).")] = None,
         threads: Annotated[Optional[int], typer.Option(
-            help="Threads per worker (default 2: the lower p99; 4: a little more throughput).")] = None,
+            help="Threads per worker. 1 (default): sync workers, the lowest p99. N > 1: gthread workers with "
+                 "keep-alive, for slow clients or many idle connections without a proxy in front.")] = None,
         device: Annotated[Optional[str], typer.Option(help="cpu, cuda or auto (CUDA when present, said in the log).")] = None,
         dev: Annotated[bool, typer.Option("--dev", help="Flask's development server instead of gunicorn.")] = False,
     ) -> None:
