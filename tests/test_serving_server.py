@@ -358,6 +358,34 @@ def test_workers_and_threads_reach_gunicorn(projects, args, ready):
         conn.close()
 
 
+def test_predictions_reach_the_store_through_the_log_writer_process(projects):
+    """Under gunicorn the workers send their records to one log writer process: every request answered —
+    the last ones just before SIGTERM too — is in the store after the stop, and no process is left."""
+    from mlopsctl.config import load_settings
+    from mlopsctl.predlog_format import read_requests
+    from mlopsctl.store.db import open_store
+
+    records = training_records(projects["bc"], "diagnosis", 5)
+    ids = []
+    with serving(projects["bc"], "bc@production") as server:
+        assert "(2 gunicorn sync worker(s))" in " ".join(server.output.split())
+        master = server.proc.pid
+        writer = _children(master, workers=False) - _children(master)
+        assert len(writer) == 1 and int(_stat(writer.pop())[16]) == int(_stat(master)[16]) + 10  # one, niced
+        for i in range(40):
+            rid = f"writer-{i}"
+            status, headers, _ = request(server.port, "POST", "/predict",
+                                         json.dumps({"records": records[:1 + i % 5]}).encode(), {"X-Request-ID": rid})
+            assert status == 200 and headers["x-request-id"] == rid
+            ids.append(rid)
+    assert server.returncode in (0, -signal.SIGTERM)
+    settings = load_settings({}, {}, projects["bc"])
+    logged = read_requests(open_store(settings.store_url, settings.store.busy_timeout_ms), ids, list(records[0]))
+    assert set(logged) == set(ids)
+    for i, rid in enumerate(ids):
+        assert logged[rid]["inputs"]["mean_radius"] == [r["mean_radius"] for r in records[:1 + i % 5]]
+
+
 # ---- --dev --------------------------------------------------------------------------------------------
 
 def test_dev_server_mixed_types_with_tritonclient_and_mlflow(projects, reference, triton):
@@ -491,15 +519,23 @@ def test_hot_reload_under_load(projects):
 
 # ---- worker lifecycle and shutdown ---------------------------------------------------------------------
 
-def _children(pid: int) -> set[int]:
+def _stat(pid: int | str) -> list[str]:
+    """/proc/PID/stat's fields after the command name (state, ppid, ... ; nice is [16])."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
+def _children(pid: int, *, workers: bool = True) -> set[int]:
+    """The server's worker processes; ``workers=False``: every child, the log writer too (the one child
+    running at a lower priority than the master)."""
     out = set()
+    nice = _stat(pid)[16]
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                stat = (entry / "stat").read_text()
+                stat = _stat(entry.name)
             except OSError:
                 continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+            if int(stat[1]) == pid and (not workers or stat[16] == nice):
                 out.add(int(entry.name))
     return out
 

@@ -15,10 +15,19 @@ from mlopsctl.errors import ConfigError, InvalidInputError
 
 log = logging.getLogger("mlopsctl.serve")
 
-WORKER_CLASS = "gthread"  # keep-alive, and a slow client holds one thread, not the worker
-# Threads per worker: serve.threads (default 2). benchmarks/serve_bench.py's worker matrix: with 4
-# connections per worker, 4 threads all contend for the GIL at once; 2 threads gave a lower p99 (the bare
-# app's too), 4 threads ~8 % more throughput.
+# Worker GIL switch interval (CPython's default is 5 ms): a request thread that wants the GIL while another
+# thread of the worker (the prediction log's sender, the reload poller) holds it waits at most this long.
+# Measured with sync workers and the in-worker log writer (alternating live runs; benchmarks/RESULTS.md,
+# profiling findings): p99 7.0 ms at 5 ms, 6.1 ms at 0.5 ms, 5.4 ms at 0.1 ms.
+GIL_SWITCH_S = 0.0001
+
+
+def worker_class(threads: int) -> str:
+    """gunicorn's worker class for ``serve.threads``: one thread, ``sync`` workers (one request at a time per
+    process, no keep-alive; the lowest p99 in benchmarks/serve_bench.py's worker matrix, at the same
+    throughput, and gunicorn hands each new connection to whichever worker is free); more, ``gthread``
+    (keep-alive, and a slow client holds one thread instead of a whole worker)."""
+    return "sync" if threads == 1 else "gthread"
 
 
 def check_port(host: str, port: int) -> None:
@@ -80,8 +89,15 @@ def _run_gunicorn(settings: Settings, ref: str, *, host: str, port: int, workers
 
     import mlopsctl.serving.app  # noqa: F401 - import once in the master; workers inherit the modules
 
-    metrics_dir = tempfile.mkdtemp(prefix="mlopsctl-metrics-")
+    run_dir = tempfile.mkdtemp(prefix="mlopsctl-serve-")  # private (0700): metrics files, the log socket
+    metrics_dir = os.path.join(run_dir, "metrics")
+    os.mkdir(metrics_dir)
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    sink = None
+    if settings.serve.log_predictions:  # one log writer process, forked before the workers (see logsink.py)
+        from mlopsctl.serving.logsink import start_sink
+
+        sink = start_sink(settings, run_dir)
 
     def child_exit(_server: Any, worker: Any) -> None:
         from prometheus_client import multiprocess
@@ -89,18 +105,21 @@ def _run_gunicorn(settings: Settings, ref: str, *, host: str, port: int, workers
         multiprocess.mark_process_dead(worker.pid)
 
     def worker_exit(_server: Any, worker: Any) -> None:
-        """Flush the prediction log's queue before a worker goes (records are never lost at a stop)."""
+        """Send the prediction log's queue before a worker goes (records are never lost at a stop)."""
         state = getattr(getattr(worker, "wsgi", None), "extensions", {}).get("mlopsctl")
         if state is not None and state.predlog is not None:
             state.predlog.close()
 
+    kind = worker_class(threads)
+
     def when_ready(_server: Any) -> None:
         if on_ready:
-            on_ready(f"http://{host}:{port} ({workers} gunicorn {WORKER_CLASS} worker(s) × {threads} thread(s))")
+            each = f" × {threads} thread(s)" if kind == "gthread" else ""
+            on_ready(f"http://{host}:{port} ({workers} gunicorn {kind} worker(s){each})")
 
     options = {
         "bind": f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
-        "workers": workers, "worker_class": WORKER_CLASS, "threads": threads,
+        "workers": workers, "worker_class": kind, "threads": threads,
         "timeout": 60, "graceful_timeout": 10, "keepalive": 5, "loglevel": "warning",
         "accesslog": None, "child_exit": child_exit, "worker_exit": worker_exit, "when_ready": when_ready, "proc_name": "mlopsctl-serve",
     }
@@ -112,10 +131,12 @@ def _run_gunicorn(settings: Settings, ref: str, *, host: str, port: int, workers
 
         def load(self):
             import gc
+            import sys
 
             from mlopsctl.serving.app import create_app
 
-            app = create_app(settings, ref, workers=workers, device=device)
+            app = create_app(settings, ref, workers=workers, device=device, log_sink=sink.path if sink else None)
+            sys.setswitchinterval(GIL_SWITCH_S)
             gc.freeze()  # the app, model and modules live as long as the worker: keep them out of GC passes
             return app
 
@@ -124,4 +145,6 @@ def _run_gunicorn(settings: Settings, ref: str, *, host: str, port: int, workers
         App().run()
     finally:
         if os.getpid() == master:  # workers leave run() through this frame too (SystemExit after fork)
-            shutil.rmtree(metrics_dir, ignore_errors=True)
+            if sink is not None:
+                sink.stop()  # the workers are gone: the writer writes what it holds and exits
+            shutil.rmtree(run_dir, ignore_errors=True)
