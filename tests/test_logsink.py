@@ -202,7 +202,7 @@ def _nan_as_none(columns: dict[str, list]) -> dict[str, list]:
     return {k: [None if isinstance(v, float) and v != v else v for v in vs] for k, vs in columns.items()}
 
 
-def test_unreachable_writer_counts_write_errors_then_the_worker_reconnects(ch, run_dir):
+def test_unreachable_writer_counts_write_errors_then_the_worker_reconnects(ch, run_dir, caplog):
     from mlopsctl.config import load_settings
     from mlopsctl.serving.logsink import SOCKET_NAME, LogClient
     from mlopsctl.store.db import open_store
@@ -214,12 +214,17 @@ def test_unreachable_writer_counts_write_errors_then_the_worker_reconnects(ch, r
             assert client.submit(**_record(i, model="unreachable"))  # buffered: the request never sees the writer's state
         assert client.flush()
         assert (client.written, client.write_errors, failed) == (0, 3, [3])
+        client.submit(**_record(9, model="unreachable"))
+        assert client.flush()
+        assert (client.write_errors, failed) == (4, [3, 1])
+        said = [r.getMessage() for r in caplog.records if "could not be written" in r.getMessage()]
+        assert len(said) == 1 and "not reachable" in said[0]  # counted every time, said once per 5 s
         settings = load_settings({}, {}, ch)
         with writer(settings, run_dir):
             for i in range(3, 5):
                 client.submit(**_record(i, model="unreachable"))
             assert client.flush()
-            assert (client.written, client.write_errors) == (2, 3)
+            assert (client.written, client.write_errors) == (2, 4)
             client.close()
     finally:
         client.close()

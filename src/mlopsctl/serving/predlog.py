@@ -68,7 +68,7 @@ class RecordBuffer:
         self.write_errors = 0
         self.on_drop = on_drop
         self.on_write_error = on_write_error
-        self._last_warning = 0.0
+        self._last_warning = self._last_error = -10.0
         self._stop = threading.Event()
         self._wake = threading.Event()  # cuts the window short: flush() and close()
         self._cycles = threading.Condition()
@@ -96,11 +96,15 @@ class RecordBuffer:
         return False
 
     def failed(self, n: int, error: BaseException) -> None:
-        """Count ``n`` records that could not be written or sent, and say why."""
+        """Count ``n`` records that could not be written or sent, and say why (at most every 5 s, with the
+        total so far: a writer that stays unreachable must not flood the log)."""
         self.write_errors += n
         if self.on_write_error:
             self.on_write_error(n)
-        log.error("prediction log: %d record(s) could not be written: %s", n, error)
+        now = time.monotonic()
+        if now - self._last_error > 5:
+            self._last_error = now
+            log.error("prediction log: %d record(s) could not be written (%d so far): %s", n, self.write_errors, error)
 
     def _run(self) -> None:
         while True:
