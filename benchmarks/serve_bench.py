@@ -24,9 +24,8 @@ registered as ``bc`` and promoted to ``@production``; every server below serves 
   mlopsctl's /predict (``benchmarks/.work/serve/profile.txt``). The server's CPU time per request (its
   process group, from /proc) is reported beside req/s: on a shared machine it is the steadier figure.
 * Hot-path micro-measurements of today's code in one process: records → checked feeds (1 and 10,000 rows,
-  default and cheapest policies), the prediction-log writer's CPU per record at several batch sizes,
-  ``predlog_format.encode_columns`` of a 10,000-row request, and the log writer process's path (a worker's
-  ``pack`` per record, the writer's decode + write per record).
+  default and cheapest policies), the prediction-log writer's CPU per record at several batch sizes, and
+  ``predlog_format.encode_columns`` of a 10,000-row request.
 * Time to ready: process start to the first 200 on /v2/health/ready (mlopsctl, bare) or /ping (MLflow),
   median of 5, alternating.
 * 10,000-row ``POST /predict`` (``dataframe_records`` on MLflow's /invocations): client-side wall, median
@@ -602,14 +601,6 @@ def batch(b):
     return [LogRecord(new_request_id(), served.name, served.version, "predict", 1.0, chk1.normalized, out1, 1,
                       utcnow(), chk1.block, chk1.block_columns) for _ in range(b)]
 hot["log_write_us"] = {b: cpu_us(lambda: writer._write(batch(b)), k) / b for b, k in ((1, 200), (100, 20), (1000, 4))}
-# under gunicorn: a worker packs each record (request thread), the log writer process decodes and writes them
-from mlopsctl.serving.logsink import HEADER, FrameLog, _decoder, pack
-packed = (served.name, served.version, "predict", 1.0, chk1.normalized, out1, 1, chk1.block, chk1.block_columns)
-hot["log_pack_us"] = cpu_us(lambda: pack(new_request_id(), *packed), 3000)
-sink = FrameLog(store)
-sink.close()
-bodies = [pack(new_request_id(), *packed)[HEADER:] for _ in range(1000)]
-hot["sink_write_us"] = cpu_us(lambda: sink._write([_decoder.decode(x) for x in bodies]), 4) / 1000
 big = {k: np.random.rand(10_000) for k in names}
 bigout = served.scorer.run(big)
 hot["log_encode_10k_ms"] = cpu_us(lambda: encode_columns(big, bigout), 5) / 1e3
@@ -769,10 +760,7 @@ def render(args, m: dict, mlflow_note: str, res: dict) -> str:
             f"| the same, 10,000 rows | {vb['default']:.1f} ms default, {vb['cheapest']:.1f} ms cheapest |",
             "| `PredictionLog._write` per record, one transaction of 1 / 100 / 1,000 records | "
             + " / ".join(f"{lw[b]:.0f}" for b in sorted(lw, key=int)) + " µs |",
-            f"| `predlog_format.encode_columns` of one 10,000-row request | {hot['log_encode_10k_ms']:.1f} ms |",
-            f"| under gunicorn, per record: `logsink.pack` in the worker's request thread; the log writer process's "
-            f"decode + `FrameLog._write` (1,000 records a transaction) | {hot['log_pack_us']:.1f} µs; "
-            f"{hot['sink_write_us']:.1f} µs |"]
+            f"| `predlog_format.encode_columns` of one 10,000-row request | {hot['log_encode_10k_ms']:.1f} ms |"]
     sd = res.get("shutdowns", {})
     sd_txt = "; ".join(f"{k}: {v['stops_with_abort']} of {v['stops']} stops had workers killed by SIGABRT or SIGKILL "
                        f"({v['workers_aborted']} workers)" for k, v in sd.items())

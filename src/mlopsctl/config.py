@@ -80,8 +80,8 @@ class ServeSettings:
     max_body_mb: float = _opt(32.0, "largest request body accepted, in MiB (larger: 413)")
     reload_interval: float = _opt(1.0, "seconds between checks of the served alias (hot reload)")
     log_predictions: bool = _opt(True, "write every prediction to the store's prediction log")
-    log_queue_size: int = _opt(10_000, "prediction-log queue bound (per worker, and the log writer's); overflow is counted in /metrics")
-    log_flush_seconds: float = _opt(1.0, "the prediction log is written once per this many seconds")
+    log_queue_size: int = _opt(10_000, "prediction-log queue bound; overflow is counted in /metrics")
+    log_flush_seconds: float = _opt(1.0, "each worker writes its prediction log once per this many seconds")
 
 
 @dataclass(frozen=True)

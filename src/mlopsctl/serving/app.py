@@ -23,8 +23,7 @@ from mlopsctl.serving.core import (
 )
 from mlopsctl.serving.metrics import Metrics
 from mlopsctl.serving.openapi import spec
-from mlopsctl.serving.logsink import LogClient
-from mlopsctl.serving.predlog import PredictionLog, RecordBuffer
+from mlopsctl.serving.predlog import PredictionLog
 from mlopsctl.serving.runtime import ModelHolder, ServedModel
 from mlopsctl.store.db import open_store
 
@@ -35,11 +34,9 @@ PROTECTED = {"predict", "mlflow.invocations", "v2.model_infer", "metrics", "relo
 
 
 def create_app(settings: Settings, model_ref: str | None = None, *, workers: int = 1, device: str | None = None,
-               watch: bool = True, log_sink: str | None = None) -> Flask:
+               watch: bool = True) -> Flask:
     """Load the model (verified ONNX, warmed-up session) and build the app. ``model_ref`` defaults to
-    ``registry.model_name`` at ``registry.alias``; an alias reference is followed (hot reload).
-    ``log_sink``: the log writer process's socket (under gunicorn); without one the prediction log is
-    written from a thread of this process."""
+    ``registry.model_name`` at ``registry.alias``; an alias reference is followed (hot reload)."""
     serve = settings.serve
     ref = parse_ref(model_ref or settings.registry.model_name, settings.registry.alias)
     store = open_store(settings.store_url, settings.store.busy_timeout_ms)
@@ -57,13 +54,11 @@ def create_app(settings: Settings, model_ref: str | None = None, *, workers: int
                          reload_interval=serve.reload_interval, on_swap=on_swap)
     log.warning("serving %s version %s on %s (requested device: %s)", ref, holder.current.version,
                 holder.current.provider, device or serve.device)
-    predlog: RecordBuffer | None = None
-    if serve.log_predictions and log_sink:
-        predlog = LogClient(log_sink, serve.log_queue_size, on_drop=metrics.log_dropped.inc,
-                            on_write_error=metrics.log_write_errors.inc)
-    elif serve.log_predictions:
+    predlog = None
+    if serve.log_predictions:
         predlog = PredictionLog(store, serve.log_queue_size, flush_interval=serve.log_flush_seconds,
-                                on_drop=metrics.log_dropped.inc, on_write_error=metrics.log_write_errors.inc)
+                                on_drop=metrics.log_dropped.inc,
+                                on_write_error=metrics.log_write_errors.inc)
     if watch:
         holder.start()
 

@@ -16,7 +16,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from mlopsctl.config import Settings
 from mlopsctl.errors import InvalidInputError, MlopsError
 from mlopsctl.serving.metrics import Metrics
-from mlopsctl.serving.predlog import RecordBuffer
+from mlopsctl.serving.predlog import PredictionLog
 from mlopsctl.serving.records import in_order, numeric_columns
 from mlopsctl.serving.runtime import ModelHolder, ServedModel
 
@@ -44,7 +44,7 @@ class ServerState:
     settings: Settings
     holder: ModelHolder
     metrics: Metrics
-    predlog: RecordBuffer | None  # PredictionLog, or under gunicorn a LogClient
+    predlog: PredictionLog | None
     token: str
 
     @property

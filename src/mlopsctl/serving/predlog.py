@@ -1,19 +1,19 @@
 """The prediction log: every served request, written asynchronously in batches.
 
-Requests only append to a bounded buffer (:class:`RecordBuffer`); one background thread drains it, so
+Requests only append to a bounded buffer; one background thread drains it and inserts rows in batches, so
 logging never blocks a request. When the buffer is full the record is dropped, counted (``dropped``,
 exposed in /metrics) and logged, never silently lost.
 
-:class:`PredictionLog` writes in time windows: every ``flush_interval`` it takes everything buffered and
-writes it in one transaction (one Arrow batch per model version plus one index row per request). It runs
-in the log writer process under gunicorn (serving/logsink.py: the workers only pack and send their
-records) and in the server's own process with ``--dev`` and in tests.
+The writer works in time windows: every ``flush_interval`` it takes everything buffered and writes it in
+one transaction (one Arrow batch per model version plus one index row per request). A busy worker thus
+pays one transaction per window instead of one per few requests.
 
-When it shares a process with request threads it shares their GIL, so a window's Python work (about 7 µs
-per record) would stall every request that arrives meanwhile: at ~1,400 requests/s a flush held the GIL
-for ~14 ms at a time. The buffer is a ``deque`` (append and popleft are single C calls: no lock, no
-condition variable per record), and the writer gives the GIL back between the stages of a flush and every
-``CHUNK`` records (:func:`_pause`), so a request waits at most one short stage for it.
+The writer shares the worker's GIL with the request threads, so a window's Python work (about 7 µs per
+record) would stall every request that arrives meanwhile: at ~1,400 requests/s a worker's flush held the
+GIL for ~14 ms at a time, which was the server's p99. The buffer is a ``deque`` (append and popleft are
+single C calls: no lock, no condition variable per record), and the writer gives the GIL back between
+the stages of a flush and every ``CHUNK`` records (:func:`_pause`), so a request waits at most one short
+stage for it.
 """
 
 from __future__ import annotations
@@ -54,21 +54,22 @@ class LogRecord(NamedTuple):
     block_columns: tuple[str, ...] = ()
 
 
-class RecordBuffer:
-    """A bounded buffer that one background thread drains every ``interval`` seconds (sooner on
-    :meth:`flush` and :meth:`close`). Subclasses say what draining means (:meth:`_drain`)."""
+class PredictionLog:
+    def __init__(self, store: Any, maxsize: int = 10_000, *, batch_size: int = 5_000, flush_interval: float = 1.0,
+                 on_drop: Callable[[], None] | None = None, on_write_error: Callable[[], None] | None = None):
+        import pyarrow  # noqa: F401 - imported now, not by the first write (an import holds the GIL ~0.3 s)
 
-    def __init__(self, maxsize: int, interval: float, on_drop: Callable[[], None] | None = None,
-                 on_write_error: Callable[[int], None] | None = None):
+        self.store = store
         self.maxsize = maxsize
-        self._pending: deque[Any] = deque()
-        self.flush_interval = interval
+        self._pending: deque[LogRecord] = deque()
+        self.batch_size = batch_size
+        self.flush_interval = flush_interval
         self.dropped = 0
         self.written = 0
         self.write_errors = 0
         self.on_drop = on_drop
         self.on_write_error = on_write_error
-        self._last_warning = self._last_error = -10.0
+        self._last_warning = 0.0
         self._stop = threading.Event()
         self._wake = threading.Event()  # cuts the window short: flush() and close()
         self._cycles = threading.Condition()
@@ -79,12 +80,14 @@ class RecordBuffer:
     def depth(self) -> int:
         return len(self._pending)
 
-    def offer(self, item: Any) -> bool:
-        """Buffer ``item``, or count and report it as dropped when the buffer is full."""
+    def submit(self, request_id: str, model: str, version: int, endpoint: str, latency_ms: float,
+               inputs: dict[str, Any], outputs: dict[str, Any], n_rows: int, *, block: Any = None,
+               block_columns: tuple[str, ...] = ()) -> bool:
         # the bound is checked without a lock: concurrent request threads can overshoot it by one record
         # each, which is harmless (it bounds memory, not correctness)
         if len(self._pending) < self.maxsize:
-            self._pending.append(item)
+            self._pending.append(LogRecord(request_id, model, version, endpoint, latency_ms, inputs, outputs,
+                                           n_rows, utcnow(), block, block_columns))
             return True
         self.dropped += 1
         if self.on_drop:
@@ -94,17 +97,6 @@ class RecordBuffer:
             self._last_warning = now
             log.warning("prediction log queue full (%d): %d record(s) dropped so far", self.maxsize, self.dropped)
         return False
-
-    def failed(self, n: int, error: BaseException) -> None:
-        """Count ``n`` records that could not be written or sent, and say why (at most every 5 s, with the
-        total so far: a writer that stays unreachable must not flood the log)."""
-        self.write_errors += n
-        if self.on_write_error:
-            self.on_write_error(n)
-        now = time.monotonic()
-        if now - self._last_error > 5:
-            self._last_error = now
-            log.error("prediction log: %d record(s) could not be written (%d so far): %s", n, self.write_errors, error)
 
     def _run(self) -> None:
         while True:
@@ -121,50 +113,7 @@ class RecordBuffer:
                     self._done = cycle
                     self._cycles.notify_all()
             if stopping:
-                self._stopped()
                 return
-
-    def _drain(self) -> None:
-        raise NotImplementedError
-
-    def _stopped(self) -> None:
-        """Called by the writer thread after its last cycle."""
-
-    def flush(self, timeout: float = 5.0) -> bool:
-        """Drain everything submitted so far now; False if that took longer than ``timeout``."""
-        with self._cycles:
-            target = self._started + 1  # a cycle that begins after this call has seen every record so far
-            self._wake.set()
-            return self._cycles.wait_for(lambda: self._done >= target or not self._thread.is_alive(), timeout) \
-                and self._done >= target
-
-    def close(self, timeout: float = 5.0) -> None:
-        """Drain what is buffered and stop the writer."""
-        self._stop.set()
-        self._wake.set()
-        self._thread.join(timeout)
-
-
-class PredictionLog(RecordBuffer):
-    """Records written to the store: one transaction per window per model version."""
-
-    def encode(self, recs: list[Any]) -> bytes:
-        """One model version's records as the stored batch (Arrow IPC)."""
-        return encode_records(recs)
-
-    def __init__(self, store: Any, maxsize: int = 10_000, *, batch_size: int = 5_000, flush_interval: float = 1.0,
-                 on_drop: Callable[[], None] | None = None, on_write_error: Callable[[int], None] | None = None):
-        import pyarrow  # noqa: F401 - imported now, not by the first write (an import holds the GIL ~0.3 s)
-
-        self.store = store
-        self.batch_size = batch_size
-        super().__init__(maxsize, flush_interval, on_drop, on_write_error)
-
-    def submit(self, request_id: str, model: str, version: int, endpoint: str, latency_ms: float,
-               inputs: dict[str, Any], outputs: dict[str, Any], n_rows: int, *, block: Any = None,
-               block_columns: tuple[str, ...] = ()) -> bool:
-        return self.offer(LogRecord(request_id, model, version, endpoint, latency_ms, inputs, outputs, n_rows,
-                                    utcnow(), block, block_columns))
 
     def _drain(self) -> None:
         """Write everything buffered when the cycle began, ``batch_size`` records a transaction."""
@@ -192,7 +141,7 @@ class PredictionLog(RecordBuffer):
             prepared = []
             for (model, version), recs in groups.items():
                 _pause()
-                data = self.encode(recs)
+                data = _encode(recs)
                 _pause()
                 rows = _index_rows(model, version, recs)
                 prepared.append((model, version, recs[0].created_at, sum(r.n_rows for r in recs), data, rows,
@@ -209,7 +158,24 @@ class PredictionLog(RecordBuffer):
                         _insert_index_values(conn, rows, batch_id)
             self.written += len(batch)
         except Exception as e:
-            self.failed(len(batch), e)
+            self.write_errors += len(batch)
+            if self.on_write_error:
+                self.on_write_error()
+            log.error("prediction log: %d record(s) could not be written: %s", len(batch), e)
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Write everything submitted so far now; False if that took longer than ``timeout``."""
+        with self._cycles:
+            target = self._started + 1  # a cycle that begins after this call has seen every record so far
+            self._wake.set()
+            return self._cycles.wait_for(lambda: self._done >= target or not self._thread.is_alive(), timeout) \
+                and self._done >= target
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Write what is buffered and stop the writer."""
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(timeout)
 
 
 INDEX_COLUMNS = ("request_id", "model", "version", "endpoint", "latency_ms", "n_rows", "batch_id", "offset",
@@ -300,7 +266,7 @@ def _insert_index_sqlite_json(conn: Any, model: str, version: int, batch_id: int
         (model, version, batch_id, doc))
 
 
-def encode_records(recs: list[LogRecord]) -> bytes:
+def _encode(recs: list[LogRecord]) -> bytes:
     """Arrow IPC bytes for one version's records. When every record carries its checked block (same
     columns), the numeric inputs are joined with one concatenation instead of one per column. The GIL is
     handed back between stages (:func:`_pause`)."""

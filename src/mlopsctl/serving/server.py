@@ -15,10 +15,10 @@ from mlopsctl.errors import ConfigError, InvalidInputError
 
 log = logging.getLogger("mlopsctl.serve")
 
-# Worker GIL switch interval (CPython's default is 5 ms): a request thread that wants the GIL while another
-# thread of the worker (the prediction log's sender, the reload poller) holds it waits at most this long.
-# Measured with sync workers and the in-worker log writer (alternating live runs; benchmarks/RESULTS.md,
-# profiling findings): p99 7.0 ms at 5 ms, 6.1 ms at 0.5 ms, 5.4 ms at 0.1 ms.
+# Worker GIL switch interval (CPython's default is 5 ms): a request thread that wants the GIL while the
+# prediction-log writer or the reload poller holds it waits at most this long for the holder to drop it.
+# Measured with sync workers (alternating live runs; benchmarks/RESULTS.md, profiling findings): p99 7.0 ms
+# at 5 ms, 6.1 ms at 0.5 ms, 5.4 ms at 0.1 ms.
 GIL_SWITCH_S = 0.0001
 
 
@@ -89,15 +89,8 @@ def _run_gunicorn(settings: Settings, ref: str, *, host: str, port: int, workers
 
     import mlopsctl.serving.app  # noqa: F401 - import once in the master; workers inherit the modules
 
-    run_dir = tempfile.mkdtemp(prefix="mlopsctl-serve-")  # private (0700): metrics files, the log socket
-    metrics_dir = os.path.join(run_dir, "metrics")
-    os.mkdir(metrics_dir)
+    metrics_dir = tempfile.mkdtemp(prefix="mlopsctl-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
-    sink = None
-    if settings.serve.log_predictions:  # one log writer process, forked before the workers (see logsink.py)
-        from mlopsctl.serving.logsink import start_sink
-
-        sink = start_sink(settings, run_dir)
 
     def child_exit(_server: Any, worker: Any) -> None:
         from prometheus_client import multiprocess
@@ -105,7 +98,7 @@ def _run_gunicorn(settings: Settings, ref: str, *, host: str, port: int, workers
         multiprocess.mark_process_dead(worker.pid)
 
     def worker_exit(_server: Any, worker: Any) -> None:
-        """Send the prediction log's queue before a worker goes (records are never lost at a stop)."""
+        """Flush the prediction log's queue before a worker goes (records are never lost at a stop)."""
         state = getattr(getattr(worker, "wsgi", None), "extensions", {}).get("mlopsctl")
         if state is not None and state.predlog is not None:
             state.predlog.close()
@@ -135,7 +128,7 @@ def _run_gunicorn(settings: Settings, ref: str, *, host: str, port: int, workers
 
             from mlopsctl.serving.app import create_app
 
-            app = create_app(settings, ref, workers=workers, device=device, log_sink=sink.path if sink else None)
+            app = create_app(settings, ref, workers=workers, device=device)
             sys.setswitchinterval(GIL_SWITCH_S)
             gc.freeze()  # the app, model and modules live as long as the worker: keep them out of GC passes
             return app
@@ -145,6 +138,4 @@ def _run_gunicorn(settings: Settings, ref: str, *, host: str, port: int, workers
         App().run()
     finally:
         if os.getpid() == master:  # workers leave run() through this frame too (SystemExit after fork)
-            if sink is not None:
-                sink.stop()  # the workers are gone: the writer writes what it holds and exits
-            shutil.rmtree(run_dir, ignore_errors=True)
+            shutil.rmtree(metrics_dir, ignore_errors=True)
