@@ -24,8 +24,8 @@ GIL_SWITCH_S = 0.0001
 
 def worker_class(threads: int) -> str:
     """gunicorn's worker class for ``serve.threads``: one thread, ``sync`` workers (one request at a time per
-    process, no keep-alive; the lowest p99 in benchmarks/serve_bench.py's worker matrix, at the same
-    throughput, and gunicorn hands each new connection to whichever worker is free); more, ``gthread``
+    process, no keep-alive; the lowest p99 in benchmarks/serve_bench.py's worker matrix, throughput
+    within ~15 % of the best gthread setting, and gunicorn hands each new connection to whichever worker is free); more, ``gthread``
     (keep-alive, and a slow client holds one thread instead of a whole worker)."""
     return "sync" if threads == 1 else "gthread"
 
