@@ -47,5 +47,5 @@ def register(app: typer.Typer) -> None:
         def ready(url: str) -> None:
             err_console().print(f"[green]Serving[/] {model or settings.registry.model_name} on {url}; Ctrl-C to stop.")
 
-        server.run(settings, model, host=s.host, port=s.port, workers=s.workers, device=s.device, dev=s.dev,
-                   on_ready=ready)
+        server.run(settings, model, host=s.host, port=s.port, workers=s.workers, threads=s.threads, device=s.device,
+                   dev=s.dev, on_ready=ready)

@@ -24,9 +24,9 @@ GIL_SWITCH_S = 0.0001
 
 def worker_class(threads: int) -> str:
     """gunicorn's worker class for ``serve.threads``: one thread, ``sync`` workers (one request at a time per
-    process, no keep-alive; the lowest p99 in benchmarks/serve_bench.py's worker matrix, throughput
-    within ~15 % of the best gthread setting, and gunicorn hands each new connection to whichever worker is free); more, ``gthread``
-    (keep-alive, and a slow client holds one thread instead of a whole worker)."""
+    process, no keep-alive; the lowest p99 in benchmarks/serve_bench.py's worker matrix, throughput within
+    ~15 % of the best gthread setting, and gunicorn hands each new connection to whichever worker is free);
+    more, ``gthread`` (keep-alive, and a slow client holds one thread instead of a whole worker)."""
     return "sync" if threads == 1 else "gthread"
 
 
@@ -65,8 +65,8 @@ def preflight(settings: Settings, model_ref: str | None, device: str) -> str:
     return str(ref)
 
 
-def run(settings: Settings, model_ref: str | None, *, host: str, port: int, workers: int, device: str,
-        dev: bool = False, on_ready: Callable[[str], None] | None = None, threads: int | None = None) -> None:
+def run(settings: Settings, model_ref: str | None, *, host: str, port: int, workers: int, threads: int,
+        device: str, dev: bool = False, on_ready: Callable[[str], None] | None = None) -> None:
     if device not in ("cpu", "cuda", "auto"):
         raise ConfigError(f"--device must be cpu, cuda or auto, got {device!r}.")
     ref = preflight(settings, model_ref, device)
@@ -80,7 +80,7 @@ def run(settings: Settings, model_ref: str | None, *, host: str, port: int, work
         app.run(host=host, port=port, threaded=True, use_reloader=False)
         return
     _run_gunicorn(settings, ref, host=host, port=port, workers=workers, device=device, on_ready=on_ready,
-                  threads=threads or settings.serve.threads)
+                  threads=threads)
 
 
 def _run_gunicorn(settings: Settings, ref: str, *, host: str, port: int, workers: int, device: str,
