@@ -138,7 +138,8 @@ def log_predictions(project: Path, version: int, frame: Any, rows_per_request: i
     from mlopsctl.config import load_settings
     from mlopsctl.monitoring import service
     from mlopsctl.scoring import Scorer
-    from mlopsctl.serving.predlog import LogRecord, PredictionLog
+    from mlopsctl.predlog_format import index_pending
+    from mlopsctl.serving.predlog import PredictionLog, make_record
     from mlopsctl.store import db
     from mlopsctl.store.models import Feedback
 
@@ -157,13 +158,15 @@ def log_predictions(project: Path, version: int, frame: Any, rows_per_request: i
         rid = f"v{version}-{start // rows_per_request:06d}"
         inputs = {c: v[sl] for c, v in checked.normalized.items()}
         outs = {k: np.asarray(v)[sl] for k, v in outputs.items()}
-        batch.append(LogRecord(rid, MODEL, version, "predict", 0.5, inputs, outs, sl.stop - sl.start, _utcnow()))
+        batch.append(make_record(rid, MODEL, version, "predict", 0.5, inputs, outs, sl.stop - sl.start,
+                                 created_at=_utcnow()))
         if len(batch) == log.batch_size:
             log._write(batch)
             batch = []
     if batch:
         log._write(batch)
     assert log.write_errors == 0 and log.written == -(-n // rows_per_request)
+    index_pending(store.engine)  # the index rows of these busy windows, as a quiet server window would write them
     if labels is not None:  # labels for the first LABELLED rows
         with store.session() as sess:
             for i in range(LABELLED):

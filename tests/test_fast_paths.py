@@ -296,7 +296,8 @@ def _record(contract: Contract, checked, rid: str) -> dict[str, Any]:
 
 
 def test_a_burst_is_one_transaction_and_flush_cuts_the_window_short(store, contract):
-    from mlopsctl.serving.predlog import ROWS_PER_STATEMENT, PredictionLog
+    from mlopsctl.predlog_format import ROWS_PER_STATEMENT, has_pending, index_pending
+    from mlopsctl.serving.predlog import INDEX_NOW_MAX, PredictionLog
 
     one = {k: v[:1] for k, v in _data().items()}
     checked = contract.check(one)
@@ -312,9 +313,17 @@ def test_a_burst_is_one_transaction_and_flush_cuts_the_window_short(store, contr
         assert (log.written, log.dropped, log.write_errors, log.depth()) == (n, 0, 0, 0)
     finally:
         log.close()
+    assert n > INDEX_NOW_MAX  # a busy window: the batch is written, its index rows deferred
+    with store.session() as s:
+        assert s.query(PredictionRecord).count() == 0
+        assert len(s.query(PredictionBatch).one().pending_index) > 40 * n
+    assert has_pending(store.engine)
+    assert index_pending(store.engine) == n
+    assert not has_pending(store.engine) and index_pending(store.engine) == 0  # once only
     with store.session() as s:
         batches = s.query(PredictionBatch).all()
         rows = s.query(PredictionRecord).order_by(PredictionRecord.id).all()
+    assert batches[0].pending_index is None
     assert [(b.model, b.version, b.n_rows) for b in batches] == [("m", 1, n)]
     assert [r.request_id for r in rows] == [f"r{i:04d}" for i in range(n)]
     assert [r.offset for r in rows] == list(range(n))
@@ -324,6 +333,77 @@ def test_a_burst_is_one_transaction_and_flush_cuts_the_window_short(store, contr
     logged = read_requests(store, ["r0000", f"r{n - 1:04d}"], contract.feature_names)
     assert logged["r0000"]["inputs"]["x"] == one["x"] and logged["r0000"]["inputs"]["plan"] == one["plan"]
     assert logged["r0000"]["outputs"]["label"] == ["a"]
+
+
+def _busy_then_quiet(store, contract, busy: int, quiet: int) -> None:
+    from mlopsctl.serving.predlog import PredictionLog
+
+    checked = contract.check({k: v[:1] for k, v in _data().items()})
+    log = PredictionLog(store, flush_interval=30.0)
+    try:
+        for prefix, n in (("busy", busy), ("quiet", quiet)):
+            for i in range(n):
+                assert log.submit(**_record(contract, checked, f"{prefix}-{i:04d}"))
+            assert log.flush(timeout=60)
+        assert (log.written, log.write_errors) == (busy + quiet, 0)
+    finally:
+        log.close()
+
+
+def test_a_quiet_window_writes_the_deferred_index_rows_first(store, contract):
+    """A busy window defers its index rows; the next quiet one writes them, then its own, in request order."""
+    from mlopsctl.predlog_format import has_pending
+    from mlopsctl.serving.predlog import INDEX_NOW_MAX
+
+    _busy_then_quiet(store, contract, INDEX_NOW_MAX + 50, 3)
+    assert not has_pending(store.engine)
+    with store.session() as s:
+        rows = s.query(PredictionRecord).order_by(PredictionRecord.id).all()
+        batches = {b.id: b for b in s.query(PredictionBatch).all()}
+    assert [r.request_id for r in rows] == [f"busy-{i:04d}" for i in range(INDEX_NOW_MAX + 50)] + [
+        f"quiet-{i:04d}" for i in range(3)]
+    assert [r.offset for r in rows] == list(range(INDEX_NOW_MAX + 50)) + [0, 1, 2]
+    assert [batches[r.batch_id].n_rows for r in (rows[0], rows[-1])] == [INDEX_NOW_MAX + 50, 3]
+
+
+def test_readers_write_the_deferred_index_rows(store, contract):
+    """Nothing reads the index before the rows a busy server deferred are in it."""
+    from mlopsctl.predlog_format import has_pending
+    from mlopsctl.serving.predlog import INDEX_NOW_MAX
+
+    _busy_then_quiet(store, contract, INDEX_NOW_MAX + 1, 0)
+    assert has_pending(store.engine)
+    logged = read_requests(store, [f"busy-{INDEX_NOW_MAX:04d}"], contract.feature_names)
+    assert logged[f"busy-{INDEX_NOW_MAX:04d}"]["outputs"]["label"] == ["a"]
+    assert not has_pending(store.engine)
+
+
+def test_concurrent_indexers_write_each_deferred_row_once(store, contract):
+    import threading
+
+    from mlopsctl.predlog_format import index_pending
+    from mlopsctl.serving.predlog import INDEX_NOW_MAX, PredictionLog
+
+    checked = contract.check({k: v[:1] for k, v in _data().items()})
+    log = PredictionLog(store, flush_interval=30.0)
+    try:
+        for b in range(6):  # six busy windows: six deferred batches
+            for i in range(INDEX_NOW_MAX + 1):
+                log.submit(**_record(contract, checked, f"b{b}-{i:04d}"))
+            assert log.flush(timeout=60)
+    finally:
+        log.close()
+    counts: list[int] = []
+    threads = [threading.Thread(target=lambda: counts.append(index_pending(store.engine))) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    total = 6 * (INDEX_NOW_MAX + 1)
+    assert sum(counts) == total
+    with store.session() as s:
+        ids = [r.request_id for r in s.query(PredictionRecord).order_by(PredictionRecord.id)]
+    assert len(ids) == len(set(ids)) == total
 
 
 def test_records_with_and_without_a_block_share_a_batch(store, contract):
@@ -340,6 +420,10 @@ def test_records_with_and_without_a_block_share_a_batch(store, contract):
         assert log.flush(timeout=60)
     finally:
         log.close()
+    with store.session() as s:  # one batch, the requests in the order they came
+        assert s.query(PredictionBatch).count() == 1
+        rows = s.query(PredictionRecord).order_by(PredictionRecord.id).all()
+    assert [(r.request_id, r.offset) for r in rows] == [("fast-1", 0), ("slow", N), ("fast-2", 2 * N)]
     logged = read_requests(store, ["fast-1", "slow", "fast-2"], contract.feature_names)
     expected = {k: [None if isinstance(v, float) and v != v else v for v in arr.tolist()]
                 for k, arr in fast.normalized.items()}
@@ -386,25 +470,28 @@ def test_both_index_insert_paths_store_what_sqlalchemy_would(store):
 
     from sqlalchemy import insert, text
 
-    from mlopsctl.serving.predlog import (INDEX_COLUMNS, _index_document, _insert_index_sqlite_json,
-                                          _insert_index_values)
+    from mlopsctl.predlog_format import INDEX_COLUMNS, index_rows, insert_index_json, insert_index_values
+    from mlopsctl.serving.predlog import _index_document, make_record
 
     def rows(prefix: str, batch_id: int | None) -> list[tuple]:
         times = [dt.datetime(2026, 11, 26, 23, 5, 7, 0), dt.datetime(2026, 1, 2, 3, 4, 5, 60),
                  dt.datetime(2026, 12, 31, 23, 59, 59, 999999)]
         return [(f"{prefix}-{i}" if i != 1 else f"{prefix}-\u00e9 \"quoted\" 12", "m", 1, ["predict", "v2", "invocations"][i],
-                 0.125 * (i + 1), i + 1, batch_id, 10 * i, times[i]) for i in range(3)]
+                 0.125 * (i + 1), i + 1, batch_id, (0, 1, 3)[i], times[i]) for i in range(3)]
 
     with store.engine.begin() as conn:
         ids = [conn.execute(insert(PredictionBatch).values(model="m", version=1, n_rows=6, data=b"")).inserted_primary_key[0]
                for _ in range(3)]
-        _insert_index_sqlite_json(conn, "m", 1, ids[0], _index_document(rows("json", None)))
-        _insert_index_values(conn, rows("values", None), ids[1])
+        docs = {p: _index_document([make_record(r[0], "m", 1, r[3], r[4], {"x": np.zeros(r[5])}, {"y": np.zeros(r[5])},
+                                                r[5], created_at=r[8]) for r in rows(p, None)])
+                for p in ("json", "values")}
+        insert_index_json(conn, "m", 1, ids[0], docs["json"])
+        insert_index_values(conn, index_rows("m", 1, docs["values"]), ids[1])
         conn.execute(insert(PredictionRecord), [dict(zip(INDEX_COLUMNS, r)) for r in rows("orm", ids[2])])
     with store.engine.connect() as conn:  # raw stored values, not parsed back
         got = {p: [tuple(r) for r in conn.execute(text(
             "SELECT replace(request_id, :p, ''), model, version, endpoint, latency_ms, n_rows, \"offset\", created_at, "
-            "typeof(latency_ms), typeof(n_rows) FROM predictions WHERE batch_id = :b ORDER BY id"), {"p": p, "b": b})]
+            "typeof(latency_ms), typeof(n_rows), typeof(\"offset\") FROM predictions WHERE batch_id = :b ORDER BY id"), {"p": p, "b": b})]
             for p, b in zip(("json", "values", "orm"), ids)}
     assert got["json"] == got["values"] == got["orm"]
-    assert got["orm"][0][7] == "2026-11-26 23:05:07.000000" and got["orm"][0][8:] == ("real", "integer")
+    assert got["orm"][0][7] == "2026-11-26 23:05:07.000000" and got["orm"][0][8:] == ("real", "integer", "integer")

@@ -2,17 +2,20 @@
 
 Each flush of the log becomes, per model version, one ``prediction_batches`` row holding an Arrow IPC
 table of every logged row (normalized inputs, outputs), plus one ``predictions`` row per request that says
-where its rows are (batch, offset). Columnar storage lets monitoring read 100,000 rows in one pass instead
-of decoding 100,000 JSON documents.
+where its rows are (batch, offset) — written with the batch, or deferred by a busy server and written by
+:func:`index_pending`. Columnar storage lets monitoring read 100,000 rows in one pass instead of decoding
+100,000 JSON documents.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Iterable
 
 import numpy as np
+import orjson
 
 OUT = "@"  # output columns: "@label", "@p0", "@p1", ... or "@prediction"
 
@@ -148,6 +151,7 @@ def read_requests(store: Any, request_ids: list[str], columns: list[str]) -> dic
     """What was logged for each request id: ``{"inputs": {col: [...]}, "outputs": {...}}`` (lists)."""
     from sqlalchemy import bindparam, text
 
+    index_pending(store.engine)  # index rows a busy server deferred
     sql = text('SELECT request_id, batch_id, "offset", n_rows, created_at, version FROM predictions '
                "WHERE request_id IN :ids ORDER BY id").bindparams(bindparam("ids", expanding=True))
     with store.engine.connect() as conn:
@@ -162,3 +166,141 @@ def read_requests(store: Any, request_ids: list[str], columns: list[str]) -> dic
                     "outputs": {k: v[sl].tolist() for k, v in rows.outputs.items()}}
         start += n
     return out
+
+
+# ---- the per-request index (``predictions``) ---------------------------------------------------------------
+#
+# Every flush stores an index document: a JSON array with one ``[request_id, endpoint, latency_ms, n_rows,
+# created_at]`` per request, in request order. A quiet server turns it into ``predictions`` rows in the same
+# transaction as the batch; a busy one leaves it in ``prediction_batches.pending_index`` (writing ~1,300
+# index rows a second per worker, with their four indexes, was most of the prediction log's cost and the
+# bulk of the server's p99 tail), and :func:`index_pending` writes them later: in the server's next quiet
+# window, or first thing in every reader (monitoring, feedback, :func:`read_requests`).
+
+PENDING_PER_TRANSACTION = 20  # batches indexed per write transaction (the write lock is held briefly)
+
+
+INDEX_COLUMNS = ("request_id", "model", "version", "endpoint", "latency_ms", "n_rows", "batch_id", "offset",
+                 "created_at")
+ROWS_PER_STATEMENT = 1000  # 9,000 parameters (SQLite >= 3.32 takes 32,766; PostgreSQL 65,535)
+OLD_SQLITE_ROWS = 100  # 900 parameters: older SQLite libraries stop at 999
+
+
+def index_rows(model: str, version: int, doc: str) -> list[tuple]:
+    """An index document's rows as ``INDEX_COLUMNS`` tuples (``batch_id`` None, offsets the running
+    sum of the rows before), for databases without SQLite's JSON functions."""
+    rows, offset = [], 0
+    for request_id, endpoint, latency_ms, n_rows, created in orjson.loads(doc):
+        rows.append((request_id, model, version, endpoint, latency_ms, n_rows, None, offset,
+                     datetime.fromisoformat(created)))
+        offset += n_rows
+    return rows
+
+
+def json_index(dialect: Any) -> bool:
+    """Whether the index rows go in as one JSON document (SQLite >= 3.38, JSON built in).
+
+    ``executemany`` steps the database once per row, and the sqlite3 module releases and retakes the GIL
+    around every step: with request threads busy, each retake waits for a thread switch, so a 1,000-row
+    flush took ~0.5 s of wall time and kept interrupting requests. SQLite with JSON support gets one
+    statement per flush; other databases multi-row VALUES (one switch per 1,000 rows)."""
+    return sqlite_version(dialect) >= (3, 38)
+
+
+def sqlite_version(dialect: Any) -> tuple[int, ...]:
+    """The SQLite library's version; (0,) for other databases."""
+    return getattr(dialect.dbapi, "sqlite_version_info", (0,)) if dialect.name == "sqlite" else (0,)
+
+
+def insert_index_values(conn: Any, rows: list[tuple], batch_id: int) -> None:
+    """Any dialect: multi-row ``INSERT ... VALUES``, ``ROWS_PER_STATEMENT`` rows a statement, through the
+    column types' own bind processors, so the stored form is SQLAlchemy's."""
+    from sqlalchemy import insert
+
+    from mlopsctl.store.models import PredictionRecord
+
+    rows = [r[:6] + (batch_id,) + r[7:] for r in rows]
+    dialect = conn.dialect
+    mark = {"qmark": "?", "format": "%s", "pyformat": "%s"}.get(dialect.paramstyle)
+    if mark is None:  # a driver with named parameters: SQLAlchemy's executemany
+        conn.execute(insert(PredictionRecord), [dict(zip(INDEX_COLUMNS, r)) for r in rows])
+        return
+    table = PredictionRecord.__table__
+    procs = [table.c[c].type.dialect_impl(dialect).bind_processor(dialect) for c in INDEX_COLUMNS]
+    head = (f"INSERT INTO {dialect.identifier_preparer.format_table(table)} "
+            f"({', '.join(dialect.identifier_preparer.quote(c) for c in INDEX_COLUMNS)}) VALUES ")
+    one = f"({', '.join([mark] * len(INDEX_COLUMNS))})"
+    if any(procs):
+        rows = [tuple(p(v) if p else v for p, v in zip(procs, r)) for r in rows]
+    per = ROWS_PER_STATEMENT
+    if dialect.name == "sqlite" and sqlite_version(dialect) < (3, 32):
+        per = OLD_SQLITE_ROWS
+    for start in range(0, len(rows), per):
+        chunk = rows[start:start + per]
+        conn.exec_driver_sql(head + ", ".join([one] * len(chunk)), tuple(v for r in chunk for v in r))
+
+
+def insert_index_json(conn: Any, model: str, version: int, batch_id: int, doc: str) -> int:
+    """SQLite (>= 3.38): every index row of one batch in one statement over its index document, so the
+    GIL is released once. A row's offset in the batch is the running sum of the rows before it. Returns
+    the number of rows written."""
+    from mlopsctl.store.models import PredictionRecord
+
+    table = PredictionRecord.__table__
+    quote = conn.dialect.identifier_preparer.quote
+    columns = ", ".join(quote(c) for c in INDEX_COLUMNS)
+    return conn.exec_driver_sql(
+        f"INSERT INTO {conn.dialect.identifier_preparer.format_table(table)} ({columns}) "
+        "SELECT value ->> 0, ?, ?, value ->> 1, value ->> 2, value ->> 3, ?, "
+        "coalesce(sum(value ->> 3) OVER (ORDER BY key ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0), "
+        "value ->> 4 FROM json_each(?) ORDER BY key",
+        (model, version, batch_id, doc)).rowcount
+
+
+def index_pending(engine: Any, max_batches: int | None = None) -> int:
+    """Write the deferred index rows of prediction-log batches into ``predictions``, oldest batch first, at
+    most ``max_batches`` batches (all when None); returns the number of requests indexed.
+
+    Safe to run from several processes at once: each batch is re-read inside the write transaction (row
+    locked where the database has row locks) and its document cleared in the same transaction that writes
+    its rows, so no batch is indexed twice or lost."""
+    from sqlalchemy import select, update
+
+    from mlopsctl.store.models import PredictionBatch as B
+
+    as_json = json_index(engine.dialect)
+    indexed = batches = 0
+    while max_batches is None or batches < max_batches:
+        limit = PENDING_PER_TRANSACTION if max_batches is None else min(PENDING_PER_TRANSACTION, max_batches - batches)
+        with engine.connect() as probe:  # a read: no write lock when nothing is pending
+            ids = probe.execution_options(mlops_readonly=True).execute(
+                select(B.id).where(B.pending_index.is_not(None)).order_by(B.id).limit(limit)).scalars().all()
+        if not ids:
+            break
+        with engine.begin() as conn:
+            for batch_id in ids:
+                row = conn.execute(select(B.model, B.version, B.pending_index)
+                                   .where(B.id == batch_id, B.pending_index.is_not(None)).with_for_update()).first()
+                batches += 1
+                if row is None:  # another process indexed it meanwhile
+                    continue
+                model, version, doc = row
+                if as_json:
+                    indexed += insert_index_json(conn, model, version, batch_id, doc)
+                else:
+                    rows = index_rows(model, version, doc)
+                    insert_index_values(conn, rows, batch_id)
+                    indexed += len(rows)
+                conn.execute(update(B).where(B.id == batch_id).values(pending_index=None))
+    return indexed
+
+
+def has_pending(engine: Any) -> bool:
+    """Whether some batch's index rows are still deferred."""
+    from sqlalchemy import select
+
+    from mlopsctl.store.models import PredictionBatch as B
+
+    with engine.connect() as conn:
+        return conn.execution_options(mlops_readonly=True).execute(
+            select(B.id).where(B.pending_index.is_not(None)).limit(1)).first() is not None

@@ -16,7 +16,7 @@ from mlopsctl.config import Settings, parse_duration
 from mlopsctl.contract import MISSING_CATEGORY, Contract
 from mlopsctl.errors import InvalidInputError, NotFoundError
 from mlopsctl.monitoring.drift import DriftReport, column_drift, dataset_drift
-from mlopsctl.predlog_format import gather
+from mlopsctl.predlog_format import gather, index_pending
 from mlopsctl.registry import LoadedModel, load_model, parse_ref
 from mlopsctl.store.models import utcnow
 
@@ -44,6 +44,8 @@ def load_window(store: Any, model: str, version: int | None, contract: Contract,
                 last: int | None = None) -> Window:
     """The logged inputs and outputs of ``model`` (one version, or all) in a time window or the last N rows."""
     from sqlalchemy import text
+
+    index_pending(store.engine)  # index rows a busy server deferred
 
     where = ["model = :model"]
     params: dict[str, Any] = {"model": model}
@@ -199,6 +201,7 @@ def add_feedback(settings: Settings, labels_path: Path) -> dict[str, Any]:
     df = df.drop_duplicates(subset=["request_id", "row"], keep="last")
     duplicates = before - len(df)
     store, _ = _store_and_arts(settings)
+    index_pending(store.engine)  # index rows a busy server deferred
     ids = df["request_id"].unique().tolist()
     known: dict[str, int] = {}
     with store.read() as s:
@@ -243,6 +246,8 @@ def labelled(store: Any, model: str, contract: Contract, version: int | None = N
     """Logged predictions that have a label: columns, outputs, labels, versions, times (and the newest
     feedback id used, so a caller can take only labels it has not used yet)."""
     from sqlalchemy import text
+
+    index_pending(store.engine)  # index rows a busy server deferred
 
     sql = ("SELECT p.batch_id, p.\"offset\", f.row, p.request_id, p.created_at, p.version, f.label, f.id "
            "FROM feedback f JOIN predictions p ON p.request_id = f.request_id "

@@ -5,15 +5,20 @@ logging never blocks a request. When the buffer is full the record is dropped, c
 exposed in /metrics) and logged, never silently lost.
 
 The writer works in time windows: every ``flush_interval`` it takes everything buffered and writes it in
-one transaction (one Arrow batch per model version plus one index row per request). A busy worker thus
-pays one transaction per window instead of one per few requests.
+one transaction: one Arrow batch per model version, and the per-request index rows (``predictions``). A
+window of more than ``INDEX_NOW_MAX`` records leaves its index rows in the batch's ``pending_index``
+document instead; the next quiet window, or the first reader, writes them
+(:func:`mlopsctl.predlog_format.index_pending`). Writing ~1,300 index rows a second per worker with their
+four indexes took ~8 ms of CPU per window, against ~1 ms for the batch itself, and every such burst on a
+saturated machine delays the requests running beside it: it was most of the server's p99 tail.
 
-The writer shares the worker's GIL with the request threads, so a window's Python work (about 7 µs per
-record) would stall every request that arrives meanwhile: at ~1,400 requests/s a worker's flush held the
-GIL for ~14 ms at a time, which was the server's p99. The buffer is a ``deque`` (append and popleft are
-single C calls: no lock, no condition variable per record), and the writer gives the GIL back between
-the stages of a flush and every ``CHUNK`` records (:func:`_pause`), so a request waits at most one short
-stage for it.
+The writer shares the worker's GIL with the request threads. The buffer is a ``deque`` (append and
+popleft are single C calls: no lock per record), and a buffered record is compact (:func:`make_record`):
+its index row already serialised to JSON bytes by the request thread, the checked float64 block, the other
+columns' and the outputs' arrays, and the layout key. The writer thus does almost no per-record Python
+work: records leave the buffer, are grouped, joined (the index document is one ``bytes.join``, the inputs
+one concatenation per block or column) and freed by C loops (``islice``, ``groupby``, ``map``), so the GIL
+is held for short C calls only, and it is handed back between the stages of a flush (:func:`_pause`).
 """
 
 from __future__ import annotations
@@ -22,15 +27,21 @@ import logging
 import threading
 import time
 from collections import deque
-from typing import Any, Callable, NamedTuple
+from datetime import datetime
+from itertools import groupby, islice
+from operator import itemgetter
+from typing import Any, Callable
 
 import numpy as np
+import orjson
 
-from mlopsctl.predlog_format import concat, encode_columns
-from mlopsctl.store.models import PredictionBatch, PredictionRecord, utcnow
+from mlopsctl.predlog_format import (concat, encode_columns, has_pending, index_pending, index_rows, insert_index_json,
+                                     insert_index_values, json_index)
+from mlopsctl.store.models import PredictionBatch, utcnow
 
 log = logging.getLogger("mlopsctl.serve")
-CHUNK = 256  # records of per-record Python work between two GIL hand-backs (~1 ms)
+INDEX_NOW_MAX = 256  # a window of at most this many records writes its index rows at once; a busier one defers them
+CATCH_UP_BATCHES = 20  # deferred batches a quiet window indexes
 PAUSE_S = 0.0002  # a real sleep: the GIL is free long enough for a waiting request thread to take it
 
 
@@ -40,18 +51,37 @@ def _pause() -> None:
     time.sleep(PAUSE_S)
 
 
-class LogRecord(NamedTuple):
-    request_id: str
-    model: str
-    version: int
-    endpoint: str
-    latency_ms: float
-    inputs: dict[str, Any]  # normalized columns
-    outputs: dict[str, Any]
-    n_rows: int
-    created_at: Any
-    block: Any = None  # the checked float64 [k, n] block (Contract.check's fast path): one concat per batch
-    block_columns: tuple[str, ...] = ()
+# a record: (index JSON, layout key, rows, block or None, other input columns, outputs); the key is
+# (model, version, block columns, input names, output names)
+Record = tuple
+_META, _KEY, _ROWS, _BLOCK, _OTHERS, _OUTS = range(6)
+_others_cache: dict[tuple[tuple[str, ...], tuple[str, ...]], tuple[bool, ...]] = {}
+
+
+def make_record(request_id: str, model: str, version: int, endpoint: str, latency_ms: float,
+                inputs: dict[str, Any], outputs: dict[str, Any], n_rows: int, *, block: Any = None,
+                block_columns: tuple[str, ...] = (), created_at: datetime | None = None) -> Record:
+    """One request's log record, in the compact form the writer joins without per-record Python work.
+
+    ``inputs`` are the normalized columns (``Contract.check``); when ``block`` (the checked float64
+    ``[k, N]`` array) is given, the ``block_columns`` are taken from it and only the other columns are kept.
+    The index row (request id, endpoint, latency, rows, time) is serialised here, in the request thread."""
+    created = (created_at or utcnow()).isoformat(" ", "microseconds")
+    meta = orjson.dumps((request_id, endpoint, latency_ms, n_rows, created), option=orjson.OPT_SERIALIZE_NUMPY)
+    names = tuple(inputs)
+    if block is None:
+        block_columns = ()
+        others = tuple(inputs.values())
+    elif len(block_columns) == len(names):
+        others = ()
+    else:
+        keep = _others_cache.get((names, block_columns))
+        if keep is None:
+            cols = set(block_columns)
+            keep = _others_cache.setdefault((names, block_columns), tuple(n not in cols for n in names))
+        others = tuple(v for v, k in zip(inputs.values(), keep) if k)
+    return (meta, (model, version, block_columns, names, tuple(outputs)), n_rows, block, others,
+            tuple(outputs.values()))
 
 
 class PredictionLog:
@@ -61,7 +91,7 @@ class PredictionLog:
 
         self.store = store
         self.maxsize = maxsize
-        self._pending: deque[LogRecord] = deque()
+        self._pending: deque[Record] = deque()
         self.batch_size = batch_size
         self.flush_interval = flush_interval
         self.dropped = 0
@@ -86,8 +116,8 @@ class PredictionLog:
         # the bound is checked without a lock: concurrent request threads can overshoot it by one record
         # each, which is harmless (it bounds memory, not correctness)
         if len(self._pending) < self.maxsize:
-            self._pending.append(LogRecord(request_id, model, version, endpoint, latency_ms, inputs, outputs,
-                                           n_rows, utcnow(), block, block_columns))
+            self._pending.append(make_record(request_id, model, version, endpoint, latency_ms, inputs, outputs,
+                                             n_rows, block=block, block_columns=block_columns))
             return True
         self.dropped += 1
         if self.on_drop:
@@ -120,42 +150,48 @@ class PredictionLog:
         left = len(self._pending)
         while left > 0:
             take = min(left, self.batch_size)
-            pop = self._pending.popleft
-            batch = [pop() for _ in range(take)]
+            # ``take`` poplefts in C (a record is never None, so the sentinel never ends it early)
+            batch = list(islice(iter(self._pending.popleft, None), take))
             left -= take
             self._write(batch)
-            while batch:  # freeing ~40 objects a record is one uninterruptible C cascade: free in chunks
-                del batch[-CHUNK:]
-                _pause()
+            batch.clear()  # compact records: freeing a window of them takes ~0.1 ms
 
-    def _write(self, batch: list[LogRecord]) -> None:
-        """One transaction per flush: per model version, one columnar batch row plus one row per request.
-        Everything but the inserts is prepared before the transaction (the write lock is held briefly)."""
+    def _write(self, batch: list[Record]) -> None:
+        """One transaction per flush: per layout (model version), one columnar batch row plus one index row
+        per request. Everything but the inserts is prepared before the transaction (the write lock is held
+        briefly)."""
         from sqlalchemy import insert
 
-        groups: dict[tuple[str, int], list[LogRecord]] = {}
-        for rec in batch:
-            groups.setdefault((rec.model, rec.version), []).append(rec)
+        groups: dict[tuple[str, int], list[Record]] = {}  # by model version, in request order
+        for key, run in groupby(batch, itemgetter(_KEY)):  # C per record, Python once per run of one layout
+            groups.setdefault(key[:2], []).extend(run)
         try:
-            as_json = _json_index(self.store.engine.dialect)
+            engine = self.store.engine
+            as_json = json_index(engine.dialect)
+            defer = len(batch) > INDEX_NOW_MAX
+            if not defer:  # a quiet window: catch up on deferred batches first, so the index stays in order
+                index_pending(engine, CATCH_UP_BATCHES)
+                defer = has_pending(engine)
             prepared = []
             for (model, version), recs in groups.items():
-                _pause()
                 data = _encode(recs)
                 _pause()
-                rows = _index_rows(model, version, recs)
-                prepared.append((model, version, recs[0].created_at, sum(r.n_rows for r in recs), data, rows,
-                                 _index_document(rows) if as_json else None))
+                doc = _index_document(recs)
+                created_at = datetime.fromisoformat(orjson.loads(recs[0][_META])[4])
+                prepared.append((model, version, created_at, sum(map(itemgetter(_ROWS), recs)), data, doc))
             _pause()
-            with self.store.engine.begin() as conn:
-                for model, version, created_at, n_rows, data, rows, doc in prepared:
+            with engine.begin() as conn:
+                for model, version, created_at, n_rows, data, doc in prepared:
                     batch_id = conn.execute(insert(PredictionBatch).values(
                         model=model, version=version, n_rows=n_rows, data=data, created_at=created_at,
+                        pending_index=doc if defer else None,
                     )).inserted_primary_key[0]
-                    if doc is not None:
-                        _insert_index_sqlite_json(conn, model, version, batch_id, doc)
+                    if defer:
+                        continue
+                    if as_json:
+                        insert_index_json(conn, model, version, batch_id, doc)
                     else:
-                        _insert_index_values(conn, rows, batch_id)
+                        insert_index_values(conn, index_rows(model, version, doc), batch_id)
             self.written += len(batch)
         except Exception as e:
             self.write_errors += len(batch)
@@ -178,111 +214,47 @@ class PredictionLog:
         self._thread.join(timeout)
 
 
-INDEX_COLUMNS = ("request_id", "model", "version", "endpoint", "latency_ms", "n_rows", "batch_id", "offset",
-                 "created_at")
-ROWS_PER_STATEMENT = 1000  # 9,000 parameters (SQLite >= 3.32 takes 32,766; PostgreSQL 65,535)
-OLD_SQLITE_ROWS = 100  # 900 parameters: older SQLite libraries stop at 999
+def _index_document(recs: list[Record]) -> str:
+    """The JSON array of the records' index rows (``[request_id, endpoint, latency_ms, n_rows, created_at]``
+    each, serialised by :func:`make_record`): one join, no per-record Python."""
+    return (b"[" + b",".join(map(itemgetter(_META), recs)) + b"]").decode()
 
 
-def _index_rows(model: str, version: int, recs: list[LogRecord]) -> list[tuple]:
-    """One index row per request (``INDEX_COLUMNS`` order; ``batch_id`` is None until the batch row
-    exists)."""
-    rows, offset = [], 0
-    for i, r in enumerate(recs, 1):
-        rows.append((r.request_id, model, version, r.endpoint, r.latency_ms, r.n_rows, None, offset, r.created_at))
-        offset += r.n_rows
-        if i % CHUNK == 0:
+def _encode(recs: list[Record]) -> bytes:
+    """Arrow IPC bytes for one model version's records, in order. Consecutive records of one layout (a
+    request checked on the vectorised path carries a block; one checked column by column does not) are
+    joined with one concatenation per block, other column and output. The GIL is handed back between
+    stages (:func:`_pause`)."""
+    _model, _version, _block, names, out_keys = recs[0][_KEY]
+    inputs: dict[str, list[Any]] = {name: [] for name in names}
+    outputs: dict[str, list[Any]] = {name: [] for name in out_keys}
+    for layout, run in groupby(recs, itemgetter(_KEY)):
+        run = list(run)
+        _model, _version, block_columns, run_names, run_outs = layout
+        if run_names != names or run_outs != out_keys:
+            raise ValueError(f"records of one model version with different columns: {run_names} / {run_outs}, "
+                             f"then {names} / {out_keys}")
+        if block_columns:
+            blocks = list(map(itemgetter(_BLOCK), run))
+            joined = np.concatenate(blocks, axis=1) if len(blocks) > 1 else blocks[0]
+            for name, values in zip(block_columns, joined):
+                inputs[name].append(values)
             _pause()
-    return rows
-
-
-def _json_index(dialect: Any) -> bool:
-    """Whether the index rows go in as one JSON document (SQLite >= 3.38, JSON built in).
-
-    ``executemany`` steps the database once per row, and the sqlite3 module releases and retakes the GIL
-    around every step: with request threads busy, each retake waits for a thread switch, so a 1,000-row
-    flush took ~0.5 s of wall time and kept interrupting requests. SQLite with JSON support gets one
-    statement per flush; other databases multi-row VALUES (one switch per 1,000 rows)."""
-    return _sqlite_version(dialect) >= (3, 38)
-
-
-def _sqlite_version(dialect: Any) -> tuple[int, ...]:
-    """The SQLite library's version; (0,) for other databases."""
-    return getattr(dialect.dbapi, "sqlite_version_info", (0,)) if dialect.name == "sqlite" else (0,)
-
-
-def _insert_index_values(conn: Any, rows: list[tuple], batch_id: int) -> None:
-    """Any dialect: multi-row ``INSERT ... VALUES``, ``ROWS_PER_STATEMENT`` rows a statement, through the
-    column types' own bind processors, so the stored form is SQLAlchemy's."""
-    from sqlalchemy import insert
-
-    rows = [r[:6] + (batch_id,) + r[7:] for r in rows]
-    dialect = conn.dialect
-    mark = {"qmark": "?", "format": "%s", "pyformat": "%s"}.get(dialect.paramstyle)
-    if mark is None:  # a driver with named parameters: SQLAlchemy's executemany
-        conn.execute(insert(PredictionRecord), [dict(zip(INDEX_COLUMNS, r)) for r in rows])
-        return
-    table = PredictionRecord.__table__
-    procs = [table.c[c].type.dialect_impl(dialect).bind_processor(dialect) for c in INDEX_COLUMNS]
-    head = (f"INSERT INTO {dialect.identifier_preparer.format_table(table)} "
-            f"({', '.join(dialect.identifier_preparer.quote(c) for c in INDEX_COLUMNS)}) VALUES ")
-    one = f"({', '.join([mark] * len(INDEX_COLUMNS))})"
-    if any(procs):
-        rows = [tuple(p(v) if p else v for p, v in zip(procs, r)) for r in rows]
-    per = ROWS_PER_STATEMENT
-    if dialect.name == "sqlite" and _sqlite_version(dialect) < (3, 32):
-        per = OLD_SQLITE_ROWS
-    for start in range(0, len(rows), per):
-        chunk = rows[start:start + per]
-        conn.exec_driver_sql(head + ", ".join([one] * len(chunk)), tuple(v for r in chunk for v in r))
-
-
-def _index_document(rows: list[tuple]) -> str:
-    """The JSON document :func:`_insert_index_sqlite_json` reads: per row request id, endpoint, latency,
-    row count, offset and ``created_at`` in SQLAlchemy's SQLite DATETIME format. Built before the
-    transaction, ``CHUNK`` rows between GIL hand-backs; orjson serialises it in C."""
-    import orjson
-
-    items: list[tuple] = []
-    for start in range(0, len(rows), CHUNK):
-        items.extend((r[0], r[3], r[4], r[5], r[7], r[8].isoformat(" ", "microseconds"))
-                     for r in rows[start:start + CHUNK])
-        if start:
-            _pause()
-    return orjson.dumps(items).decode()
-
-
-def _insert_index_sqlite_json(conn: Any, model: str, version: int, batch_id: int, doc: str) -> None:
-    """SQLite (>= 3.38): every index row of one version's flush in one statement over one JSON document
-    (:func:`_index_document`), so the GIL is released once."""
-    table = PredictionRecord.__table__
-    quote = conn.dialect.identifier_preparer.quote
-    columns = ", ".join(quote(c) for c in INDEX_COLUMNS)
-    conn.exec_driver_sql(
-        f"INSERT INTO {conn.dialect.identifier_preparer.format_table(table)} ({columns}) "
-        "SELECT json_extract(value, '$[0]'), ?, ?, json_extract(value, '$[1]'), json_extract(value, '$[2]'), "
-        "json_extract(value, '$[3]'), ?, json_extract(value, '$[4]'), json_extract(value, '$[5]') "
-        "FROM json_each(?) ORDER BY CAST(key AS INTEGER)",
-        (model, version, batch_id, doc))
-
-
-def _encode(recs: list[LogRecord]) -> bytes:
-    """Arrow IPC bytes for one version's records. When every record carries its checked block (same
-    columns), the numeric inputs are joined with one concatenation instead of one per column. The GIL is
-    handed back between stages (:func:`_pause`)."""
-    first = recs[0]
-    inputs: dict[str, Any] = {}
-    if first.block is not None and all(r.block is not None and r.block_columns == first.block_columns for r in recs):
-        joined = np.concatenate([r.block for r in recs], axis=1) if len(recs) > 1 else first.block
-        inputs.update(zip(first.block_columns, joined))
+        others = [n for n in names if n not in block_columns]
+        for j, name in enumerate(others):
+            inputs[name].append(_join(list(map(itemgetter(j), map(itemgetter(_OTHERS), run)))))
+        for j, name in enumerate(out_keys):
+            outputs[name].append(_join(list(map(itemgetter(j), map(itemgetter(_OUTS), run)))))
         _pause()
-    for name in first.inputs:
-        if name not in inputs:
-            inputs[name] = concat([r.inputs[name] for r in recs])
-            _pause()
-    inputs = {name: inputs[name] for name in first.inputs}  # the contract's column order
-    outputs = {}
-    for key in first.outputs:
-        outputs[key] = concat([r.outputs[key] for r in recs])
-        _pause()
-    return encode_columns(inputs, outputs)
+    return encode_columns({name: _join(parts) for name, parts in inputs.items()},
+                          {name: _join(parts) for name, parts in outputs.items()})
+
+
+def _join(parts: list[Any]) -> np.ndarray:
+    """Requests' arrays along rows: one C call when they are arrays, else :func:`concat` (lists, scalars)."""
+    if len(parts) > 1:
+        try:
+            return np.concatenate(parts)
+        except ValueError:  # a 0-d part
+            pass
+    return concat(parts)

@@ -8,7 +8,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any, Optional
 
-from sqlalchemy import JSON, ForeignKey, Index, LargeBinary, MetaData, String, Text, UniqueConstraint
+from sqlalchemy import JSON, ForeignKey, Index, LargeBinary, MetaData, String, Text, UniqueConstraint, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 NAMING = {
@@ -219,13 +219,18 @@ class PredictionBatch(Base):
     outputs as one Arrow IPC table (columnar, so monitoring reads 100,000 rows in one pass)."""
 
     __tablename__ = "prediction_batches"
-    __table_args__ = (Index("ix_prediction_batches_model_version_id", "model", "version", "id"),)
+    __table_args__ = (Index("ix_prediction_batches_model_version_id", "model", "version", "id"),
+                      Index("ix_prediction_batches_pending", "id", sqlite_where=text("pending_index IS NOT NULL"),
+                            postgresql_where=text("pending_index IS NOT NULL")))
     id: Mapped[int] = mapped_column(primary_key=True)
     model: Mapped[str] = mapped_column(String(100))
     version: Mapped[int]
     n_rows: Mapped[int]
     data: Mapped[bytes] = mapped_column(LargeBinary)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # the batch's per-request index rows not yet in ``predictions`` (a JSON array; m006_pending_index):
+    # a busy server defers them, the next quiet window or the first reader writes them
+    pending_index: Mapped[Optional[str]] = mapped_column(Text, nullable=True, default=None)
 
 
 class PredictionRecord(Base):
