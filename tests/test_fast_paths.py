@@ -378,6 +378,30 @@ def test_readers_write_the_deferred_index_rows(store, contract):
     assert not has_pending(store.engine)
 
 
+def test_a_failed_catch_up_still_writes_the_quiet_window(store, contract):
+    """A deferred batch that cannot be indexed (here a corrupt document) fails the catch-up: the quiet
+    window's records are still written, their index rows deferred behind it (the order is kept)."""
+    from sqlalchemy import insert
+
+    from mlopsctl.serving.predlog import PredictionLog
+
+    with store.engine.begin() as conn:
+        conn.execute(insert(PredictionBatch).values(model="m", version=1, n_rows=1, data=b"", pending_index="[not json"))
+    checked = contract.check({k: v[:1] for k, v in _data().items()})
+    log = PredictionLog(store, flush_interval=30.0)
+    try:
+        for i in range(3):
+            assert log.submit(**_record(contract, checked, f"q{i}"))
+        assert log.flush(timeout=60)
+    finally:
+        log.close()
+    assert (log.written, log.write_errors) == (3, 0)
+    with store.session() as s:
+        batches = s.query(PredictionBatch).order_by(PredictionBatch.id).all()
+        assert s.query(PredictionRecord).count() == 0
+    assert [b.n_rows for b in batches] == [1, 3] and batches[1].pending_index.count('"q') == 3
+
+
 def test_concurrent_indexers_write_each_deferred_row_once(store, contract):
     import threading
 

@@ -165,13 +165,17 @@ class PredictionLog:
         groups: dict[tuple[str, int], list[Record]] = {}  # by model version, in request order
         for key, run in groupby(batch, itemgetter(_KEY)):  # C per record, Python once per run of one layout
             groups.setdefault(key[:2], []).extend(run)
-        try:
-            engine = self.store.engine
-            as_json = json_index(engine.dialect)
-            defer = len(batch) > INDEX_NOW_MAX
-            if not defer:  # a quiet window: catch up on deferred batches first, so the index stays in order
+        engine = self.store.engine
+        defer = len(batch) > INDEX_NOW_MAX
+        if not defer:  # a quiet window: catch up on deferred batches first, so the index stays in order
+            try:
                 index_pending(engine, CATCH_UP_BATCHES)
                 defer = has_pending(engine)
+            except Exception as e:  # the window's own records are still written (their index rows deferred)
+                defer = True
+                log.warning("prediction log: deferred index rows not written yet: %s", e)
+        try:
+            as_json = json_index(engine.dialect)
             prepared = []
             for (model, version), recs in groups.items():
                 data = _encode(recs)
