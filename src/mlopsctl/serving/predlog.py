@@ -157,9 +157,9 @@ class PredictionLog:
             batch.clear()  # compact records: freeing a window of them takes ~0.1 ms
 
     def _write(self, batch: list[Record]) -> None:
-        """One transaction per flush: per layout (model version), one columnar batch row plus one index row
-        per request. Everything but the inserts is prepared before the transaction (the write lock is held
-        briefly)."""
+        """One transaction per flush: per model version, one columnar batch row, plus one index row per
+        request in a quiet window (a busy one stores them in the batch's ``pending_index``). Everything but
+        the inserts is prepared before the transaction (the write lock is held briefly)."""
         from sqlalchemy import insert
 
         groups: dict[tuple[str, int], list[Record]] = {}  # by model version, in request order
