@@ -510,7 +510,7 @@ def test_both_index_insert_paths_store_what_sqlalchemy_would(store):
                                                 r[5], created_at=r[8]) for r in rows(p, None)])
                 for p in ("json", "values")}
         insert_index_json(conn, "m", 1, ids[0], docs["json"])
-        insert_index_values(conn, index_rows("m", 1, docs["values"]), ids[1])
+        insert_index_values(conn, index_rows("m", 1, ids[1], docs["values"]))
         conn.execute(insert(PredictionRecord), [dict(zip(INDEX_COLUMNS, r)) for r in rows("orm", ids[2])])
     with store.engine.connect() as conn:  # raw stored values, not parsed back
         got = {p: [tuple(r) for r in conn.execute(text(

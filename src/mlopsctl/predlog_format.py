@@ -186,12 +186,12 @@ ROWS_PER_STATEMENT = 1000  # 9,000 parameters (SQLite >= 3.32 takes 32,766; Post
 OLD_SQLITE_ROWS = 100  # 900 parameters: older SQLite libraries stop at 999
 
 
-def index_rows(model: str, version: int, doc: str) -> list[tuple]:
-    """An index document's rows as ``INDEX_COLUMNS`` tuples (``batch_id`` None, offsets the running
-    sum of the rows before), for databases without SQLite's JSON functions."""
+def index_rows(model: str, version: int, batch_id: int, doc: str) -> list[tuple]:
+    """An index document's rows as ``INDEX_COLUMNS`` tuples (offsets the running sum of the rows before),
+    for databases without SQLite's JSON functions."""
     rows, offset = [], 0
     for request_id, endpoint, latency_ms, n_rows, created in orjson.loads(doc):
-        rows.append((request_id, model, version, endpoint, latency_ms, n_rows, None, offset,
+        rows.append((request_id, model, version, endpoint, latency_ms, n_rows, batch_id, offset,
                      datetime.fromisoformat(created)))
         offset += n_rows
     return rows
@@ -212,14 +212,13 @@ def sqlite_version(dialect: Any) -> tuple[int, ...]:
     return getattr(dialect.dbapi, "sqlite_version_info", (0,)) if dialect.name == "sqlite" else (0,)
 
 
-def insert_index_values(conn: Any, rows: list[tuple], batch_id: int) -> None:
+def insert_index_values(conn: Any, rows: list[tuple]) -> None:
     """Any dialect: multi-row ``INSERT ... VALUES``, ``ROWS_PER_STATEMENT`` rows a statement, through the
     column types' own bind processors, so the stored form is SQLAlchemy's."""
     from sqlalchemy import insert
 
     from mlopsctl.store.models import PredictionRecord
 
-    rows = [r[:6] + (batch_id,) + r[7:] for r in rows]
     dialect = conn.dialect
     mark = {"qmark": "?", "format": "%s", "pyformat": "%s"}.get(dialect.paramstyle)
     if mark is None:  # a driver with named parameters: SQLAlchemy's executemany
@@ -257,6 +256,16 @@ def insert_index_json(conn: Any, model: str, version: int, batch_id: int, doc: s
         (model, version, batch_id, doc)).rowcount
 
 
+def write_index(conn: Any, model: str, version: int, batch_id: int, doc: str) -> int:
+    """Write one batch's index document as ``predictions`` rows, the fastest way the database allows
+    (:func:`json_index`); returns the number of rows."""
+    if json_index(conn.dialect):
+        return insert_index_json(conn, model, version, batch_id, doc)
+    rows = index_rows(model, version, batch_id, doc)
+    insert_index_values(conn, rows)
+    return len(rows)
+
+
 def index_pending(engine: Any, max_batches: int | None = None) -> int:
     """Write the deferred index rows of prediction-log batches into ``predictions``, oldest batch first, at
     most ``max_batches`` batches (all when None); returns the number of requests indexed.
@@ -268,7 +277,6 @@ def index_pending(engine: Any, max_batches: int | None = None) -> int:
 
     from mlopsctl.store.models import PredictionBatch as B
 
-    as_json = json_index(engine.dialect)
     indexed = batches = 0
     while max_batches is None or batches < max_batches:
         limit = PENDING_PER_TRANSACTION if max_batches is None else min(PENDING_PER_TRANSACTION, max_batches - batches)
@@ -285,12 +293,7 @@ def index_pending(engine: Any, max_batches: int | None = None) -> int:
                 if row is None:  # another process indexed it meanwhile
                     continue
                 model, version, doc = row
-                if as_json:
-                    indexed += insert_index_json(conn, model, version, batch_id, doc)
-                else:
-                    rows = index_rows(model, version, doc)
-                    insert_index_values(conn, rows, batch_id)
-                    indexed += len(rows)
+                indexed += write_index(conn, model, version, batch_id, doc)
                 conn.execute(update(B).where(B.id == batch_id).values(pending_index=None))
     return indexed
 

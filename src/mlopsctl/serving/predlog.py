@@ -35,8 +35,7 @@ from typing import Any, Callable
 import numpy as np
 import orjson
 
-from mlopsctl.predlog_format import (concat, encode_columns, has_pending, index_pending, index_rows, insert_index_json,
-                                     insert_index_values, json_index)
+from mlopsctl.predlog_format import concat, encode_columns, has_pending, index_pending, write_index
 from mlopsctl.store.models import PredictionBatch, utcnow
 
 log = logging.getLogger("mlopsctl.serve")
@@ -175,7 +174,6 @@ class PredictionLog:
                 defer = True
                 log.warning("prediction log: deferred index rows not written yet: %s", e)
         try:
-            as_json = json_index(engine.dialect)
             prepared = []
             for (model, version), recs in groups.items():
                 data = _encode(recs)
@@ -190,12 +188,8 @@ class PredictionLog:
                         model=model, version=version, n_rows=n_rows, data=data, created_at=created_at,
                         pending_index=doc if defer else None,
                     )).inserted_primary_key[0]
-                    if defer:
-                        continue
-                    if as_json:
-                        insert_index_json(conn, model, version, batch_id, doc)
-                    else:
-                        insert_index_values(conn, index_rows(model, version, doc), batch_id)
+                    if not defer:
+                        write_index(conn, model, version, batch_id, doc)
             self.written += len(batch)
         except Exception as e:
             self.write_errors += len(batch)
