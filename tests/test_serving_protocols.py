@@ -142,6 +142,8 @@ def test_model_metadata_is_the_real_onnx_graph(apps, session, key):
         assert meta["inputs"] == tensors(sess.get_inputs())
         assert meta["outputs"] == tensors(sess.get_outputs())
         assert meta["parameters"]["execution_provider"] == "CPUExecutionProvider"
+        assert meta["parameters"]["placement"] == "CPUExecutionProvider runs every node"
+        assert "node_placement" not in meta["parameters"]  # read from the profiler on GPU sessions only
         assert re.fullmatch(r"[0-9a-f]{64}", meta["parameters"]["onnx_sha256"])
     expected = {"ch": {"tenure_months": "FP32", "plan": "BYTES", "region": "BYTES", "contract": "BYTES",
                        "has_support": "FP32", "age": "FP32", "monthly_charges": "FP32"}}

@@ -17,16 +17,69 @@ CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
 
 
-def available_providers_in_child() -> list[str]:
-    """onnxruntime's providers, asked in a child process (for a parent that will fork workers)."""
+def load_cuda_libraries() -> list[str]:
+    """Let onnxruntime-gpu find CUDA and cuDNN in NVIDIA's pip packages (PyTorch's CUDA wheels bring them) as
+    well as on the library path; returns what onnxruntime said about libraries it could not load.
+
+    Without this, a CUDA session whose libraries are missing quietly runs on the CPU."""
+    import contextlib
+    import io
+
+    import onnxruntime as ort
+
+    preload = getattr(ort, "preload_dlls", None)  # onnxruntime >= 1.21; a CPU build returns at once
+    if preload is None:
+        return []
+    said = io.StringIO()
+    with contextlib.redirect_stdout(said):
+        try:
+            preload()
+        except Exception as e:  # a broken install must not stop a CPU fallback from being reported
+            print(f"{type(e).__name__}: {e}")
+    return [line.strip() for line in said.getvalue().splitlines() if line.strip()]
+
+
+_PROBE = """
+import sys
+from mlopsctl.scoring import load_cuda_libraries, make_session
+import onnxruntime as o
+said = load_cuda_libraries()
+print(",".join(o.get_available_providers()))
+model = sys.stdin.buffer.read()
+if model and "CUDAExecutionProvider" in o.get_available_providers():
+    s = make_session(model, [p for p in sys.argv[1:]], 1)
+    print(",".join(s.get_providers()))
+else:
+    print("")
+print(" | ".join(said))
+"""
+
+
+def probe_in_child(device: str, model_bytes: bytes = b"") -> list[str]:
+    """The providers ``device`` asks for, checked in a child process (for a parent that will fork workers:
+    onnxruntime must not be imported before the fork). For ``cuda``, with the model's bytes, the child also
+    creates a real CUDA session, so missing CUDA libraries fail here in one line instead of in every worker."""
     import subprocess
     import sys
 
-    out = subprocess.run([sys.executable, "-c", "import onnxruntime as o; print(','.join(o.get_available_providers()))"],
-                         capture_output=True, text=True, timeout=60, check=False)
+    providers = [CUDA, CPU] if device in ("cuda", "auto") else [CPU]
+    out = subprocess.run([sys.executable, "-c", _PROBE, *providers], input=model_bytes if device == "cuda" else b"",
+                         capture_output=True, timeout=120, check=False)
     if out.returncode != 0:
-        raise ConfigError(f"onnxruntime cannot be imported: {out.stderr.strip().splitlines()[-1] if out.stderr.strip() else out.returncode}.")
-    return out.stdout.strip().split(",")
+        err = out.stderr.decode(errors="replace").strip()
+        raise ConfigError(f"onnxruntime cannot be imported or cannot create a session: "
+                          f"{err.splitlines()[-1] if err else out.returncode}.")
+    available, session, said = (out.stdout.decode(errors="replace").split("\n") + ["", "", ""])[:3]
+    chosen = providers_for(device, available=available.split(","))
+    if device == "cuda" and CUDA not in session.split(","):
+        raise ConfigError(cuda_missing_message(said))
+    return chosen
+
+
+def cuda_missing_message(said: str) -> str:
+    return ("--device cuda: onnxruntime-gpu is installed but could not start CUDA (driver, CUDA 12/13 or cuDNN 9 "
+            f"libraries not found{': ' + said if said else ''}); install the CUDA libraries that match it "
+            "(pip install 'mlopsctl[gpu]' brings them) or use --device cpu.")
 
 
 def providers_for(device: str, available: list[str] | None = None) -> list[str]:
@@ -49,22 +102,73 @@ def providers_for(device: str, available: list[str] | None = None) -> list[str]:
     raise ConfigError(f"device {device!r} is not one of cpu, cuda, auto.")
 
 
-def make_session(model_bytes: bytes, providers: list[str] | None = None, threads: int = 0):
+def make_session(model_bytes: bytes, providers: list[str] | None = None, threads: int = 0, profile_prefix: str = ""):
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads or min(4, os.cpu_count() or 1)
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
+    if profile_prefix:  # to read back which provider ran each node (see Scorer.placement)
+        opts.enable_profiling = True
+        opts.profile_file_prefix = profile_prefix
     return ort.InferenceSession(model_bytes, sess_options=opts, providers=providers or [CPU])
 
 
+COPY_OPS = frozenset({"MemcpyFromHost", "MemcpyToHost"})
+
+
+def placement_from_profile(events: list[dict[str, Any]]) -> dict[str, list[str]]:
+    """``{provider: [op type of each node it ran, in node order]}`` from ONNX Runtime's profile events."""
+    nodes: dict[int, tuple[str, str]] = {}
+    for e in events:
+        args = e.get("args") or {}
+        if e.get("cat") == "Node" and "provider" in args and "node_index" in args:
+            nodes[int(args["node_index"])] = (args["provider"], args.get("op_name", "?"))
+    out: dict[str, list[str]] = {}
+    for _, (provider, op) in sorted(nodes.items()):
+        out.setdefault(provider, []).append(op)
+    return out
+
+
+def describe_placement(placement: Mapping[str, list[str]]) -> str:
+    """One line: which provider runs which of the graph's nodes (copies between devices not counted)."""
+    total = sum(1 for ops in placement.values() for op in ops if op not in COPY_OPS)
+    parts = []
+    for provider, ops in placement.items():
+        work = [op for op in ops if op not in COPY_OPS]
+        if work:
+            parts.append(f"{provider} runs {len(work)} of {total} nodes ({', '.join(dict.fromkeys(work))})")
+    copies = sum(1 for ops in placement.values() for op in ops if op in COPY_OPS)
+    return "; ".join(parts) + (f"; {copies} device copies" if copies else "")
+
+
+def compute_providers(placement: Mapping[str, list[str]]) -> list[str]:
+    """Providers that run at least one node other than a copy between devices."""
+    return [p for p, ops in placement.items() if any(op not in COPY_OPS for op in ops)]
+
+
 class Scorer:
-    """One ONNX Runtime session for one model version; ``run`` is safe to call from several threads."""
+    """One ONNX Runtime session for one model version; ``run`` is safe to call from several threads.
+
+    A session on a provider other than the CPU records which provider runs each node during its first runs
+    (ONNX Runtime's profiler, stopped by :meth:`record_placement`): ONNX Runtime quietly puts a node on the
+    CPU when the GPU provider has no kernel for it, as for the ``ai.onnx.ml`` tree and linear operators.
+    """
 
     def __init__(self, model_bytes: bytes, contract: Contract, providers: list[str] | None = None, threads: int = 0):
         self.contract = contract
-        self.session = make_session(model_bytes, providers, threads)
+        providers = providers or [CPU]
+        self._profile_dir = ""
+        if providers[0] != CPU:
+            import tempfile
+
+            if CUDA in providers:
+                load_cuda_libraries()
+            self._profile_dir = tempfile.mkdtemp(prefix="mlopsctl-placement-")
+        self.session = make_session(model_bytes, providers, threads,
+                                    os.path.join(self._profile_dir, "p") if self._profile_dir else "")
+        self.placement: dict[str, list[str]] | None = None
         self._outputs = list(contract.outputs.values())
         self._keys = tuple(contract.outputs)
         # InferenceSession.run re-checks the feed names in Python on every call (8 of its 31 µs on a 30-input
@@ -73,6 +177,22 @@ class Scorer:
         # directly; other providers keep the wrapper, whose EP-failure fallback they may need.
         cpp = getattr(self.session, "_sess", None)
         self._direct = cpp.run if cpp is not None and self.provider == CPU else None
+
+    def record_placement(self) -> dict[str, list[str]] | None:
+        """Stop the profiler and keep which provider ran each node in the runs so far (None on a CPU-only
+        session, whose nodes all run on the CPU)."""
+        if self._profile_dir:
+            import json
+            import shutil
+
+            path = self.session.end_profiling()
+            try:
+                with open(path, encoding="utf-8") as f:
+                    self.placement = placement_from_profile(json.load(f))
+            finally:
+                shutil.rmtree(self._profile_dir, ignore_errors=True)
+                self._profile_dir = ""
+        return self.placement
 
     @property
     def provider(self) -> str:

@@ -52,8 +52,8 @@ def create_app(settings: Settings, model_ref: str | None = None, *, workers: int
 
     holder = ModelHolder(store, arts, ref, device=device or serve.device, threads=threads,
                          reload_interval=serve.reload_interval, on_swap=on_swap)
-    log.warning("serving %s version %s on %s (requested device: %s)", ref, holder.current.version,
-                holder.current.provider, device or serve.device)
+    log.warning("serving %s version %s on %s (requested device: %s): %s", ref, holder.current.version,
+                holder.current.provider, device or serve.device, holder.current.placement)
     predlog = None
     if serve.log_predictions:
         predlog = PredictionLog(store, serve.log_queue_size, flush_interval=serve.log_flush_seconds,

@@ -11,14 +11,16 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 
 from mlopsctl.artifacts import ArtifactStore
 from mlopsctl.contract import Contract
 from mlopsctl.registry import ModelRef, current_version, load_model
-from mlopsctl.scoring import Scorer, providers_for
+from mlopsctl.errors import ConfigError
+from mlopsctl.scoring import (CPU, CUDA, Scorer, compute_providers, cuda_missing_message, describe_placement,
+                               providers_for)
 from mlopsctl.serving.records import RecordsDecoder
 
 log = logging.getLogger("mlopsctl.serve")
@@ -43,12 +45,22 @@ class ServedModel:
     inputs: list[dict[str, Any]] = field(default_factory=list)  # V2 metadata, from the real ONNX graph
     outputs: list[dict[str, Any]] = field(default_factory=list)
     column_by_input: dict[str, str] = field(default_factory=dict)
+    # which provider ran each node, read from ONNX Runtime's profiler (sessions on a GPU only)
+    node_placement: dict[str, list[str]] | None = None
+
+    @property
+    def placement(self) -> str:
+        if self.node_placement is None:
+            return f"{self.provider} runs every node"
+        return describe_placement(self.node_placement)
 
     def metadata(self) -> dict[str, Any]:
+        params: dict[str, Any] = {"execution_provider": self.provider, "placement": self.placement,
+                                  "onnx_sha256": self.onnx_sha256, "task": self.contract.task}
+        if self.node_placement is not None:
+            params["node_placement"] = self.node_placement
         return {"name": self.name, "versions": [str(self.version)], "platform": "onnxruntime_onnx",
-                "inputs": self.inputs, "outputs": self.outputs,
-                "parameters": {"execution_provider": self.provider, "onnx_sha256": self.onnx_sha256,
-                               "task": self.contract.task}}
+                "inputs": self.inputs, "outputs": self.outputs, "parameters": params}
 
 
 def _tensor_meta(nodes: Any) -> list[dict[str, Any]]:
@@ -60,9 +72,31 @@ def _tensor_meta(nodes: Any) -> list[dict[str, Any]]:
 
 
 def build(store: Any, arts: ArtifactStore, ref: ModelRef, device: str, threads: int) -> ServedModel:
-    """Load (sha256-verified), create the session and warm it up before anyone can use it."""
+    """Load (sha256-verified), create the session and warm it up before anyone can use it.
+
+    On a GPU the warm-up also records which provider runs each node. ``--device cuda`` fails when ONNX Runtime
+    could not start CUDA (it would quietly run on the CPU); ``auto`` then, or when CUDA would run none of the
+    model's nodes, uses a CPU session and says so."""
     loaded = load_model(store, arts, ref)
-    scorer = Scorer(loaded.onnx, loaded.contract, providers_for(device), threads)
+    providers = providers_for(device)
+    scorer = Scorer(loaded.onnx, loaded.contract, providers, threads)
+    served = _served(loaded, scorer)
+    if CUDA in providers:
+        placement = scorer.record_placement() or {}
+        on_cuda = CUDA in scorer.session.get_providers()
+        if device == "cuda" and not on_cuda:
+            raise ConfigError(cuda_missing_message(""))
+        if device == "auto" and CUDA not in compute_providers(placement):
+            why = describe_placement(placement) if on_cuda else "onnxruntime could not start CUDA"
+            log.warning("--device auto: using the CPU for %s version %s (%s)", loaded.name, loaded.version, why)
+            served = _served(loaded, Scorer(loaded.onnx, loaded.contract, [CPU], threads))
+        else:
+            served = replace(served, node_placement=placement,
+                             provider=CUDA if CUDA in compute_providers(placement) else CPU)
+    return served
+
+
+def _served(loaded: Any, scorer: Scorer) -> ServedModel:
     served = ServedModel(
         name=loaded.name, version=loaded.version, onnx_sha256=loaded.onnx_sha256, contract=loaded.contract,
         scorer=scorer, provider=scorer.provider, loaded_at=time.time(),
@@ -128,8 +162,8 @@ class ModelHolder:
             self.current = new  # atomic swap: in-flight requests hold `old`
             self.reloads += 1
             self.last_error = None
-            log.warning("hot reload: %s now serves version %s (was %s) on %s", self.ref, new.version, old.version,
-                        new.provider)
+            log.warning("hot reload: %s now serves version %s (was %s) on %s: %s", self.ref, new.version,
+                        old.version, new.provider, new.placement)
             if self.on_swap:
                 self.on_swap(new, old)
             return True

@@ -48,16 +48,16 @@ def preflight(settings: Settings, model_ref: str | None, device: str) -> str:
     device exists. Returns the resolved reference text."""
     from mlopsctl.artifacts import ArtifactStore
     from mlopsctl.registry import load_model, parse_ref
-    from mlopsctl.scoring import available_providers_in_child, providers_for
+    from mlopsctl.scoring import probe_in_child
     from mlopsctl.store.db import open_store
 
+    ref = parse_ref(model_ref or settings.registry.model_name, settings.registry.alias)
+    store = open_store(settings.store_url, settings.store.busy_timeout_ms)
+    loaded = load_model(store, ArtifactStore(settings.artifacts_dir), ref)  # unknown model/alias, corrupt blob
     if device != "cpu":
         # asked in a child process: onnxruntime must not be imported in the gunicorn master, or the
         # forked workers abort at exit (its thread pools do not survive fork)
-        providers_for(device, available=available_providers_in_child())
-    ref = parse_ref(model_ref or settings.registry.model_name, settings.registry.alias)
-    store = open_store(settings.store_url, settings.store.busy_timeout_ms)
-    load_model(store, ArtifactStore(settings.artifacts_dir), ref)  # unknown model/alias, corrupt blob
+        probe_in_child(device, loaded.onnx)
     store.dispose()  # workers open their own connections after the fork
     from mlopsctl.store.db import close_all
 
