@@ -53,22 +53,59 @@ def test_profile_events_other_than_nodes_are_ignored():
     assert placement_from_profile(events) == {CUDA: ["Concat"], CPU: ["MemcpyToHost", "TreeEnsembleClassifier"]}
 
 
+# Placements read on an H100 (onnxruntime-gpu 1.31.1, benchmarks/serve_gpu.py) for three exported models.
+FOREST_ON_CUDA = {CUDA: ["Concat", "MemcpyToHost"], CPU: ["Imputer", "TreeEnsembleClassifier"]}
+MLP_ON_CUDA = {CUDA: ["Concat", "MatMul", "Add", "Relu", "MatMul", "Add", "Relu", "MatMul", "Add", "Sigmoid", "Sub",
+                      "Concat", "ArgMax", "MemcpyFromHost", "MemcpyToHost", "MemcpyToHost"],
+               CPU: ["Imputer", "Scaler", "ArrayFeatureExtractor", "Reshape"]}
+MIXED_ON_CUDA = {CUDA: ["Concat", "Cast", "Cast", "Cast", "Concat", "Reshape", "Concat", "MemcpyFromHost"],
+                 CPU: ["Concat", "LabelEncoder", "ArrayFeatureExtractor", "Imputer", "Where", "OneHotEncoder",
+                       "TreeEnsembleClassifier"]}
+
+
 def test_placement_summary_counts_nodes_not_copies():
-    mixed = {CUDA: ["Concat", "MemcpyToHost"], CPU: ["Imputer", "TreeEnsembleClassifier", "Imputer"]}
-    assert describe_placement(mixed) == ("CUDAExecutionProvider runs 1 of 4 nodes (Concat); "
-                                         "CPUExecutionProvider runs 3 of 4 nodes (Imputer, TreeEnsembleClassifier); "
-                                         "1 device copies")
-    assert compute_providers(mixed) == [CUDA, CPU]
-    # only copies on the GPU: the model does not run there, and `--device auto` takes the CPU
-    assert compute_providers({CUDA: ["MemcpyFromHost"], CPU: ["TreeEnsembleClassifier"]}) == [CPU]
-    assert compute_providers({}) == []
+    assert describe_placement(FOREST_ON_CUDA) == ("CUDAExecutionProvider runs 1 of 3 nodes (Concat); "
+                                                  "CPUExecutionProvider runs 2 of 3 nodes (Imputer, "
+                                                  "TreeEnsembleClassifier); 1 device copies")
+    assert describe_placement({CPU: ["Imputer", "Imputer"]}) == "CPUExecutionProvider runs 2 of 2 nodes (Imputer)"
 
 
-def test_cuda_missing_message_is_one_actionable_line():
-    msg = cuda_missing_message("Failed to load libcudart.so.13: cannot open shared object file")
-    assert "\n" not in msg
-    assert msg.startswith("--device cuda: onnxruntime-gpu is installed but could not start CUDA")
-    assert "libcudart.so.13" in msg and msg.endswith("or use --device cpu.")
+@pytest.mark.parametrize("placement, providers", [
+    (FOREST_ON_CUDA, [CPU]),  # the GPU only concatenates the inputs: `auto` takes the CPU
+    (MIXED_ON_CUDA, [CPU]),  # casts, concatenations and reshapes only
+    (MLP_ON_CUDA, [CUDA, CPU]),  # the matrix products run on the GPU
+    ({CUDA: ["MemcpyFromHost"], CPU: ["TreeEnsembleClassifier"]}, [CPU]),
+    ({}, []),
+])
+def test_providers_doing_arithmetic(placement, providers):
+    assert compute_providers(placement) == providers
+
+
+# what onnxruntime-gpu 1.31.1 printed on the H100 with CUDA_VISIBLE_DEVICES=-1 (shortened in the middle)
+NO_DEVICE = ["EP Error /onnxruntime_src/onnxruntime/core/providers/cuda/cuda_call.cc:154 std::conditional_t<THRW, "
+             "void, onnxruntime::common::Status> onnxruntime::CudaCall(ERRTYPE, const char*, const char*, SUCCTYPE, "
+             "const char*, const char*, int) [with ERRTYPE = cudaError; bool THRW = true] CUDA failure 100: no "
+             "CUDA-capable device is detected ; GPU=-1 ; hostname=vm ; file=/onnxruntime_src/onnxruntime/core/"
+             "providers/cuda/cuda_execution_provider.cc ; line=355 ; expr=cudaSetDevice(info_.device_id); "
+             "when using ['CUDAExecutionProvider', 'CPUExecutionProvider']",
+             "Falling back to ['CPUExecutionProvider'] and retrying."]
+
+
+@pytest.mark.parametrize("said, why", [
+    (NO_DEVICE, "could not start CUDA: no CUDA-capable device is detected (CUDA error 100); check the GPU"),
+    (["Failed to load /venv/site-packages/nvidia/cu13/lib/libcudart.so.13: cannot open shared object file",
+      "Failed to load libcublasLt.so.13: libcublasLt.so.13: cannot open shared object file",
+      "Failed to load libcudart.so.13: cannot open shared object file"],
+     "could not start CUDA: libraries not found: libcudart.so.13, libcublasLt.so.13; check"),
+    ([], "could not start CUDA: no reason given; check"),
+    (["x" * 5000], "could not start CUDA: " + "x" * 200 + "...; check"),
+])
+def test_cuda_missing_message_is_one_actionable_line(said, why):
+    msg = cuda_missing_message(said)
+    assert "\n" not in msg and len(msg) < 420
+    assert msg.startswith("--device cuda: onnxruntime-gpu")
+    assert why in msg
+    assert msg.endswith("or use --device cpu.")
 
 
 def test_this_machine_offers_the_providers_the_probe_sees():

@@ -425,8 +425,8 @@ def test_cuda_on_a_cpu_only_machine_exits_5(projects, cli, assert_error):
         pytest.skip("this machine has CUDA")
     result = cli("-C", projects["bc"], "serve", "bc@production", "--device", "cuda", "--port", free_port())
     assert_error(result, 5, f"--device cuda needs CUDAExecutionProvider, but this onnxruntime offers "
-                            f"{', '.join(available)}; install onnxruntime-gpu (pip install 'mlopsctl[gpu]') on a "
-                            "machine with CUDA, or use --device cpu.")
+                            f"{', '.join(available)}; install onnxruntime-gpu in place of onnxruntime (README, "
+                            "'On a GPU') on a machine with CUDA, or use --device cpu.")
     result = cli("-C", projects["bc"], "serve", "bc@production", "--device", "tpu", "--port", free_port())
     assert_error(result, 5, "serve.device in a command-line flag must be one of cpu, cuda, auto; got 'tpu'.")
 

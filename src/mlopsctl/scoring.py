@@ -40,46 +40,61 @@ def load_cuda_libraries() -> list[str]:
 
 
 _PROBE = """
-import sys
+import contextlib, io, json, sys
 from mlopsctl.scoring import load_cuda_libraries, make_session
 import onnxruntime as o
 said = load_cuda_libraries()
-print(",".join(o.get_available_providers()))
+available = o.get_available_providers()
+session = []
 model = sys.stdin.buffer.read()
-if model and "CUDAExecutionProvider" in o.get_available_providers():
-    s = make_session(model, [p for p in sys.argv[1:]], 1)
-    print(",".join(s.get_providers()))
-else:
-    print("")
-print(" | ".join(said))
+if model and "CUDAExecutionProvider" in available:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):  # onnxruntime prints why a provider failed, then falls back
+        session = make_session(model, sys.argv[1:], 1).get_providers()
+    said += out.getvalue().splitlines()
+print("mlopsctl-probe " + json.dumps({"available": available, "session": session, "said": said}))
 """
 
 
 def probe_in_child(device: str, model_bytes: bytes = b"") -> list[str]:
     """The providers ``device`` asks for, checked in a child process (for a parent that will fork workers:
     onnxruntime must not be imported before the fork). For ``cuda``, with the model's bytes, the child also
-    creates a real CUDA session, so missing CUDA libraries fail here in one line instead of in every worker."""
+    creates a real CUDA session, so a missing GPU or CUDA library fails here in one line instead of in every
+    worker."""
+    import json
     import subprocess
     import sys
 
     providers = [CUDA, CPU] if device in ("cuda", "auto") else [CPU]
     out = subprocess.run([sys.executable, "-c", _PROBE, *providers], input=model_bytes if device == "cuda" else b"",
                          capture_output=True, timeout=120, check=False)
-    if out.returncode != 0:
+    lines = [ln for ln in out.stdout.decode(errors="replace").splitlines() if ln.startswith("mlopsctl-probe ")]
+    if out.returncode != 0 or not lines:
         err = out.stderr.decode(errors="replace").strip()
         raise ConfigError(f"onnxruntime cannot be imported or cannot create a session: "
                           f"{err.splitlines()[-1] if err else out.returncode}.")
-    available, session, said = (out.stdout.decode(errors="replace").split("\n") + ["", "", ""])[:3]
-    chosen = providers_for(device, available=available.split(","))
-    if device == "cuda" and CUDA not in session.split(","):
-        raise ConfigError(cuda_missing_message(said))
+    probe = json.loads(lines[-1].split(" ", 1)[1])
+    chosen = providers_for(device, available=probe["available"])
+    if device == "cuda" and CUDA not in probe["session"]:
+        raise ConfigError(cuda_missing_message(probe["said"]))
     return chosen
 
 
-def cuda_missing_message(said: str) -> str:
-    return ("--device cuda: onnxruntime-gpu is installed but could not start CUDA (driver, CUDA 12/13 or cuDNN 9 "
-            f"libraries not found{': ' + said if said else ''}); install the CUDA libraries that match it "
-            "(pip install 'mlopsctl[gpu]' brings them) or use --device cpu.")
+def cuda_missing_message(said: list[str]) -> str:
+    """One line from what onnxruntime printed when CUDA would not start (its errors run to kilobytes)."""
+    import re
+
+    text = " ".join(said)
+    failure = re.search(r"CUDA failure (\d+): ([^;]+?)\s*;", text)
+    libs = re.findall(r"Failed to load (?:\S*/)?(\S+?\.so[.\d]*)", text)
+    if failure:
+        why = f"{failure.group(2).strip()} (CUDA error {failure.group(1)})"
+    elif libs:
+        why = f"libraries not found: {', '.join(dict.fromkeys(libs))}"
+    else:
+        why = (text[:200] + "...") if len(text) > 200 else (text or "no reason given")
+    return (f"--device cuda: onnxruntime-gpu could not start CUDA: {why}; check the GPU and driver (nvidia-smi) "
+            "and the CUDA and cuDNN libraries that match onnxruntime-gpu, or use --device cpu.")
 
 
 def providers_for(device: str, available: list[str] | None = None) -> list[str]:
@@ -94,7 +109,8 @@ def providers_for(device: str, available: list[str] | None = None) -> list[str]:
         if CUDA not in available:
             raise ConfigError(
                 f"--device cuda needs CUDAExecutionProvider, but this onnxruntime offers {', '.join(available)}; "
-                "install onnxruntime-gpu (pip install 'mlopsctl[gpu]') on a machine with CUDA, or use --device cpu."
+                "install onnxruntime-gpu in place of onnxruntime (README, 'On a GPU') on a machine with CUDA, "
+                "or use --device cpu."
             )
         return [CUDA, CPU]
     if device == "auto":
@@ -116,6 +132,9 @@ def make_session(model_bytes: bytes, providers: list[str] | None = None, threads
 
 
 COPY_OPS = frozenset({"MemcpyFromHost", "MemcpyToHost"})
+# operators that move or reshape data without arithmetic: a GPU that runs only these does none of the model's work
+DATA_OPS = COPY_OPS | {"Cast", "Concat", "Expand", "Flatten", "Gather", "Identity", "Reshape", "Shape", "Slice",
+                       "Split", "Squeeze", "Transpose", "Unsqueeze"}
 
 
 def placement_from_profile(events: list[dict[str, Any]]) -> dict[str, list[str]]:
@@ -144,8 +163,8 @@ def describe_placement(placement: Mapping[str, list[str]]) -> str:
 
 
 def compute_providers(placement: Mapping[str, list[str]]) -> list[str]:
-    """Providers that run at least one node other than a copy between devices."""
-    return [p for p, ops in placement.items() if any(op not in COPY_OPS for op in ops)]
+    """Providers that run some of the model's arithmetic (a node other than one that only moves data)."""
+    return [p for p, ops in placement.items() if any(op not in DATA_OPS for op in ops)]
 
 
 class Scorer:

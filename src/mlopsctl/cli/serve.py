@@ -23,7 +23,9 @@ def register(app: typer.Typer) -> None:
         threads: Annotated[Optional[int], typer.Option(
             help="Threads per worker. 1 (default): sync workers, the lowest p99. N > 1: gthread workers with "
                  "keep-alive, for slow clients or many idle connections without a proxy in front.")] = None,
-        device: Annotated[Optional[str], typer.Option(help="cpu, cuda or auto (CUDA when present, said in the log).")] = None,
+        device: Annotated[Optional[str], typer.Option(
+            help="cpu, cuda or auto (CUDA when present and it runs some of the model's arithmetic); the log and "
+                 "/v2 metadata say where each node runs.")] = None,
         dev: Annotated[bool, typer.Option("--dev", help="Flask's development server instead of gunicorn.")] = False,
     ) -> None:
         """Serve a model over HTTP: Open Inference Protocol V2, MLflow's /invocations, /predict, /metrics.

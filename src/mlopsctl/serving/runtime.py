@@ -85,14 +85,19 @@ def build(store: Any, arts: ArtifactStore, ref: ModelRef, device: str, threads: 
         placement = scorer.record_placement() or {}
         on_cuda = CUDA in scorer.session.get_providers()
         if device == "cuda" and not on_cuda:
-            raise ConfigError(cuda_missing_message(""))
-        if device == "auto" and CUDA not in compute_providers(placement):
-            why = describe_placement(placement) if on_cuda else "onnxruntime could not start CUDA"
+            raise ConfigError(cuda_missing_message([]))
+        arithmetic_on_cuda = CUDA in compute_providers(placement)
+        if device == "auto" and not arithmetic_on_cuda:
+            why = (f"CUDA would only move data: {describe_placement(placement)}" if on_cuda
+                   else "onnxruntime could not start CUDA")
             log.warning("--device auto: using the CPU for %s version %s (%s)", loaded.name, loaded.version, why)
             served = _served(loaded, Scorer(loaded.onnx, loaded.contract, [CPU], threads))
         else:
-            served = replace(served, node_placement=placement,
-                             provider=CUDA if CUDA in compute_providers(placement) else CPU)
+            if not arithmetic_on_cuda:
+                log.warning("--device cuda: none of the arithmetic of %s version %s runs on CUDA (%s); --device cpu "
+                            "or auto avoids the copies to and from the GPU", loaded.name, loaded.version,
+                            describe_placement(placement))
+            served = replace(served, node_placement=placement, provider=CUDA if arithmetic_on_cuda else CPU)
     return served
 
 
