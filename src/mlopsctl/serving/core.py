@@ -87,8 +87,14 @@ def read_body() -> bytes:
     in werkzeug's ``LimitedStream``, which reads a large body in small chunks (+13 ms on a 10,000-row request)."""
     limit = int(state().settings.serve.max_body_mb * 1024 * 1024)
     length = request.content_length
-    if length is not None and length > limit:
-        raise RequestEntityTooLarge()
+    if length is not None:
+        if length > limit:
+            raise RequestEntityTooLarge()
+        # exactly the announced size: where werkzeug wraps the input in its LimitedStream (the development
+        # server, the test client, WSGI servers that do not mark their input as terminated), that is an
+        # io.RawIOBase, whose read(n) first allocates n bytes: read(limit + 1) cost a 32 MiB allocation and
+        # release on every request (+150 µs of CPU per /predict in process). gunicorn's input never did.
+        return request.stream.read(length)
     data = request.stream.read(limit + 1)
     if len(data) > limit:
         raise RequestEntityTooLarge()
