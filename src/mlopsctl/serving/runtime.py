@@ -75,8 +75,8 @@ def build(store: Any, arts: ArtifactStore, ref: ModelRef, device: str, threads: 
     """Load (sha256-verified), create the session and warm it up before anyone can use it.
 
     On a GPU the warm-up also records which provider runs each node. ``--device cuda`` fails when ONNX Runtime
-    could not start CUDA (it would quietly run on the CPU); ``auto`` then, or when CUDA would run none of the
-    model's nodes, uses a CPU session and says so."""
+    could not start CUDA (it would quietly run on the CPU), and warns when CUDA would only move data (none of
+    the model's arithmetic has a CUDA kernel); ``auto`` then uses a CPU session and says so."""
     loaded = load_model(store, arts, ref)
     providers = providers_for(device)
     scorer = Scorer(loaded.onnx, loaded.contract, providers, threads)
