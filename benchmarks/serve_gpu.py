@@ -83,6 +83,9 @@ def prepare(root: Path) -> None:
         assert run["parity"]["passed"], run["parity"]
         sh([*mlopsctl, "register", str(run["id"]), "--name", MODEL], cwd=d)
         sh([*mlopsctl, "promote", MODEL, "1"], cwd=d)
+        if name == "bc-mlp":  # a second version, for the hot reload on the GPU
+            run2 = json.loads(sh([*mlopsctl, "train", "--json", "--seed", "7", *train], cwd=d))
+            sh([*mlopsctl, "register", str(run2["id"]), "--name", MODEL], cwd=d)
         say(f"prepared {d}: {run['model']} (run {run['id']})")
 
 
@@ -159,7 +162,10 @@ def compare(a: dict, b: dict) -> dict:
     return res
 
 
-def serve(d: Path, device: str, env_extra: dict | None = None, load: bool = True) -> dict:
+def serve(d: Path, device: str, env_extra: dict | None = None, load: bool = True,
+          reload_to: tuple[int, ...] = ()) -> dict:
+    """A real ``mlopsctl serve`` on ``device``; ``reload_to``: under wrk load, move @production to each of
+    these versions in turn (``mlopsctl promote --force``) and count the failed requests across the swaps."""
     port = free_port()
     env = dict(os.environ, **(env_extra or {}))
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
@@ -194,6 +200,25 @@ def serve(d: Path, device: str, env_extra: dict | None = None, load: bool = True
         c.request("POST", "/predict", body=(d / "body1.json").read_bytes(), headers={"Content-Type": "application/json"})
         r = c.getresponse()
         res["predict_status"], res["predict"] = r.status, json.loads(r.read())
+        if reload_to:
+            import threading
+
+            out: dict = {}
+            loader = threading.Thread(target=lambda: out.update(wrk(f"http://{HOST}:{port}/predict",
+                                                                    d / "body1.json", 4 + 3 * len(reload_to))))
+            loader.start()
+            time.sleep(2)
+            for v in reload_to:
+                sh([sys.executable, "-m", "mlopsctl", "promote", MODEL, str(v), "--force", "--reason", "gpu reload"],
+                   cwd=d, env=env)
+                time.sleep(3)
+            loader.join()
+            res["wrk"] = out
+            c = http.client.HTTPConnection(HOST, port, timeout=60)
+            c.request("GET", f"/v2/models/{MODEL}")
+            res["metadata_after"] = json.loads(c.getresponse().read())
+            res["log"] = [ln for ln in log.read_text(errors="replace").splitlines() if "hot reload" in ln]
+            return res
         if load:
             wrk(f"http://{HOST}:{port}/predict", d / "body1.json", 2)
             res["wrk"] = wrk(f"http://{HOST}:{port}/predict", d / "body1.json", 5)
@@ -250,6 +275,10 @@ def check(root: Path, out: Path) -> None:
         for device in ("cpu", "cuda", "auto"):
             say(f"{name}: mlopsctl serve --device {device}")
             pr[f"serve_{device}"] = serve(d, device)
+            save()
+        if name == "bc-mlp":
+            say(f"{name}: hot reload on cuda under load (@production 1 -> 2 -> 1)")
+            pr["reload_cuda"] = serve(d, "cuda", reload_to=(2, 1))
             save()
         if name == "bc-rf":
             for device in ("cuda", "auto"):
@@ -310,6 +339,17 @@ def render(res: dict, source: str) -> str:
                         f"{s.get('rows_10k_s', float('nan')):.3f} |")
         lines += ["", "| server | ready (s) | metadata provider | req/s | p50 ms | p99 ms | non-2xx | 10k rows (s) |",
                   "| --- | --- | --- | --- | --- | --- | --- | --- |", *rows, ""]
+        rl = pr.get("reload_cuda")
+        if rl:
+            w = rl.get("wrk", {})
+            after = rl.get("metadata_after", {})
+            when = f" (a later run, {rl['machine']['date']}, on a fresh machine of the same kind)" if "machine" in rl else ""
+            lines.append(f"- Hot reload on `--device cuda` under wrk load{when} (@production 1 → 2 → 1 with `mlopsctl "
+                         f"promote --force`): {w.get('requests', '?'):,} requests, {w.get('non2xx', '?')} non-2xx, "
+                         f"{w.get('socket_errors', '?')} socket errors, p99 {w.get('p99_ms', float('nan')):.2f} ms; "
+                         f"{len(rl.get('log', []))} worker swaps logged, e.g. `{(rl.get('log') or [''])[0]}`; "
+                         f"serving version {after.get('versions')} on "
+                         f"{after.get('parameters', {}).get('execution_provider')} afterwards")
         for dev in ("cuda", "auto"):
             said = [ln for ln in pr.get(f"serve_{dev}", {}).get("log", []) if ln.startswith("--device")]
             if said:
