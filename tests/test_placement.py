@@ -108,6 +108,16 @@ def test_cuda_missing_message_is_one_actionable_line(said, why):
     assert msg.endswith("or use --device cpu.")
 
 
+def test_loading_cuda_libraries_is_silent_and_harmless_without_onnxruntime_gpu(capsys):
+    from mlopsctl.scoring import load_cuda_libraries
+
+    said = load_cuda_libraries()
+    assert isinstance(said, list) and all(isinstance(line, str) and line for line in said)
+    if CUDA not in ort.get_available_providers():  # a CPU build: nothing to load, nothing said
+        assert said == []
+    assert capsys.readouterr().out == ""  # what onnxruntime prints is returned, not printed
+
+
 def test_this_machine_offers_the_providers_the_probe_sees():
     from mlopsctl.errors import ConfigError
     from mlopsctl.scoring import probe_in_child
