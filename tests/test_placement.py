@@ -66,7 +66,9 @@ MIXED_ON_CUDA = {CUDA: ["Concat", "Cast", "Cast", "Cast", "Concat", "Reshape", "
 def test_placement_summary_counts_nodes_not_copies():
     assert describe_placement(FOREST_ON_CUDA) == ("CUDAExecutionProvider runs 1 of 3 nodes (Concat); "
                                                   "CPUExecutionProvider runs 2 of 3 nodes (Imputer, "
-                                                  "TreeEnsembleClassifier); 1 device copies")
+                                                  "TreeEnsembleClassifier); 1 device copy")
+    assert describe_placement(MLP_ON_CUDA).endswith(
+        "CPUExecutionProvider runs 4 of 17 nodes (Imputer, Scaler, ArrayFeatureExtractor, Reshape); 3 device copies")
     assert describe_placement({CPU: ["Imputer", "Imputer"]}) == "CPUExecutionProvider runs 2 of 2 nodes (Imputer)"
 
 

@@ -159,7 +159,7 @@ def describe_placement(placement: Mapping[str, list[str]]) -> str:
         if work:
             parts.append(f"{provider} runs {len(work)} of {total} nodes ({', '.join(dict.fromkeys(work))})")
     copies = sum(1 for ops in placement.values() for op in ops if op in COPY_OPS)
-    return "; ".join(parts) + (f"; {copies} device copies" if copies else "")
+    return "; ".join(parts) + (f"; {copies} device cop{'y' if copies == 1 else 'ies'}" if copies else "")
 
 
 def compute_providers(placement: Mapping[str, list[str]]) -> list[str]:
@@ -185,8 +185,15 @@ class Scorer:
             if CUDA in providers:
                 load_cuda_libraries()
             self._profile_dir = tempfile.mkdtemp(prefix="mlopsctl-placement-")
-        self.session = make_session(model_bytes, providers, threads,
-                                    os.path.join(self._profile_dir, "p") if self._profile_dir else "")
+        try:
+            self.session = make_session(model_bytes, providers, threads,
+                                        os.path.join(self._profile_dir, "p") if self._profile_dir else "")
+        except BaseException:
+            if self._profile_dir:
+                import shutil
+
+                shutil.rmtree(self._profile_dir, ignore_errors=True)
+            raise
         self.placement: dict[str, list[str]] | None = None
         self._outputs = list(contract.outputs.values())
         self._keys = tuple(contract.outputs)
