@@ -131,3 +131,14 @@ def test_this_machine_offers_the_providers_the_probe_sees():
         assert probe_in_child("auto") == [CPU]
         with pytest.raises(ConfigError, match="--device cuda needs CUDAExecutionProvider"):
             probe_in_child("cuda", b"not read")
+
+
+def test_a_gpu_session_that_cannot_be_created_leaves_no_profile_folder(forest_onnx, tmp_path, monkeypatch):
+    import tempfile
+
+    from mlopsctl.scoring import Scorer
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where the profile folder would be made
+    with pytest.raises(Exception, match="(?i)protobuf|not in available provider"):
+        Scorer(b"not an onnx model", None, [CUDA, CPU], 1)  # the contract is not read before the session
+    assert list(tmp_path.iterdir()) == []
