@@ -743,3 +743,90 @@ def test_failed_reload_keeps_serving_and_says_why(projects, make_app, bc_row):
     r = _post(client, "/predict", {"records": [bc_row]})
     assert r.status_code == 200
     assert r.get_json()["version"] == 1
+
+
+# ---- the /predict fast path ---------------------------------------------------------------------------------
+
+def _wsgi(wsgi_app: Any, body: bytes | None, headers: dict[str, str] | None = None, method: str = "POST",
+          path: str = "/predict", length: bool = True) -> tuple[str, dict[str, str], bytes]:
+    import io
+
+    environ = {"REQUEST_METHOD": method, "PATH_INFO": path, "SERVER_NAME": "127.0.0.1", "SERVER_PORT": "8080",
+               "SERVER_PROTOCOL": "HTTP/1.1", "QUERY_STRING": "", "wsgi.url_scheme": "http",
+               "wsgi.input": io.BytesIO(body or b""), "wsgi.errors": io.StringIO(), "CONTENT_TYPE": "application/json"}
+    if length and body is not None:
+        environ["CONTENT_LENGTH"] = str(len(body))
+    elif body is not None:  # a chunked body, as gunicorn passes it
+        environ["wsgi.input_terminated"] = True
+    for k, v in (headers or {}).items():
+        environ["HTTP_" + k.upper().replace("-", "_")] = v
+    got: dict[str, Any] = {}
+
+    def start_response(status: str, hdrs: list[tuple[str, str]], exc_info: Any = None) -> None:
+        got["status"], got["headers"] = status, dict(hdrs)
+
+    it = wsgi_app(environ, start_response)
+    try:
+        data = b"".join(it)
+    finally:
+        getattr(it, "close", lambda: None)()
+    return got["status"], got["headers"], data
+
+
+def _fast_path_cases(projects) -> list[tuple[str, bytes | None, dict[str, str], bool]]:
+    bc = training_records(projects["bc"], BC_TARGET, 3)
+    far = {**bc[0], "mean_radius": 1e6}
+    return [  # (what, body, headers, answered by the fast path)
+        ("one row", json.dumps({"records": bc[:1]}).encode(), {}, True),
+        ("three rows", json.dumps({"records": bc}).encode(), {}, True),
+        ("flagged far outside the training range", json.dumps({"records": [far]}).encode(), {}, True),
+        ("a missing column", json.dumps({"records": [{k: v for k, v in bc[0].items() if k != "mean_area"}]}).encode(),
+         {}, False),
+        ("an extra column", json.dumps({"records": [{**bc[0], "zip": 1}]}).encode(), {}, False),
+        ("no rows", b'{"records": []}', {}, False),
+        ("a string for a number", json.dumps({"records": [{**bc[0], "mean_area": "big"}]}).encode(), {}, False),
+        ("malformed JSON", b'{"records": [', {}, False),
+        ("binary junk", bytes(range(256)), {}, False),
+        ("an empty body", b"", {}, False),
+        ("a JSON list", b"[1, 2]", {}, False),
+    ]
+
+
+def test_the_fast_path_answers_exactly_as_flask_does(projects, make_app):
+    """Every case through the fast path and through the Flask app alone, with the same request id: the same
+    status, headers and bytes. Valid requests are answered by the fast path, everything else by Flask."""
+    app = make_app("bc", log_predictions=False)
+    fast = app.wsgi_app
+    flask_only = fast.wsgi_app
+    for what, body, headers, answered in _fast_path_cases(projects):
+        before = fast.answered
+        h = {"X-Request-ID": f"same-{len(what)}", **headers}
+        got_fast = _wsgi(fast, body, h)
+        got_flask = _wsgi(flask_only, body, h)
+        assert got_fast == got_flask, what
+        assert fast.answered - before == int(answered), what
+        status = int(got_fast[0].split()[0])
+        assert (status == 200) == answered and status < 500, what
+        assert got_fast[1]["Content-Type"] == "application/json", what
+        assert json.loads(got_fast[2])["request_id"] == h["X-Request-ID"], what
+
+
+def test_the_fast_path_leaves_other_requests_to_flask(projects, make_app, bc_row):
+    app = make_app("bc", log_predictions=False, token="s3cret", max_body_mb=0.001)
+    fast = app.wsgi_app
+    one = json.dumps({"records": [bc_row]}).encode()
+    auth = {"Authorization": "Bearer s3cret"}
+    assert _wsgi(fast, one, auth)[0] == "200 OK" and fast.answered == 1
+    status, _, data = _wsgi(fast, one, {"Authorization": "Bearer wrong"})
+    assert status.startswith("401") and json.loads(data)["message"] == TOKEN_MSG
+    assert _wsgi(fast, one, {})[0].startswith("401")
+    big = json.dumps({"records": [bc_row] * 10}).encode()  # over the 1 kB body limit
+    assert _wsgi(fast, big, auth)[0].startswith("413")
+    status, _, data = _wsgi(fast, one, auth, length=False)  # no Content-Length: Flask reads the stream
+    assert status == "200 OK" and json.loads(data)["predictions"]
+    assert _wsgi(fast, one, auth, method="PUT")[0].startswith("405")
+    assert _wsgi(fast, None, auth, method="GET", path="/v2/health/ready")[0] == "200 OK"
+    assert fast.answered == 1  # none of these was the fast path's
+    # the fast path counts what Flask's hooks count
+    metrics = _wsgi(fast, None, auth, method="GET", path="/metrics")[2].decode()
+    assert re.search(r'mlops_requests_total\{endpoint="predict",status="200"\} 2\.0', metrics), metrics[:2000]

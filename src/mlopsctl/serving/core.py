@@ -162,9 +162,12 @@ class Inference:
     warnings: list[str]
 
 
-def infer(columns: dict[str, Any], n_rows: int, endpoint: str) -> Inference:
-    """Check ``columns`` against the served version's contract, score them, log the prediction."""
-    st = state()
+def infer(columns: dict[str, Any], n_rows: int, endpoint: str, st: ServerState | None = None,
+          rid: str | None = None) -> Inference:
+    """Check ``columns`` against the served version's contract, score them, log the prediction. ``st`` and
+    ``rid`` are given by a caller outside Flask's request context (:mod:`mlopsctl.serving.fastpath`)."""
+    if st is None:
+        st = state()
     served = st.model  # one snapshot for the whole request, even if the alias moves meanwhile
     serve = st.settings.serve
     if n_rows == 0:
@@ -187,7 +190,7 @@ def infer(columns: dict[str, Any], n_rows: int, endpoint: str) -> Inference:
     outputs = served.scorer.run_feeds(served.contract.feeds(checked))
     st.metrics.rows_scored(served.name, served.version, n_rows)
     if st.predlog is not None:
-        st.predlog.submit(request_id(), served.name, served.version, endpoint, (time.perf_counter() - t0) * 1000,
+        st.predlog.submit(rid or request_id(), served.name, served.version, endpoint, (time.perf_counter() - t0) * 1000,
                           checked.normalized, outputs, n_rows, block=checked.block,
                           block_columns=checked.block_columns)
     return Inference(served, outputs, n_rows, warnings)
