@@ -10,7 +10,6 @@ import time
 from typing import Any
 
 import numpy as np
-import orjson
 from flask import Flask, Response, g, request
 from werkzeug.exceptions import HTTPException
 
@@ -20,8 +19,8 @@ from mlopsctl.errors import InvalidInputError, MlopsError
 from mlopsctl.registry import latest_monitor_results, parse_ref
 from mlopsctl.serving import mlflow, v2
 from mlopsctl.serving.core import (
-    RELEASE_AFTER_ROWS, ServerState, Unauthorized, error_response, infer, json_response, new_request_id, parse_json,
-    read_body, records_to_columns, release_after, request_id, state,
+    RELEASE_AFTER_ROWS, ServerState, Unauthorized, dump_json, error_response, infer, json_response, new_request_id,
+    parse_json, read_body, records_to_columns, release_after, request_id, state,
 )
 from mlopsctl.serving.metrics import Metrics
 from mlopsctl.serving.openapi import spec
@@ -93,7 +92,7 @@ class FastPredict:
     def __init__(self, app: Flask, wsgi_app: Any):
         self.wsgi_app = wsgi_app
         self.state: ServerState = app.extensions["mlopsctl"]
-        self.limit = int(self.state.settings.serve.max_body_mb * 1024 * 1024)
+        self.limit = self.state.body_limit
         self.answered = 0  # requests this path answered itself (the rest went to Flask)
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
@@ -102,11 +101,12 @@ class FastPredict:
         t0 = time.perf_counter()
         st = self.state
         length = environ.get("CONTENT_LENGTH") or ""
-        if not length.isdigit() or int(length) > self.limit or (
-                st.token and not token_ok(environ.get("HTTP_AUTHORIZATION", ""), st.token)):
+        size = int(length) if length.isdigit() else -1
+        wrong_token = st.token and not token_ok(environ.get("HTTP_AUTHORIZATION", ""), st.token)
+        if not 0 <= size <= self.limit or wrong_token:
             return self.wsgi_app(environ, start_response)
-        raw = environ["wsgi.input"].read(int(length))
-        decoded = st.model.records.columns(raw) if len(raw) == int(length) else None
+        raw = environ["wsgi.input"].read(size)
+        decoded = st.model.records.columns(raw) if len(raw) == size else None
         if decoded is None:
             return self._to_flask(environ, start_response, raw)
         columns, n, parsed = decoded
@@ -115,7 +115,7 @@ class FastPredict:
             result = infer(columns, n, "predict", st, rid)
         except Exception:  # a contract error, an empty or oversized batch...: Flask words the answer
             return self._to_flask(environ, start_response, raw)
-        data = orjson.dumps(_predict_body(result, rid), option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS)
+        data = dump_json(_predict_body(result, rid))
         st.metrics.request_done("predict", 200, time.perf_counter() - t0)
         self.answered += 1
         start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(data))),

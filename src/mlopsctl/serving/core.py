@@ -51,6 +51,11 @@ class ServerState:
     def model(self) -> ServedModel:
         return self.holder.current
 
+    @property
+    def body_limit(self) -> int:
+        """``serve.max_body_mb`` in bytes."""
+        return int(self.settings.serve.max_body_mb * 1024 * 1024)
+
 
 def state() -> ServerState:
     return current_app.extensions["mlopsctl"]
@@ -58,9 +63,13 @@ def state() -> ServerState:
 
 # ---- JSON ---------------------------------------------------------------------------------------------
 
+def dump_json(body: Any) -> bytes:
+    """An answer's JSON (numpy values and non-string keys allowed)."""
+    return orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS)
+
+
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    data = orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS)
-    resp = Response(data, status=status, mimetype="application/json")
+    resp = Response(dump_json(body), status=status, mimetype="application/json")
     if headers:
         resp.headers.update(headers)
     return resp
@@ -85,7 +94,7 @@ def read_body() -> bytes:
 
     The limit is enforced here, not with Flask's ``MAX_CONTENT_LENGTH``: under gunicorn that wraps the input
     in werkzeug's ``LimitedStream``, which reads a large body in small chunks (+13 ms on a 10,000-row request)."""
-    limit = int(state().settings.serve.max_body_mb * 1024 * 1024)
+    limit = state().body_limit
     length = request.content_length
     if length is not None:
         if length > limit:
@@ -165,7 +174,7 @@ class Inference:
 def infer(columns: dict[str, Any], n_rows: int, endpoint: str, st: ServerState | None = None,
           rid: str | None = None) -> Inference:
     """Check ``columns`` against the served version's contract, score them, log the prediction. ``st`` and
-    ``rid`` are given by a caller outside Flask's request context (:mod:`mlopsctl.serving.fastpath`)."""
+    ``rid`` are given by a caller outside Flask's request context (``serving.app.FastPredict``)."""
     if st is None:
         st = state()
     served = st.model  # one snapshot for the whole request, even if the alias moves meanwhile
@@ -190,8 +199,8 @@ def infer(columns: dict[str, Any], n_rows: int, endpoint: str, st: ServerState |
     outputs = served.scorer.run_feeds(served.contract.feeds(checked))
     st.metrics.rows_scored(served.name, served.version, n_rows)
     if st.predlog is not None:
-        st.predlog.submit(rid or request_id(), served.name, served.version, endpoint, (time.perf_counter() - t0) * 1000,
-                          checked.normalized, outputs, n_rows, block=checked.block,
+        st.predlog.submit(rid or request_id(), served.name, served.version, endpoint,
+                          (time.perf_counter() - t0) * 1000, checked.normalized, outputs, n_rows, block=checked.block,
                           block_columns=checked.block_columns)
     return Inference(served, outputs, n_rows, warnings)
 
