@@ -45,7 +45,7 @@ def test_init_creates_a_project(cli, tmp_path):
     assert (project / "data" / "incoming").is_dir()
     s = load_settings({}, {}, project)
     assert s.config_file == (project / CONFIG_FILE).resolve()
-    assert s.train.params == {"n_estimators": 200}
+    assert (s.train.model, s.train.params, s.data.exclude) == ("auto", {}, [])
     assert s.data.target == "label"
 
 

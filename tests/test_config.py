@@ -201,8 +201,11 @@ ERRORS = [
      "train.metric in a command-line flag must be one of auto, accuracy, f1_macro, roc_auc, log_loss, rmse, "
      "mae, r2; got 'auc'."),
     # unknown / unparsable environment variables
-    (None, {"MLOPS_BOGUS": "1"}, {},
-     f"unknown environment variable MLOPS_BOGUS; valid ones: {VALID_ENV}."),
+    (None, {"MLOPS_SERVE_TOKN": "s3cret"}, {},  # a known section with an unknown key: a typo
+     "unknown environment variable MLOPS_SERVE_TOKN; the [serve] variables are: "
+     + ", ".join(v for v in VALID_ENV.split(", ") if v.startswith("MLOPS_SERVE_")) + "."),
+    (None, {"MLOPS_DATA_EXCLUDE": '[1, "id"]'}, {},
+     "data.exclude in the environment must be a list of column names, got [1, 'id']."),
     (None, {"MLOPS_TRAIN_SEED": "seven"}, {},
      "train.seed from the environment must be an integer, got 'seven'."),
     (None, {"MLOPS_TRAIN_TEST_SIZE": "a fifth"}, {},
@@ -279,7 +282,8 @@ def test_a_folder_named_like_the_config_file_is_not_a_config(tmp_path):
     ("[train]\nseed = \"x\"\n", {}, "train.seed in .mlops.toml must be an integer, got 'x'."),
     ("[data]\ntask = \"clustering\"\n", {},
      "data.task in .mlops.toml must be one of auto, classification, regression; got 'clustering'."),
-    ("", {"MLOPS_NOPE": "1"}, f"unknown environment variable MLOPS_NOPE; valid ones: {VALID_ENV}."),
+    ("", {"MLOPS_TRAIN_NOPE": "1"}, "unknown environment variable MLOPS_TRAIN_NOPE; the [train] variables are: "
+     + ", ".join(v for v in VALID_ENV.split(", ") if v.startswith("MLOPS_TRAIN_")) + "."),
     ("", {"MLOPS_TRAIN_SEED": "x"}, "train.seed from the environment must be an integer, got 'x'."),
 ])
 @pytest.mark.parametrize("command", [["runs", "list"], ["data", "list"], ["train"]])
@@ -338,3 +342,17 @@ def test_mlops_toml_example_lists_every_key_with_its_default(tmp_path):
             assert value == defaults[f"{section}.{key}"], f"{section}.{key}"
     shutil.copy(example, tmp_path / ".mlops.toml")
     assert load_settings({}, {}, tmp_path).serve.port == 8080
+
+
+def test_other_tools_mlops_variables_are_ignored(tmp_path):
+    """MLOPS_ is a common prefix: a variable whose next word is not one of our sections belongs to another tool."""
+    s = load_settings({}, {"MLOPS_VENV": "/opt/venv", "MLOPS_DEBUG": "1", "MLOPS_": "x", "MLOPS_TRAIN_SEED": "7"},
+                      tmp_path)
+    assert s.train.seed == 7
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    ("id,signup_date", ["id", "signup_date"]), (" id , x ", ["id", "x"]), ('["a,b", "c"]', ["a,b", "c"]), ("", []),
+])
+def test_exclude_from_the_environment(tmp_path, value, expected):
+    assert load_settings({}, {"MLOPS_DATA_EXCLUDE": value}, tmp_path).data.exclude == expected

@@ -198,7 +198,7 @@ class _Writer:
 def _output_columns(model: LoadedModel) -> list[str]:
     c = model.contract
     if c.task == "classification":
-        return [PREDICTION_COLUMN, *[f"proba_{k}" for k in c.classes or ()], ERROR_COLUMN]
+        return [PREDICTION_COLUMN, *[f"proba_{k}" for k in c.class_keys], ERROR_COLUMN]
     return [PREDICTION_COLUMN, ERROR_COLUMN]
 
 
@@ -236,8 +236,9 @@ def _score_batch(model: LoadedModel, scorer: Any, batch: Any, offset: int, unkno
         return pa.array(full, type=pa_type, mask=mask)
 
     if contract.task == "classification":
+        label_type = {"integer": pa.int64(), "boolean": pa.bool_(), "float": pa.float64()}.get(
+            contract.label_type or "", pa.string())
         labels = np.asarray(outputs["label"]).ravel() if n_good else np.empty(0, dtype=object)
-        label_type = pa.string() if labels.dtype.kind in "OUS" else pa.int64()
         arrays.append(spread(labels.astype(object) if label_type == pa.string() else labels, label_type))
         proba = np.asarray(outputs["probabilities"]) if n_good else np.empty((0, len(contract.classes or ())), np.float32)
         for j, _ in enumerate(contract.classes or ()):

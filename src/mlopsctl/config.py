@@ -23,6 +23,8 @@ def _opt(default: Any, doc: str, choices: tuple | None = None, path: bool = Fals
     meta = {"doc": doc, "choices": choices, "path": path}
     if isinstance(default, dict):
         return field(default_factory=lambda: dict(default), metadata=meta)
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
     return field(default=default, metadata=meta)
 
 
@@ -39,11 +41,12 @@ class DataSettings:
     target: str = _opt("label", "the column to predict")
     task: str = _opt("auto", "the learning task", choices=("auto", "classification", "regression"))
     name: str = _opt("", "dataset name in the store (default: the file name without extension)")
+    exclude: list = _opt([], "columns that are not features (ids, free text, dates), e.g. [\"customer_id\"]")
 
 
 @dataclass(frozen=True)
 class TrainSettings:
-    model: str = _opt("sklearn.ensemble.RandomForestClassifier", "estimator class path")
+    model: str = _opt("auto", "estimator class path; auto: a random forest classifier or regressor by the task")
     params: dict = _opt({}, "estimator parameters, e.g. { n_estimators = 200 }")
     test_size: float = _opt(0.2, "held-out fraction (0 < test_size < 1)")
     seed: int = _opt(42, "seed for the split and the estimator")
@@ -53,6 +56,7 @@ class TrainSettings:
     )
     experiment: str = _opt("default", "experiment that runs are recorded under")
     reference_rows: int = _opt(1000, "training rows kept in the contract as the monitoring reference")
+    max_categories: int = _opt(50, "a categorical column is one-hot encoded on at most this many of its most frequent values")
 
 
 @dataclass(frozen=True)
@@ -176,7 +180,8 @@ def find_project_dir(start: Path | None = None) -> Path:
     return start
 
 
-_TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false", dict: "a table"}
+_TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false", dict: "a table",
+               list: "a list"}
 
 
 def _coerce(key: str, value: Any, typ: type, choices: tuple | None, source: str) -> Any:
@@ -195,6 +200,8 @@ def _coerce(key: str, value: Any, typ: type, choices: tuple | None, source: str)
                 value = float(text)
             elif typ is dict:
                 value = json.loads(text)
+            elif typ is list:  # a JSON list, or comma-separated names: MLOPS_DATA_EXCLUDE=id,signup_date
+                value = json.loads(text) if text.startswith("[") else [p.strip() for p in text.split(",") if p.strip()]
         except ValueError:
             raise ConfigError(f"{key} from {source} must be {_TYPE_NAMES[typ]}, got {value!r}.") from None
     ok = (
@@ -203,8 +210,11 @@ def _coerce(key: str, value: Any, typ: type, choices: tuple | None, source: str)
         else isinstance(value, (int, float)) and not isinstance(value, bool) if typ is float
         else isinstance(value, typ)
     )
+    if ok and typ is list:
+        ok = all(isinstance(v, str) and v for v in value)
     if not ok:
-        raise ConfigError(f"{key} in {source} must be {_TYPE_NAMES[typ]}, got {value!r}.")
+        raise ConfigError(f"{key} in {source} must be {_TYPE_NAMES[typ]}"
+                          + (" of column names" if typ is list else "") + f", got {value!r}.")
     if typ is float:
         value = float(value)
     if choices and value not in choices:
@@ -213,7 +223,7 @@ def _coerce(key: str, value: Any, typ: type, choices: tuple | None, source: str)
 
 
 def _field_types(cls: type) -> dict[str, tuple[type, tuple | None]]:
-    hints = {"str": str, "int": int, "float": float, "bool": bool, "dict": dict}
+    hints = {"str": str, "int": int, "float": float, "bool": bool, "dict": dict, "list": list}
     return {f.name: (hints[f.type] if isinstance(f.type, str) else f.type, f.metadata["choices"]) for f in fields(cls)}
 
 
@@ -268,8 +278,12 @@ def load_settings(
         if not name.startswith(ENV_PREFIX):
             continue
         if name not in valid_env:
-            raise ConfigError(
-                f"unknown environment variable {name}; valid ones: {', '.join(sorted(valid_env))}."
+            section = name[len(ENV_PREFIX):].partition("_")[0].lower()
+            if section not in SECTIONS:
+                continue  # MLOPS_ is a common prefix: MLOPS_VENV, MLOPS_DEBUG... belong to other tools
+            known = sorted(v for v in valid_env if v.startswith(f"{ENV_PREFIX}{section.upper()}_"))
+            raise ConfigError(  # a known section with an unknown key is a typo
+                f"unknown environment variable {name}; the [{section}] variables are: {', '.join(known)}."
             )
         env_layer[valid_env[name]] = value
     layers.append(("the environment", env_layer))
@@ -296,6 +310,8 @@ def load_settings(
 def _check_ranges(s: Settings) -> None:
     if not 0.0 < s.train.test_size < 1.0:
         raise ConfigError(f"train.test_size must be between 0 and 1 (exclusive), got {s.train.test_size}.")
+    if s.train.max_categories < 1:
+        raise ConfigError(f"train.max_categories must be at least 1, got {s.train.max_categories}.")
     if s.train.reference_rows < 0:
         raise ConfigError(f"train.reference_rows must be 0 or more, got {s.train.reference_rows}.")
     if not 0 < s.serve.port < 65536:

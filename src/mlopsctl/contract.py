@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from typing import Any, Mapping
 
+from mlopsctl import labels
 from mlopsctl._version import __version__
 from mlopsctl.errors import InvalidInputError
 
@@ -76,10 +77,12 @@ class Contract:
     target: str
     task: str  # classification | regression
     columns: tuple[ColumnSpec, ...]
-    classes: tuple[Any, ...] | None = None
+    classes: tuple[Any, ...] | None = None  # typed as in the training file (see mlopsctl.labels)
+    label_type: str | None = None  # classification: integer | boolean | float | string
     numeric_dtype: str = "float32"  # dtype of numeric ONNX inputs
     outputs: dict[str, str] = field(default_factory=lambda: {"label": "label", "probabilities": "probabilities"})
     reference: dict[str, Any] = field(default_factory=dict)  # {"columns": [...], "rows": [[...], ...]}
+    ignored: tuple[str, ...] = ()  # columns of the training file that are not features (data.exclude, dates)
     format_version: int = FORMAT_VERSION
     mlopsctl_version: str = __version__
 
@@ -91,6 +94,7 @@ class Contract:
             if c["categories"] is not None:
                 c["categories"] = list(c["categories"])
         d["classes"] = list(self.classes) if self.classes is not None else None
+        d["ignored"] = list(self.ignored)
         return d
 
     def to_json(self) -> str:
@@ -115,8 +119,9 @@ class Contract:
         return cls(
             target=d["target"], task=d["task"], columns=cols,
             classes=tuple(d["classes"]) if d.get("classes") is not None else None,
+            label_type=d.get("label_type") or (labels.infer_type(d["classes"]) if d.get("classes") else None),
             numeric_dtype=d.get("numeric_dtype", "float32"), outputs=dict(d["outputs"]),
-            reference=dict(d.get("reference") or {}), format_version=version,
+            reference=dict(d.get("reference") or {}), ignored=tuple(d.get("ignored") or ()), format_version=version,
             mlopsctl_version=d.get("mlopsctl_version", "?"),
         )
 
@@ -133,6 +138,20 @@ class Contract:
     def numeric_names(self) -> tuple[str, ...]:
         """The numeric and boolean columns, in contract order (the vectorised check's block rows)."""
         return self._plan.names
+
+    @cached_property
+    def class_keys(self) -> list[str]:
+        """Each class as text (:func:`mlopsctl.labels.text`): probability keys and ``proba_<class>`` names."""
+        return [labels.text(c) for c in self.classes or ()]
+
+    def decode_labels(self, codes: Any) -> Any:
+        """The graph's label output in the training file's label type (bool, float; others as they are)."""
+        decode = labels.decoder(self.label_type)
+        return codes if decode is None else decode(codes)
+
+    def coerce_labels(self, values: Any) -> tuple[Any, Any]:
+        """Labels from elsewhere (feedback, new files) as this model's label type: (array, valid mask)."""
+        return labels.coerce(values, self.label_type or "string")
 
     def column(self, name: str) -> ColumnSpec:
         for c in self.columns:
@@ -176,7 +195,7 @@ class Contract:
                 f"missing column(s) {', '.join(map(repr, missing))}; the model needs {', '.join(self.feature_names)}."
             )
         if extra_columns == "reject" and len(data) > len(self.columns):
-            known = set(self.feature_names)
+            known = set(self.feature_names).union(self.ignored)
             extra = [str(k) for k in data if k not in known]
             if extra:
                 raise InvalidInputError(

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mlopsctl import labels
 from mlopsctl.contract import ColumnSpec, Contract
 from mlopsctl.errors import InvalidInputError, NotFoundError
 
@@ -117,6 +118,7 @@ class TrainingFrame:
     y: pd.Series
     target: str
     task: str
+    dropped: int = 0  # rows without a target value, left out
 
 
 def split_target(df: pd.DataFrame, target: str, task: str = "auto", *, source: str = "the data") -> TrainingFrame:
@@ -134,12 +136,59 @@ def split_target(df: pd.DataFrame, target: str, task: str = "auto", *, source: s
     if X.shape[1] == 0:
         raise InvalidInputError(f"{source} has only the target column {target!r}; add feature columns.")
     y = y[keep].reset_index(drop=True)
-    return TrainingFrame(X=X, y=y, target=target, task=infer_task(y, task))
+    return TrainingFrame(X=X, y=y, target=target, task=infer_task(y, task), dropped=int((~keep).sum()))
+
+
+ISO_DATE = r"\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:Z|[+-]\d{2}:?\d{2})?)?"
+MIN_ROWS_FOR_ID = 20  # a column unique in fewer rows proves nothing
+
+
+@dataclass
+class Screened:
+    """What :func:`screen_columns` found: date columns (left out) and one-line notices about columns."""
+
+    dates: list[str]
+    notices: list[str]
+
+
+def screen_columns(X: pd.DataFrame, max_categories: int) -> Screened:
+    """Find columns that are not good features: dates (left out: ONNX cannot parse them), identifiers (unique
+    per row) and free text or very many categories (kept, but said)."""
+    import pandas as pd
+
+    import shlex
+
+    dates, notices = [], []
+    n = len(X)
+    for c in X.columns:
+        s = X[c]
+        values = s.dropna()
+        text = s.dtype == object or pd.api.types.is_string_dtype(s)
+        sample = values.head(1000).astype(str) if text else None
+        if pd.api.types.is_datetime64_any_dtype(s) or (
+                text and len(values) and sample.str.fullmatch(ISO_DATE).mean() >= 0.95):
+            dates.append(c)
+            notices.append(f"column {c!r} holds dates; it is left out of the features (derive numbers from it, such "
+                           f"as days since, to use it; list it in data.exclude to silence this).")
+            continue
+        kind = column_kind(s)
+        distinct = values.nunique()
+        flag = f"--exclude {shlex.quote(str(c))}"
+        if n >= MIN_ROWS_FOR_ID and distinct == n and (kind == "categorical" or pd.api.types.is_integer_dtype(s)):
+            notices.append(f"column {c!r} has a different value in every row, like an identifier; a model cannot "
+                           f"learn from it: exclude it with {flag} or data.exclude = [\"{c}\"].")
+        elif kind == "categorical" and distinct > max_categories:
+            prose = distinct > len(values) / 2 and sample is not None and sample.str.contains(" ").mean() > 0.5
+            notices.append(f"column {c!r} {'looks like free text' if prose else 'has many values'} ({distinct} "
+                           f"different values in {n} rows); it is one-hot encoded on its {max_categories} most "
+                           f"frequent (train.max_categories), the others count as unseen; exclude it with {flag} "
+                           "if it is not a feature.")
+    return Screened(dates, notices)
 
 
 def build_contract(
-    X: pd.DataFrame, y: pd.Series, *, target: str, task: str, classes: Any = None,
-    reference_rows: int = 1000, seed: int = 0,
+    X: pd.DataFrame, y: pd.Series, *, target: str, task: str, classes: Any = None, label_type: str | None = None,
+    reference_rows: int = 1000, seed: int = 0, ignored: tuple[str, ...] = (),
 ) -> Contract:
     """Learn the input contract (types, categories, ranges, null rates, reference sample) from X."""
     cols = []
@@ -161,10 +210,11 @@ def build_contract(
         "columns": [str(c) for c in X.columns],
         "rows": ref.astype(object).where(ref.notna(), None).to_numpy().tolist(),
     }
+    typed = tuple(_plain(c) for c in classes) if classes is not None else None
     return Contract(
-        target=target, task=task, columns=tuple(cols),
-        classes=tuple(_plain(c) for c in classes) if classes is not None else None,
-        reference=reference,
+        target=target, task=task, columns=tuple(cols), classes=typed,
+        label_type=(label_type or labels.infer_type(typed)) if typed is not None else None, reference=reference,
+        ignored=tuple(map(str, ignored)),
     )
 
 

@@ -51,6 +51,9 @@ def encode_columns(inputs: dict[str, np.ndarray], outputs: dict[str, np.ndarray]
             columns[f"{OUT}{key}"] = _strings(arr.ravel())
         elif arr.dtype.kind in "iuf":
             columns[f"{OUT}{key}"] = _numeric(arr.ravel(), arr.dtype)
+        elif arr.dtype.kind == "b":  # boolean class labels: Arrow's bit-packed booleans from numpy's bytes
+            columns[f"{OUT}{key}"] = pa.Array.from_buffers(
+                pa.bool_(), arr.size, [None, pa.py_buffer(np.packbits(arr.ravel(), bitorder="little"))])
         else:
             columns[f"{OUT}{key}"] = pa.array(arr.ravel())
     table = pa.table(columns)

@@ -197,6 +197,7 @@ class Scorer:
         self.placement: dict[str, list[str]] | None = None
         self._outputs = list(contract.outputs.values())
         self._keys = tuple(contract.outputs)
+        self._decode = contract.decode_labels if contract.label_type in ("boolean", "float") else None
         # InferenceSession.run re-checks the feed names in Python on every call (8 of its 31 µs on a 30-input
         # model, one row) before calling its C++ session. Feeds built from the contract always match the
         # graph (a mismatch still fails in C++, as a RuntimeError), so CPU sessions call that session
@@ -225,14 +226,18 @@ class Scorer:
         return self.session.get_providers()[0]
 
     def run(self, normalized: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Raw outputs (``label``/``probabilities`` or ``prediction``) for :meth:`Contract.normalize` output."""
+        """Outputs (``label``/``probabilities`` or ``prediction``) for :meth:`Contract.normalize` output."""
         return self.run_feeds(self.contract.onnx_feeds(normalized))
 
     def run_feeds(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Raw outputs for ready feeds (:meth:`Contract.feeds`)."""
+        """Outputs for ready feeds (:meth:`Contract.feeds`), class labels in the training file's type."""
         if self._direct is not None:
-            return dict(zip(self._keys, self._direct(self._outputs, feeds, None)))
-        return dict(zip(self._keys, self.session.run(self._outputs, feeds)))
+            out = dict(zip(self._keys, self._direct(self._outputs, feeds, None)))
+        else:
+            out = dict(zip(self._keys, self.session.run(self._outputs, feeds)))
+        if self._decode is not None:
+            out["label"] = self._decode(out["label"])
+        return out
 
     def predict_frame(self, frame: Any) -> dict[str, np.ndarray]:
         return self.run(self.contract.normalize({c: frame[c] for c in self.contract.feature_names}))

@@ -59,10 +59,11 @@ artifacts = ".mlops/artifacts"
 [data]
 path = "data/train.csv"
 target = "label"
+exclude = []            # columns that are not features, e.g. ["customer_id"]
 
 [train]
-model = "sklearn.ensemble.RandomForestClassifier"
-params = { n_estimators = 200 }
+model = "auto"          # a random forest classifier or regressor by the task, or any estimator class path
+params = {}
 """
 
 
@@ -123,7 +124,7 @@ def add_dataset(settings: Settings, path: Path, name: str | None = None) -> dict
 def list_datasets(settings: Settings) -> list[dict[str, Any]]:
     from mlopsctl import tracking
 
-    with store_for(settings).session() as s:
+    with store_for(settings).read() as s:
         out = []
         for ds in tracking.list_datasets(s):
             latest = ds.versions[-1] if ds.versions else None
@@ -137,7 +138,7 @@ def list_datasets(settings: Settings) -> list[dict[str, Any]]:
 def show_dataset(settings: Settings, ref: str) -> dict[str, Any]:
     from mlopsctl import tracking
 
-    with store_for(settings).session() as s:
+    with store_for(settings).read() as s:
         dv = tracking.get_dataset_version(s, ref)
         view = tracking.dataset_version_view(dv)
         view["versions"] = [{"version": v.version, "rows": v.row_count, "fingerprint": v.fingerprint,
@@ -224,6 +225,7 @@ def describe_failure(exc: BaseException) -> str:
 def train_and_track(
     settings: Settings, *, data_path: Path | None = None, run_name: str | None = None,
     experiment: str | None = None, progress: Callable[[str], None] = lambda stage: None,
+    notify: Callable[[str], None] = lambda line: None,
 ) -> dict[str, Any]:
     """Read the data, train, export, check parity and record everything as one run.
 
@@ -240,8 +242,11 @@ def train_and_track(
         model=settings.train.model, params=dict(settings.train.params), target=settings.data.target,
         task=settings.data.task, test_size=settings.train.test_size, seed=settings.train.seed,
         reference_rows=settings.train.reference_rows, source=str(path.name),
+        exclude=tuple(settings.data.exclude), max_categories=settings.train.max_categories,
     )
     prepared = training.prepare(df, spec)
+    for line in prepared.notices:
+        notify(line)
     _, _, dv_id = record_dataset(settings, path, df, None)
     store = store_for(settings)
     with store.session() as s:
@@ -251,6 +256,10 @@ def train_and_track(
             environment=environment(),
         )
         run_id = run.id
+        if prepared.notices:
+            tracking.set_tags(s, run_id, {"data.notices": "\n".join(prepared.notices)})
+        if prepared.ignored:
+            tracking.log_params(s, run_id, {"excluded_columns": ",".join(map(str, prepared.ignored))})
     try:
         result = training.train(prepared, progress)
         progress("record")
@@ -264,7 +273,8 @@ def train_and_track(
             r.model_class = result.model_class
             tracking.log_params(s, run_id, {f"model.{k}": v for k, v in result.params.items()})
             tracking.log_params(s, run_id, {"target": spec.target, "task": result.task, "test_size": spec.test_size,
-                                            "seed": spec.seed, "n_train": result.n_train, "n_test": result.n_test})
+                                            "seed": spec.seed, "n_train": result.n_train, "n_test": result.n_test,
+                                            "rows_without_target": result.dropped})
             tracking.log_metrics(s, run_id, result.metrics)
             tracking.set_tags(s, run_id, {f"timing.{k}": f"{v:.3f}" for k, v in result.timings.items()})
             record_model(s, run_id, files, _jsonable(result.parity.to_dict()),
@@ -281,7 +291,7 @@ def train_and_track(
 def list_runs(settings: Settings, experiment: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
     from mlopsctl import tracking
 
-    with store_for(settings).session() as s:
+    with store_for(settings).read() as s:
         runs = tracking.list_runs(s, experiment, limit)
         metrics = tracking.metrics_for(s, [r.id for r in runs])
         return [tracking.run_summary(r, metrics[r.id]) for r in runs]
@@ -290,7 +300,7 @@ def list_runs(settings: Settings, experiment: str | None = None, limit: int = 10
 def show_run(settings: Settings, ref: str) -> dict[str, Any]:
     from mlopsctl import tracking
 
-    with store_for(settings).session() as s:
+    with store_for(settings).read() as s:
         return tracking.run_detail(s, tracking.get_run(s, ref))
 
 
@@ -411,20 +421,25 @@ def contract_compatibility(holder: Contract, candidate: Contract) -> dict[str, A
 
 
 def _score(model: LoadedModel, frame: Any, target: str, metric: str) -> float:
+    """``metric`` of ``model`` on ``frame``'s rows that have a target, scored through ONNX Runtime."""
     import numpy as np
 
     from mlopsctl.scoring import Scorer
     from mlopsctl.training import metrics as m
 
-    out = Scorer(model.onnx, model.contract).predict_frame(frame)
-    y = frame[target].to_numpy()
-    if model.contract.task == "classification":
+    contract = model.contract
+    if contract.task == "classification":
+        y, valid = contract.coerce_labels(frame[target].tolist())
+        if not valid.all():  # rows without a label (or with one this model cannot have) are not scored
+            frame, (y, _) = frame[valid], contract.coerce_labels(y[valid])
+    else:
+        y = frame[target].to_numpy(dtype="float64", na_value=np.nan)
+        frame, y = frame[~np.isnan(y)], y[~np.isnan(y)]
+    out = Scorer(model.onnx, contract).predict_frame(frame)
+    if contract.task == "classification":
         proba = np.asarray(out["probabilities"], dtype=np.float64)
-        classes = np.asarray(model.contract.classes, dtype=object)
-        labels = classes[np.argmax(proba, axis=1)]
-        y = y.astype(object) if classes.dtype == object else y
-        return m.classification_metrics(y, labels, proba, list(model.contract.classes))[metric]
-    return m.regression_metrics(y.astype("float64"), np.asarray(out["prediction"]).ravel())[metric]
+        return m.classification_metrics(y, np.asarray(out["label"]).ravel(), proba, list(contract.classes))[metric]
+    return m.regression_metrics(y, np.asarray(out["prediction"]).ravel())[metric]
 
 
 def evaluate_gate(settings: Settings, candidate: LoadedModel, holder: LoadedModel | None, *, alias: str,
@@ -575,7 +590,7 @@ def rollback(settings: Settings, name: str, *, alias: str | None = None, reason:
 def list_models(settings: Settings) -> list[dict[str, Any]]:
     from mlopsctl import registry
 
-    with store_for(settings).session() as s:
+    with store_for(settings).read() as s:
         return [{"name": m.name, "versions": len(m.versions),
                  "latest": m.versions[-1].version if m.versions else None,
                  "aliases": {a.name: a.version.version for a in m.aliases}} for m in registry.list_models(s)]
@@ -586,7 +601,7 @@ def show_model(settings: Settings, ref: str) -> dict[str, Any]:
     from mlopsctl import registry
 
     parsed = registry.parse_ref(ref)
-    with store_for(settings).session() as s:
+    with store_for(settings).read() as s:
         model = registry.get_model(s, parsed.name)
         if parsed.version is None and parsed.alias is None:
             return {"name": model.name, "aliases": {a.name: a.version.version for a in model.aliases},
@@ -603,7 +618,7 @@ def list_events(settings: Settings, model: str | None = None, limit: int = 200) 
     from mlopsctl import registry
     from mlopsctl.tracking import _iso
 
-    with store_for(settings).session() as s:
+    with store_for(settings).read() as s:
         return [{"id": e.id, "at": _iso(e.created_at), "kind": e.kind, "model": e.model, "version": e.version,
                  "run_id": e.run_id, "message": e.message, "actor": e.actor}
                 for e in registry.list_events(s, model, limit)]

@@ -18,6 +18,7 @@ app = typer.Typer(
         "Quick start:  mlopsctl init demo --example breast-cancer && cd demo && mlopsctl train"
     ),
     no_args_is_help=True,
+    pretty_exceptions_enable=False,  # cli._errors prints unexpected errors in one line (--traceback: all of it)
     pretty_exceptions_show_locals=False,
     rich_markup_mode=None,  # plain Click help: rendering it with rich costs ~70 ms per --help
     context_settings={"help_option_names": ["-h", "--help"]},
@@ -38,7 +39,11 @@ def root(
         file_okay=False)] = None,
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
                                           help="Show the version and exit.")] = False,
+    traceback: Annotated[bool, typer.Option("--traceback", help="Show the full trace of an unexpected error.")] = False,
 ) -> None:
+    from mlopsctl.cli import _errors
+
+    _errors.show_traceback = traceback
     ctx.obj = {"project": project}
 
 

@@ -50,6 +50,8 @@ def register(app: typer.Typer) -> None:
         run_name: Annotated[Optional[str], typer.Option(help="Name for this run (default: run-<id>).")] = None,
         seed: Annotated[Optional[int], typer.Option(help="Seed for the split and the estimator.")] = None,
         test_size: Annotated[Optional[float], typer.Option(help="Held-out fraction.")] = None,
+        exclude: Annotated[Optional[list[str]], typer.Option(
+            "--exclude", "-X", help="A column that is not a feature, e.g. an id (repeatable; replaces data.exclude).")] = None,
         json_: JsonFlag = False,
     ) -> None:
         """Train a model on the project's data, evaluate it, export it to ONNX and record the run.
@@ -61,13 +63,15 @@ def register(app: typer.Typer) -> None:
           mlopsctl train --model sklearn.ensemble.GradientBoostingClassifier -p n_estimators=300
 
           mlopsctl train --data data/new.csv --target churned --run-name baseline --json
+
+          mlopsctl train --exclude customer_id --exclude notes
         """
         from mlopsctl import services
         from mlopsctl.config import with_overrides
 
         settings = settings_from(ctx, **{
             "data.target": target, "data.task": task, "train.model": model, "train.experiment": experiment,
-            "train.seed": seed, "train.test_size": test_size,
+            "train.seed": seed, "train.test_size": test_size, "data.exclude": exclude or None,
         })
         if model is not None and model != settings_from(ctx).train.model:
             # train.params in the config belong to the configured estimator, not to this one
@@ -76,7 +80,7 @@ def register(app: typer.Typer) -> None:
             settings = with_overrides(settings, train={"params": {**settings.train.params, **parse_params(param)}})
         data = cli_path(data)
         if json_:
-            result = services.train_and_track(settings, data_path=data, run_name=run_name)
+            result = services.train_and_track(settings, data_path=data, run_name=run_name, notify=_note)
             print_json(result)
             return
         result = _train_with_progress(services, settings, data, run_name)
@@ -88,7 +92,7 @@ def _train_with_progress(services, settings, data, run_name):
 
     console = err_console()
     if not console.is_terminal:  # no spinner (and no stray newline) when stderr is a file or a pipe
-        return services.train_and_track(settings, data_path=data, run_name=run_name)
+        return services.train_and_track(settings, data_path=data, run_name=run_name, notify=_note)
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
                   console=console, transient=True) as progress:
         task_id = progress.add_task("Starting", total=None)
@@ -96,7 +100,16 @@ def _train_with_progress(services, settings, data, run_name):
         def on_stage(stage: str) -> None:
             progress.update(task_id, description=STAGE_TEXT.get(stage, stage))
 
-        return services.train_and_track(settings, data_path=data, run_name=run_name, progress=on_stage)
+        return services.train_and_track(settings, data_path=data, run_name=run_name, progress=on_stage,
+                                        notify=lambda line: progress.console.print(f"Note: {line}", markup=False,
+                                                                                   highlight=False))
+
+
+def _note(line: str) -> None:
+    """What training noticed about the data (a column left out, an id-like column): one line on stderr."""
+    import sys
+
+    print(f"Note: {line}", file=sys.stderr)
 
 
 def _summary(run: dict[str, Any]) -> None:

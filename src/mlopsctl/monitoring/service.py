@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from mlopsctl import labels
 from mlopsctl.artifacts import readable_by_all
 from mlopsctl.config import Settings, parse_duration
 from mlopsctl.contract import MISSING_CATEGORY, Contract
@@ -219,7 +220,7 @@ def add_feedback(settings: Settings, labels_path: Path) -> dict[str, Any]:
         existing = {(f.request_id, f.row): f for f in s.scalars(select(Feedback).where(
             Feedback.request_id.in_(matched["request_id"].unique().tolist())))} if len(matched) else {}
         for rid, row, label in zip(matched["request_id"], matched["row"], matched["label"]):
-            label_text = _label_text(label)
+            label_text = labels.text(label)
             f = existing.get((rid, int(row)))
             if f is not None:
                 replaced += f.label != label_text
@@ -233,12 +234,6 @@ def add_feedback(settings: Settings, labels_path: Path) -> dict[str, Any]:
     return {"labels": before, "matched": int(len(matched)), "unknown_ids": unknown[:100], "unknown": len(unknown),
             "unknown_labels": int((~is_known).sum()), "invalid_rows": invalid_rows,
             "duplicates_in_file": duplicates, "replaced": replaced}
-
-
-def _label_text(v: Any) -> str:
-    if isinstance(v, float) and v.is_integer():
-        return str(int(v))
-    return str(v)
 
 
 def labelled(store: Any, model: str, contract: Contract, version: int | None = None,
@@ -292,24 +287,24 @@ def live_metrics(settings: Settings, model_ref: str, *, bucket: str = "1d", reco
 def _metrics(contract: Contract, data: dict[str, Any], idx: list[int]) -> dict[str, Any]:
     from mlopsctl.contract import _jsonable
 
-    y = [data["labels"][i] for i in idx]
     if contract.task == "classification":
-        labels = [str(data["outputs"]["label"][i]) for i in idx]
-        acc = float(np.mean([a == b for a, b in zip(y, labels)])) if y else None
-        out: dict[str, Any] = {"accuracy": acc}
-        classes = [str(c) for c in contract.classes or ()]
-        if "probabilities" in data["outputs"] and len(set(y)) == 2 and len(classes) == 2:
+        truth, valid = contract.coerce_labels([data["labels"][i] for i in idx])
+        predicted, _ = contract.coerce_labels([data["outputs"]["label"][i] for i in idx])
+        hit = valid & (truth == predicted)
+        out: dict[str, Any] = {"accuracy": float(hit.sum() / valid.sum()) if valid.any() else None}
+        classes = list(contract.classes or ())
+        if "probabilities" in data["outputs"] and len(classes) == 2 and valid.any():
             from scipy import stats
 
-            p = np.asarray(data["outputs"]["probabilities"], dtype=np.float64)[idx, 1]
-            pos = np.asarray([lab == classes[1] for lab in y])
+            p = np.asarray(data["outputs"]["probabilities"], dtype=np.float64)[idx, 1][valid]
+            pos = np.asarray([t == classes[1] for t in truth[valid]], dtype=bool)
             ranks = stats.rankdata(p)
             n1, n0 = int(pos.sum()), int((~pos).sum())
             out["roc_auc"] = float((ranks[pos].sum() - n1 * (n1 + 1) / 2) / (n1 * n0)) if n1 and n0 else None
         return _jsonable(out)
     pred = np.asarray(data["outputs"]["prediction"], dtype=np.float64).ravel()[idx]
     try:
-        truth = np.asarray(y, dtype=np.float64)
+        truth = np.asarray([data["labels"][i] for i in idx], dtype=np.float64)
     except ValueError:
         raise InvalidInputError("regression labels must be numbers.") from None
     err = pred - truth
@@ -327,9 +322,13 @@ def training_rows_from_log(settings: Settings, model_ref: str, after_feedback_id
     data = labelled(store, loaded.name, loaded.contract, after_feedback_id=after_feedback_id)
     frame = pd.DataFrame({c: [None if v in (None, MISSING_CATEGORY) else v for v in vals]
                           for c, vals in data["columns"].items()})
-    labels = pd.Series(data["labels"], dtype=object)
-    numeric = pd.to_numeric(labels, errors="coerce")
-    frame[loaded.contract.target] = numeric if numeric.notna().all() and len(labels) else labels
+    contract = loaded.contract
+    if contract.task == "classification":  # labels in the model's label type; ones it cannot have are dropped
+        y, valid = contract.coerce_labels(data["labels"])
+        frame, y = frame[valid].reset_index(drop=True), contract.coerce_labels(y[valid])[0]
+    else:
+        y = pd.to_numeric(pd.Series(data["labels"], dtype=object), errors="coerce").to_numpy()
+    frame[contract.target] = y
     return frame, data["last_feedback_id"]
 
 

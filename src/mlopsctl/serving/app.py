@@ -247,7 +247,7 @@ def _predict_body(result: Any, rid: str | None = None) -> dict[str, Any]:
     body: dict[str, Any] = {"request_id": rid or request_id(), "model": served.name, "version": served.version}
     if "label" in out:
         body["predictions"] = np.asarray(out["label"]).ravel().tolist()
-        classes = [str(c) for c in served.contract.classes or ()]
+        classes = served.contract.class_keys
         proba = np.asarray(out["probabilities"], dtype=np.float64)
         body["probabilities"] = [dict(zip(classes, row)) for row in proba.round(6).tolist()]
     else:

@@ -63,11 +63,18 @@ class ServedModel:
                 "inputs": self.inputs, "outputs": self.outputs, "parameters": params}
 
 
-def _tensor_meta(nodes: Any) -> list[dict[str, Any]]:
+# the V2 datatype of the label output, for labels the Scorer decodes from the graph's int64 codes
+LABEL_V2 = {"boolean": "BOOL", "float": "FP64"}
+
+
+def _tensor_meta(nodes: Any, contract: Contract | None = None) -> list[dict[str, Any]]:
+    label = contract.outputs.get("label") if contract is not None else None
+    label_type = LABEL_V2.get(contract.label_type or "") if contract is not None else None
     out = []
     for n in nodes:
         shape = [d if isinstance(d, int) else -1 for d in (n.shape or [])]
-        out.append({"name": n.name, "datatype": ORT_TO_V2.get(n.type, n.type), "shape": shape})
+        datatype = label_type if label_type and n.name == label else ORT_TO_V2.get(n.type, n.type)
+        out.append({"name": n.name, "datatype": datatype, "shape": shape})
     return out
 
 
@@ -105,7 +112,7 @@ def _served(loaded: Any, scorer: Scorer) -> ServedModel:
     served = ServedModel(
         name=loaded.name, version=loaded.version, onnx_sha256=loaded.onnx_sha256, contract=loaded.contract,
         scorer=scorer, provider=scorer.provider, loaded_at=time.time(),
-        inputs=_tensor_meta(scorer.session.get_inputs()), outputs=_tensor_meta(scorer.session.get_outputs()),
+        inputs=_tensor_meta(scorer.session.get_inputs()), outputs=_tensor_meta(scorer.session.get_outputs(), loaded.contract),
         column_by_input={c.input_name: c.name for c in loaded.contract.columns},
         records=RecordsDecoder(loaded.contract),
     )

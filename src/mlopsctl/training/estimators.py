@@ -35,6 +35,13 @@ TESTED_ESTIMATORS = {
 }
 
 _SHORT_NAMES = {path.rsplit(".", 1)[1]: path for paths in TESTED_ESTIMATORS.values() for path in paths}
+AUTO = {"classification": "sklearn.ensemble.RandomForestClassifier",
+        "regression": "sklearn.ensemble.RandomForestRegressor"}
+
+
+def resolve_model(path: str, task: str) -> str:
+    """``auto`` (the default model) is a random forest classifier or regressor by the detected task."""
+    return AUTO[task] if path == "auto" else path
 
 
 def supported_list(task: str | None = None) -> str:
@@ -84,7 +91,7 @@ def make_estimator(path: str, params: dict[str, Any], task: str, seed: int) -> A
     """Instantiate and validate the estimator; every failure here happens before any fitting."""
     from sklearn.base import is_classifier, is_regressor
 
-    cls = resolve_class(path)
+    cls = resolve_class(resolve_model(path, task))
     name = class_path(cls)
     if not hasattr(cls, "fit") or not hasattr(cls, "get_params"):
         raise InvalidInputError(f"{name} is not a scikit-learn estimator (it has no fit/get_params).")
@@ -138,8 +145,12 @@ SCALE_INVARIANT_MODULES = ("sklearn.tree.", "sklearn.ensemble._forest", "sklearn
                            "sklearn.ensemble._hist_gradient_boosting.")
 
 
-def build_pipeline(contract: Contract, estimator: Any):
-    """Preprocessing from the column kinds (impute + scale numeric/boolean, impute + one-hot categorical)."""
+def build_pipeline(contract: Contract, estimator: Any, frame: Any = None, max_categories: int = 0):
+    """Preprocessing from the column kinds (impute + scale numeric/boolean, impute + one-hot categorical).
+
+    With ``frame`` (the normalized training rows) and ``max_categories``, a categorical column with more
+    values than that is one-hot encoded on its most frequent ones; the others, like categories never seen in
+    training, count as none of them (skl2onnx converts no "infrequent" category of scikit-learn's)."""
     from sklearn.compose import ColumnTransformer
     from sklearn.impute import SimpleImputer
     from sklearn.pipeline import Pipeline
@@ -156,11 +167,30 @@ def build_pipeline(contract: Contract, estimator: Any):
             steps.append(("scale", StandardScaler()))
         transformers.append(("numeric", Pipeline(steps), numeric))
     if categorical:
+        categories = onehot_categories(frame, categorical, max_categories) if frame is not None else "auto"
         transformers.append(
             ("categorical", Pipeline([
                 ("impute", SimpleImputer(missing_values=MISSING_CATEGORY, strategy="constant",
-                                         fill_value="__missing__")),
-                ("onehot", OneHotEncoder(handle_unknown="ignore", sparse_output=False)),
+                                         fill_value=FILL_CATEGORY)),
+                ("onehot", OneHotEncoder(categories=categories, handle_unknown="ignore", sparse_output=False)),
             ]), categorical)
         )
     return Pipeline([("preprocess", ColumnTransformer(transformers)), ("model", estimator)])
+
+
+FILL_CATEGORY = "__missing__"
+
+
+def onehot_categories(frame: Any, columns: list[str], limit: int) -> Any:
+    """"auto" when every column has at most ``limit`` values; else each column's values, the most frequent
+    ``limit`` of them for the columns that have more (ties: in sorted order)."""
+    import pandas as pd
+
+    counts = [pd.Series(frame[c]).replace(MISSING_CATEGORY, FILL_CATEGORY).value_counts() for c in columns]
+    if not limit or all(len(vc) <= limit for vc in counts):
+        return "auto"
+    out = []
+    for vc in counts:
+        ordered = sorted(vc.items(), key=lambda kv: (-kv[1], kv[0]))[:limit]
+        out.append(sorted(str(k) for k, _ in ordered))
+    return out

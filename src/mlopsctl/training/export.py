@@ -122,7 +122,7 @@ def parity_check(pipeline: Any, model_bytes: bytes, contract: Contract, frame: A
     X = pd.DataFrame(normalized)
     if contract.task == "classification":
         ref_proba = np.asarray(pipeline.predict_proba(X), dtype=np.float64)
-        ref_labels = np.asarray(pipeline.predict(X))
+        ref_labels = contract.decode_labels(np.asarray(pipeline.predict(X)))
         diff = np.abs(np.asarray(got["probabilities"], dtype=np.float64) - ref_proba)
         labels = np.asarray(got["label"]).ravel()
         agreement = float(np.mean(labels.astype(str) == ref_labels.astype(str)))

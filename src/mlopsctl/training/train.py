@@ -14,6 +14,7 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
+from mlopsctl import labels
 from mlopsctl.contract import Contract
 from mlopsctl.data import build_contract, split_target
 from mlopsctl.errors import InvalidInputError
@@ -33,6 +34,8 @@ class TrainSpec:
     seed: int = 42
     reference_rows: int = 1000
     source: str = "the data"  # how errors name the input (usually its path)
+    exclude: tuple[str, ...] = ()  # columns that are not features
+    max_categories: int = 50  # one-hot values per categorical column (its most frequent ones)
 
 
 @dataclass
@@ -49,21 +52,29 @@ class TrainResult:
     n_test: int
     heldout: pd.DataFrame  # raw held-out features plus the target column
     timings: dict[str, float]
+    dropped: int = 0  # training-file rows without a target value, left out
 
 
-def _clean_target(y: pd.Series, task: str) -> pd.Series:
-    """Class labels the converters handle: bools and integral floats become int64, the rest str."""
+def _clean_target(y: pd.Series, task: str, label_type: str | None) -> pd.Series:
+    """Labels the converters handle: text stays text; integer, boolean and float-coded classes become int64
+    codes equal to their value (decoded back to the file's type by the contract, see mlopsctl.labels)."""
     if task != "classification":
         return y.astype("float64")
-    if pd.api.types.is_bool_dtype(y):
-        return y.astype("int64")
-    if pd.api.types.is_numeric_dtype(y):
-        if bool((y == y.round()).all()):
-            return y.astype("int64")
+    if label_type == "string":
+        return y.map(lambda v: labels.text(v) if not isinstance(v, str) else v).astype(str)
+    typed, valid = labels.coerce(y, label_type or "integer")
+    if not valid.all():
+        bad = y[~valid].iloc[0]
+        if label_type in ("integer", "float") and isinstance(bad, (int, float)):
+            raise InvalidInputError(
+                f"target {y.name!r} has fractional values, which cannot be classes; set data.task = \"regression\"."
+            )
+        raise InvalidInputError(f"target {y.name!r} has the value {bad!r}, which is not a {label_type} class label.")
+    if label_type == "float" and not all(float(v).is_integer() for v in typed):
         raise InvalidInputError(
             f"target {y.name!r} has fractional values, which cannot be classes; set data.task = \"regression\"."
         )
-    return y.astype(str)
+    return pd.Series(typed, name=y.name).astype("int64")
 
 
 def _check_split(y: pd.Series, task: str, test_size: float, source: str) -> None:
@@ -106,14 +117,45 @@ class Prepared:
     y: pd.Series
     task: str
     estimator: Any
+    label_type: str | None = None
+    dropped: int = 0  # rows without a target value, left out
+    ignored: tuple[str, ...] = ()  # columns left out of the features: data.exclude and dates
+    notices: list[str] = field(default_factory=list)  # one line each: what training noticed about the data
+
+
+def _exclude(X: pd.DataFrame, spec: TrainSpec) -> tuple[pd.DataFrame, tuple[str, ...], list[str]]:
+    """X without ``spec.exclude`` and date columns; (X, what was left out, notices)."""
+    from mlopsctl.data import screen_columns
+
+    unknown = [c for c in spec.exclude if c not in X.columns]
+    if unknown:
+        what = "is the target" if unknown[0] == spec.target else f"is not in {spec.source}"
+        raise InvalidInputError(
+            f"data.exclude names {unknown[0]!r}, which {what}; exclude feature columns only "
+            f"({', '.join(map(str, X.columns))}).")
+    X = X.drop(columns=list(spec.exclude))
+    screened = screen_columns(X, spec.max_categories)
+    X = X.drop(columns=screened.dates)
+    if X.shape[1] == 0:
+        raise InvalidInputError(f"no feature columns are left in {spec.source} after leaving out "
+                                f"{', '.join(map(repr, [*spec.exclude, *screened.dates]))}; keep at least one.")
+    notices = list(screened.notices)
+    if spec.exclude:
+        notices.insert(0, f"left out by data.exclude: {', '.join(map(str, spec.exclude))}.")
+    return X, (*spec.exclude, *screened.dates), notices
 
 
 def prepare(df: pd.DataFrame, spec: TrainSpec) -> Prepared:
     tf = split_target(df, spec.target, spec.task, source=spec.source)
-    y = _clean_target(tf.y, tf.task)
+    label_type = labels.of_series(tf.y, had_nulls=tf.dropped > 0) if tf.task == "classification" else None
+    y = _clean_target(tf.y, tf.task, label_type)
     estimator = estimators.make_estimator(spec.model, dict(spec.params), tf.task, spec.seed)
     _check_split(y, tf.task, spec.test_size, spec.source)
-    return Prepared(spec=spec, X=tf.X, y=y, task=tf.task, estimator=estimator)
+    X, ignored, notices = _exclude(tf.X, spec)
+    if tf.dropped:
+        notices.insert(0, f"{tf.dropped} row(s) of {spec.source} have no {spec.target!r} value and are left out.")
+    return Prepared(spec=spec, X=X, y=y, task=tf.task, estimator=estimator, label_type=label_type,
+                    dropped=tf.dropped, ignored=ignored, notices=notices)
 
 
 def train(prepared: Prepared, progress: Progress = lambda stage: None) -> TrainResult:
@@ -130,11 +172,13 @@ def train(prepared: Prepared, progress: Progress = lambda stage: None) -> TrainR
     )
     X_train, X_test = X_train.reset_index(drop=True), X_test.reset_index(drop=True)
     y_train, y_test = y_train.reset_index(drop=True), y_test.reset_index(drop=True)
-    classes = sorted(y_train.unique().tolist()) if task == "classification" else None
+    decode = labels.decoder(prepared.label_type) or (lambda codes: codes)
+    classes = decode(np.array(sorted(y_train.unique().tolist()))) if task == "classification" else None
     contract = build_contract(X_train, y_train, target=spec.target, task=task, classes=classes,
-                              reference_rows=spec.reference_rows, seed=spec.seed)
-    pipeline = estimators.build_pipeline(contract, estimator)
+                              label_type=prepared.label_type, reference_rows=spec.reference_rows, seed=spec.seed,
+                              ignored=prepared.ignored)
     Xn_train = pd.DataFrame(contract.normalize(X_train))
+    pipeline = estimators.build_pipeline(contract, estimator, Xn_train, spec.max_categories)
     Xn_test = pd.DataFrame(contract.normalize(X_test))
     timings["prepare"] = time.perf_counter() - t0
 
@@ -152,8 +196,8 @@ def train(prepared: Prepared, progress: Progress = lambda stage: None) -> TrainR
     progress("evaluate")
     if task == "classification":
         proba = pipeline.predict_proba(Xn_test)
-        labels = pipeline.classes_[np.argmax(proba, axis=1)]
-        scores = metrics.classification_metrics(y_test, labels, proba, pipeline.classes_)
+        predicted = pipeline.classes_[np.argmax(proba, axis=1)]
+        scores = metrics.classification_metrics(y_test, predicted, proba, pipeline.classes_)
     else:
         scores = metrics.regression_metrics(y_test, pipeline.predict(Xn_test))
     timings["evaluate"] = time.perf_counter() - t
@@ -168,11 +212,11 @@ def train(prepared: Prepared, progress: Progress = lambda stage: None) -> TrainR
     parity = export.parity_check(pipeline, onnx_bytes, contract, Xn_test)
     timings["parity"] = time.perf_counter() - t
 
-    heldout = X_test.copy()
-    heldout[spec.target] = y_test.to_numpy()
+    heldout = X_test.copy()  # the target in the training file's label type, as the gate will read it
+    heldout[spec.target] = contract.decode_labels(y_test.to_numpy()) if task == "classification" else y_test.to_numpy()
     return TrainResult(
         pipeline=pipeline, contract=contract, onnx_bytes=onnx_bytes, metrics=scores, parity=parity,
         task=task, model_class=estimators.class_path(type(estimator)),
         params={k: v for k, v in estimator.get_params(deep=False).items()},
-        n_train=len(X_train), n_test=len(X_test), heldout=heldout, timings=timings,
+        n_train=len(X_train), n_test=len(X_test), heldout=heldout, timings=timings, dropped=prepared.dropped,
     )
