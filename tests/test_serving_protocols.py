@@ -369,7 +369,7 @@ def _bc_input(name: str = "mean_radius", **kw: Any) -> dict[str, Any]:
      "INT64, FP16, FP32, FP64, BYTES (case-sensitive)."),
     ({"inputs": [_bc_input(shape=[2])]}, "input 'mean_radius': shape [2] needs 2 values, got 1."),
     ({"inputs": [_bc_input(shape=[1], data=[1.0, 2.0, 3.0])]}, "input 'mean_radius': shape [1] needs 1 values, got 3."),
-    ({"inputs": [_bc_input(shape=[1, 2], data=[[1.0, 2.0]])]},
+    ({"inputs": [_bc_input(shape=[1, 2], data=[[1.0, 2.0]]), _bc_input("mean_texture")]},
      "input 'mean_radius' must have shape [N, 1] or [N] (one column), got [1, 2]."),
     ({"inputs": [_bc_input(shape=[-1])]}, "input 'mean_radius' needs a 'shape' list of non-negative integers, got [-1]."),
     ({"inputs": [_bc_input(data=["x"])]}, "input 'mean_radius': FP32 data must be numbers."),

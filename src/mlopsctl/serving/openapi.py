@@ -35,8 +35,12 @@ def spec(served: Any) -> dict[str, Any]:
     tensor = {"type": "object", "required": ["name", "shape", "datatype"], "properties": {
         "name": {"type": "string"}, "shape": {"type": "array", "items": {"type": "integer"}},
         "datatype": {"type": "string"}, "data": {"type": "array"}, "parameters": {"type": "object"}}}
+    inputs_doc = f"one [N, 1] (or [N]) tensor per column, named by its ONNX input: {served.describe_inputs()}"
+    if served.all_numeric:
+        inputs_doc += (f"; or one [N, {len(served.contract.columns)}] tensor of any name and numeric datatype whose "
+                       f"columns are, in this order: {', '.join(served.contract.feature_names)}")
     v2_req = {"type": "object", "required": ["inputs"], "properties": {
-        "id": {"type": "string"}, "inputs": {"type": "array", "items": tensor},
+        "id": {"type": "string"}, "inputs": {"type": "array", "items": tensor, "minItems": 1, "description": inputs_doc},
         "outputs": {"type": "array", "items": {"type": "object", "properties": {"name": {"type": "string"}}}},
         "parameters": {"type": "object"}}}
     mlflow_req = {"type": "object", "description": "exactly one of dataframe_split, dataframe_records, instances, inputs",

@@ -30,6 +30,9 @@ ORT_TO_V2 = {
     "tensor(bool)": "BOOL", "tensor(string)": "BYTES", "tensor(float16)": "FP16", "tensor(int8)": "INT8",
     "tensor(uint8)": "UINT8",
 }
+# V2's numeric datatypes, as little-endian numpy dtypes (the binary tensor data extension's byte order)
+NUMERIC = {"BOOL": "<?", "UINT8": "<u1", "UINT16": "<u2", "UINT32": "<u4", "UINT64": "<u8", "INT8": "<i1",
+           "INT16": "<i2", "INT32": "<i4", "INT64": "<i8", "FP16": "<f2", "FP32": "<f4", "FP64": "<f8"}
 
 
 @dataclass(frozen=True)
@@ -54,9 +57,21 @@ class ServedModel:
             return f"{self.provider} runs every node"
         return describe_placement(self.node_placement)
 
+    @property
+    def all_numeric(self) -> bool:
+        """No categorical column: V2 then also takes every feature as one ``[N, F]`` tensor."""
+        return len(self.contract.numeric_names) == len(self.contract.columns)
+
+    def describe_inputs(self) -> str:
+        """The per-column V2 inputs as ``name (DATATYPE), ...`` (for messages and /openapi.json)."""
+        return ", ".join(f"{t['name']} ({t['datatype']})" for t in self.inputs)
+
     def metadata(self) -> dict[str, Any]:
         params: dict[str, Any] = {"execution_provider": self.provider, "placement": self.placement,
-                                  "onnx_sha256": self.onnx_sha256, "task": self.contract.task}
+                                  "onnx_sha256": self.onnx_sha256, "task": self.contract.task,
+                                  "feature_order": self.contract.feature_names}
+        if self.all_numeric:
+            params["single_tensor_input"] = {"shape": [-1, len(self.contract.columns)], "datatypes": list(NUMERIC)}
         if self.node_placement is not None:
             params["node_placement"] = self.node_placement
         return {"name": self.name, "versions": [str(self.version)], "platform": "onnxruntime_onnx",

@@ -2,10 +2,17 @@
 
 Facts and pitfalls: ../shared/PROTOCOLS.md. tritonclient sends no Content-Type and binary tensors by
 default; errors are ``{"error": str}`` with a 4xx, never an HTML page.
+
+Inputs come in one of two forms, told apart once per request by the number and shape of the inputs:
+one ``[N, 1]`` (or ``[N]``) tensor per column, named by the column's ONNX input name; or, for a model without
+categorical columns, one ``[N, F]`` tensor of any name and numeric datatype whose columns are the features in
+contract order (what KServe's sklearn server, MLServer and Triton take for a default skl2onnx model). Both go
+through the same ``infer``.
 """
 
 from __future__ import annotations
 
+import math
 import struct
 from typing import Any
 
@@ -16,11 +23,11 @@ from flask import Blueprint, Response, request
 from mlopsctl._version import __version__
 from mlopsctl.errors import InvalidInputError, NotFoundError
 from mlopsctl.serving.core import infer, json_response, parse_json, read_body, request_id, state
+from mlopsctl.serving.records import Columns
+from mlopsctl.serving.runtime import NUMERIC, ServedModel
 
 bp = Blueprint("v2", __name__, url_prefix="/v2")
 
-NUMERIC = {"BOOL": "<?", "UINT8": "<u1", "UINT16": "<u2", "UINT32": "<u4", "UINT64": "<u8", "INT8": "<i1",
-           "INT16": "<i2", "INT32": "<i4", "INT64": "<i8", "FP16": "<f2", "FP32": "<f4", "FP64": "<f8"}
 DATATYPES = (*NUMERIC, "BYTES")
 HEADER = "Inference-Header-Content-Length"
 
@@ -104,7 +111,10 @@ def _decode_bytes(blob: bytes, count: int, name: str) -> np.ndarray:
     return np.array(out, dtype=object)
 
 
-def _input_values(inp: Any, i: int, blobs: bytes, offset: int) -> tuple[str, np.ndarray, int]:
+def _input_values(inp: Any, i: int, blobs: bytes, offset: int, *,
+                  one_column: bool = True) -> tuple[str, np.ndarray, int]:
+    """(name, flat values, offset of the next binary input) of ``inputs[i]``; ``one_column``: it must be
+    one column's ``[N, 1]`` or ``[N]`` tensor."""
     if not isinstance(inp, dict):
         raise InvalidInputError(f"inputs[{i}] must be an object with name, shape, datatype and data.")
     name, shape, datatype = inp.get("name"), inp.get("shape"), inp.get("datatype")
@@ -114,7 +124,7 @@ def _input_values(inp: Any, i: int, blobs: bytes, offset: int) -> tuple[str, np.
         raise InvalidInputError(f"input {name!r} has datatype {datatype!r}; use one of {', '.join(DATATYPES)} (case-sensitive).")
     if not isinstance(shape, list) or not shape or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
         raise InvalidInputError(f"input {name!r} needs a 'shape' list of non-negative integers, got {shape!r}.")
-    count = int(np.prod(shape))
+    count = math.prod(shape)  # exact (np.prod wraps around at 2**64)
     params = inp.get("parameters") or {}
     size = params.get("binary_data_size") if isinstance(params, dict) else None
     if size is not None:
@@ -140,9 +150,59 @@ def _input_values(inp: Any, i: int, blobs: bytes, offset: int) -> tuple[str, np.
             raise InvalidInputError(f"input {name!r}: shape {shape} needs {count} values, got {values.size}.")
         if datatype != "BYTES" and values.dtype.kind not in "biuf":
             raise InvalidInputError(f"input {name!r}: {datatype} data must be numbers.")
-    if len(shape) > 2 or (len(shape) == 2 and shape[1] != 1):
+    if one_column and (len(shape) > 2 or (len(shape) == 2 and shape[1] != 1)):
         raise InvalidInputError(f"input {name!r} must have shape [N, 1] or [N] (one column), got {shape}.")
     return name, values, offset
+
+
+def _is_single_tensor(inp: Any, served: ServedModel) -> bool:
+    """Whether the request's only input is one ``[N, F]`` tensor rather than one column's ``[N, 1]`` input."""
+    if not isinstance(inp, dict):
+        return False
+    shape, name = inp.get("shape"), inp.get("name")
+    return (isinstance(shape, list) and len(shape) == 2
+            and (shape[1] != 1 or not isinstance(name, str) or name not in served.column_by_input))
+
+
+def _single_tensor(inp: dict[str, Any], blobs: bytes, served: ServedModel) -> tuple[Columns, int]:
+    """The columns of one ``[N, F]`` tensor, taken as the features in contract order, as the float64
+    ``[F, N]`` block the contract's check uses as is. A model with categorical columns takes none."""
+    contract = served.contract
+    if not served.all_numeric:
+        categorical = ", ".join(c.name for c in contract.columns if c.kind == "categorical")
+        raise InvalidInputError(
+            f"input {inp.get('name')!r} of shape {inp.get('shape')!r} is read as one [N, F] tensor of every feature, "
+            f"but {served.name} has categorical column(s) ({categorical}) and takes one [N, 1] input per column: "
+            f"{served.describe_inputs()}.")
+    if inp.get("datatype") == "BYTES":
+        raise InvalidInputError(f"input {inp.get('name')!r}: a single [N, F] tensor holds numbers; send it as "
+                                "FP32 or FP64 (or another numeric datatype), not BYTES.")
+    name, values, _ = _input_values(inp, 0, blobs, 0, one_column=False)
+    n_rows, width = inp["shape"]
+    names = contract.numeric_names  # every feature, in contract order
+    if width != len(names):
+        raise InvalidInputError(f"input {name!r} has {width} column(s); a single [N, F] tensor needs {len(names)}, "
+                                f"the features in this order: {', '.join(names)}.")
+    block = np.ascontiguousarray(values.reshape(n_rows, width).T, dtype=np.float64)
+    columns = Columns(zip(names, block))
+    columns.block, columns.block_names = block, names
+    return columns, n_rows
+
+
+def _per_column(inputs: list[Any], blobs: bytes, served: ServedModel) -> tuple[dict[str, Any], int]:
+    """The columns of one ``[N, 1]`` (or ``[N]``) input per column, named by the column's ONNX input name."""
+    columns: dict[str, Any] = {}
+    offset, n_rows = 0, None
+    for i, inp in enumerate(inputs):
+        iname, values, offset = _input_values(inp, i, blobs, offset)
+        column = served.column_by_input.get(iname, iname)
+        if column in columns:
+            raise InvalidInputError(f"input {iname!r} is given twice.")
+        if n_rows is not None and len(values) != n_rows:
+            raise InvalidInputError(f"input {iname!r} has {len(values)} rows but the others have {n_rows}.")
+        n_rows = len(values)
+        columns[column] = values
+    return columns, n_rows or 0
 
 
 @bp.post("/models/<name>/infer")
@@ -155,18 +215,11 @@ def model_infer(name: str, version: str | None = None) -> Response:
     inputs = body.get("inputs")
     if not isinstance(inputs, list) or not inputs:
         raise InvalidInputError("the inference request needs a non-empty 'inputs' list.")
-    columns: dict[str, Any] = {}
-    offset, n_rows = 0, None
-    for i, inp in enumerate(inputs):
-        iname, values, offset = _input_values(inp, i, blobs, offset)
-        column = served.column_by_input.get(iname, iname)
-        if column in columns:
-            raise InvalidInputError(f"input {iname!r} is given twice.")
-        if n_rows is not None and len(values) != n_rows:
-            raise InvalidInputError(f"input {iname!r} has {len(values)} rows but the others have {n_rows}.")
-        n_rows = len(values)
-        columns[column] = values
-    result = infer(columns, n_rows or 0, "v2")
+    if len(inputs) == 1 and _is_single_tensor(inputs[0], served):
+        columns, n_rows = _single_tensor(inputs[0], blobs, served)
+    else:
+        columns, n_rows = _per_column(inputs, blobs, served)
+    result = infer(columns, n_rows, "v2")
     req_params = body.get("parameters") if isinstance(body.get("parameters"), dict) else {}
     binary_all = bool(req_params.get("binary_data_output"))
     wanted = body.get("outputs")
