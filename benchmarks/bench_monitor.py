@@ -87,7 +87,7 @@ def generate(n: int, seed: int, shift: bool) -> Any:
 def setup(say: Callable[[str], None], reuse: bool = False) -> dict[str, Any]:
     """Projects ``per-request`` and ``batched`` (same model, two log layouts), rebuilt from scratch unless
     ``reuse`` and a complete set-up is there (``benchmarks/.work/monitor/READY``)."""
-    from mlopsctl import services
+    from mlopsctl.services import models, project, runs
     from mlopsctl.config import load_settings
     from mlopsctl.store import db
 
@@ -98,7 +98,7 @@ def setup(say: Callable[[str], None], reuse: bool = False) -> dict[str, Any]:
     if WORK.exists():
         shutil.rmtree(WORK)
     base = WORK / "base"
-    services.init_project(base)
+    project.init_project(base)
     (base / "data").mkdir(exist_ok=True)
     generate(TRAIN_ROWS, 1, shift=False).to_csv(base / "data" / "train.csv", index=False)
     (base / ".mlops.toml").write_text(
@@ -108,10 +108,10 @@ def setup(say: Callable[[str], None], reuse: bool = False) -> dict[str, Any]:
     t = time.perf_counter()
     for ref_rows in (1000, 5000):
         s = load_settings({"train.reference_rows": ref_rows}, {}, base)
-        run = services.train_and_track(s)
-        services.register(s, str(run["id"]), MODEL)
+        run = runs.train_and_track(s)
+        models.register(s, str(run["id"]), MODEL)
     s = load_settings({}, {}, base)
-    services.promote(s, MODEL, 1)
+    models.promote(s, MODEL, 1)
     say(f"trained and registered {MODEL}/1 (reference 1,000 rows) and {MODEL}/2 (5,000) in "
         f"{time.perf_counter() - t:.1f} s")
     db.close_all()

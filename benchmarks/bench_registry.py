@@ -13,18 +13,18 @@ project's venv); when it cannot be run, the recorded figures 22 / 10 / 78 ms sta
 What is timed, exactly (all in one process, against a project made by ``init_project`` with the
 breast-cancer example and a 10-tree forest, store and artifacts under ``benchmarks/.work/registry``):
 
-* ``register``: ``services.register(settings, run, "bench")``: read the run, check status/parity/blobs,
+* ``register``: ``models.register(settings, run, "bench")``: read the run, check status/parity/blobs,
   number and insert the version, append the event; one write transaction. Each call registers a fresh
   FINISHED run (runs are cloned from one trained run before timing: same artifact blobs, new run rows).
 * ``promote`` has no code path that skips scoring (``--force`` only overrides the decision), so its
-  non-scoring part is timed by running exactly the store work ``services.promote`` does around the gate:
+  non-scoring part is timed by running exactly the store work ``models.promote`` does around the gate:
   the holder read (one transaction), then the locked write transaction (re-read holder, fetch version,
   store the gate report, ``move_alias`` with its history row, the ``promoted`` event), with a real gate
   report from ``evaluate_gate`` as the payload; the alias alternates between two versions so each call is
-  a real move. For reference the full ``services.promote(..., force=True)`` (load both ONNX files, score
+  a real move. For reference the full ``models.promote(..., force=True)`` (load both ONNX files, score
   both through ONNX Runtime on 114 held-out rows) and ``evaluate_gate`` alone are timed too.
 * alias resolution: ``registry.resolve`` of ``bench@production`` in a fresh session (the pointer lookup),
-  ``services.load_model("bench@production")`` (lookup + read the ONNX file, verify its sha256, parse the
+  ``models.load_model("bench@production")`` (lookup + read the ONNX file, verify its sha256, parse the
   contract), and that plus building the ONNX Runtime session (ready to predict, which is what MLflow's
   ``pyfunc.load_model`` returns).
 
@@ -92,23 +92,26 @@ def timeit(fn: Callable[[int], Any], n: int, warmup: int) -> dict[str, float]:
 def bench_mlopsctl(n: int, warmup: int) -> dict[str, dict[str, float]]:
     for name in [k for k in os.environ if k.startswith("MLOPS_")]:
         del os.environ[name]
-    from mlopsctl import registry, services, tracking
+    from mlopsctl import registry, tracking
+    from mlopsctl.common import jsonable
+    from mlopsctl.services import gate, models, project, runs
+    from mlopsctl.project import open_project
     from mlopsctl.config import load_settings
     from mlopsctl.scoring import Scorer
 
     root = WORK / "registry"
     shutil.rmtree(root, ignore_errors=True)
     WORK.mkdir(parents=True, exist_ok=True)
-    services.init_project(root, "breast-cancer")
+    project.init_project(root, "breast-cancer")
     cfg = root / ".mlops.toml"
     cfg.write_text(re.sub(r"(?m)^params = .*$", "params = { n_estimators = 10 }", cfg.read_text()))
     settings = load_settings({}, {}, root)
-    store = services.store_for(settings)
+    store = open_project(settings).store
 
     say("training one run and cloning it ...")
-    base = services.train_and_track(settings)
+    base = runs.train_and_track(settings)
     arts = {a["name"]: a for a in base["artifacts"]}
-    files = services.ModelFiles(onnx=arts["model.onnx"]["sha256"], contract=arts["contract.json"]["sha256"],
+    files = runs.ModelFiles(onnx=arts["model.onnx"]["sha256"], contract=arts["contract.json"]["sha256"],
                                 joblib=arts["model.joblib"]["sha256"],
                                 sizes={"onnx": arts["model.onnx"]["size"], "contract": arts["contract.json"]["size"],
                                        "joblib": arts["model.joblib"]["size"]})
@@ -121,20 +124,20 @@ def bench_mlopsctl(n: int, warmup: int) -> dict[str, dict[str, float]]:
         with store.session() as s:
             run = tracking.create_run(s, "bench", f"clone-{i}", dataset_version_id=dv_id, task="classification",
                                       model_class="sklearn.ensemble.RandomForestClassifier", seed=42)
-            services.record_model(s, run.id, files, parity,
+            runs.record_model(s, run.id, files, parity,
                                   {"heldout.parquet": (held["sha256"], held["size"], held["media_type"])})
             tracking.finish_run(s, run.id)
             run_ids.append(run.id)
 
     res: dict[str, dict[str, float]] = {}
     say("register ...")
-    res["register"] = timeit(lambda i: services.register(settings, str(run_ids[i]), "bench"), n, warmup)
+    res["register"] = timeit(lambda i: models.register(settings, str(run_ids[i]), "bench"), n, warmup)
 
     # a real gate report as the payload of the alias moves
-    services.promote(settings, "bench", 1, alias="production", force=True)
-    cand, hold = services.load_model(settings, "bench/2"), services.load_model(settings, "bench/1")
-    gate = services._jsonable(services.evaluate_gate(settings, cand, hold, alias="production", min_delta=0.0))
-    gate["decision"] = "forced"
+    models.promote(settings, "bench", 1, alias="production", force=True)
+    cand, hold = models.load_model(settings, "bench/2"), models.load_model(settings, "bench/1")
+    report = jsonable(gate.evaluate_gate(settings, cand, hold, alias="production", min_delta=0.0))
+    report["decision"] = "forced"
 
     def promote_store_work(i: int) -> None:
         version = 2 + i % 2  # 2, 3, 2, 3, ...: every call moves the alias
@@ -144,11 +147,11 @@ def bench_mlopsctl(n: int, warmup: int) -> dict[str, dict[str, float]]:
             model = registry.get_model(s, "bench", lock=True)
             registry.alias_holder(s, model, "production")
             target = registry.get_version(s, model, version)
-            target.gate = gate
+            target.gate = report
             registry.move_alias(s, model, "production", target, action="promote", reason="bench", forced=True,
-                                gate=gate)
+                                gate=report)
             registry.add_event(s, "promoted", f"bench/{version} -> @production (forced): bench", model="bench",
-                               version=version, payload=gate)
+                               version=version, payload=report)
 
     say("promote without scoring ...")
     res["promote (store work, no scoring)"] = timeit(promote_store_work, n, warmup)
@@ -164,9 +167,9 @@ def bench_mlopsctl(n: int, warmup: int) -> dict[str, dict[str, float]]:
     say("full promote (with scoring) and the gate alone ...")
     ref_n = max(10, n // 5)
     res["promote, full with gate scoring (reference)"] = timeit(
-        lambda i: services.promote(settings, "bench", 2 + i % 2, alias="production", force=True), ref_n, 2)
+        lambda i: models.promote(settings, "bench", 2 + i % 2, alias="production", force=True), ref_n, 2)
     res["evaluate_gate alone (reference)"] = timeit(
-        lambda i: services.evaluate_gate(settings, cand, hold, alias="production", min_delta=0.0), ref_n, 2)
+        lambda i: gate.evaluate_gate(settings, cand, hold, alias="production", min_delta=0.0), ref_n, 2)
 
     say("alias resolution ...")
     ref = registry.parse_ref("bench@production")
@@ -177,10 +180,10 @@ def bench_mlopsctl(n: int, warmup: int) -> dict[str, dict[str, float]]:
 
     res["resolve bench@production (registry.resolve)"] = timeit(resolve, n, warmup)
     res["load_model bench@production (+ read, verify ONNX)"] = timeit(
-        lambda i: services.load_model(settings, "bench@production"), n, warmup)
+        lambda i: models.load_model(settings, "bench@production"), n, warmup)
 
     def ready(_: int) -> None:
-        m = services.load_model(settings, "bench@production")
+        m = models.load_model(settings, "bench@production")
         Scorer(m.onnx, m.contract)
 
     res["load_model + ONNX Runtime session"] = timeit(ready, n, warmup)
@@ -291,21 +294,21 @@ def render(args: argparse.Namespace, ours: dict, theirs: dict | None, mlflow_not
         "What was timed (all in one process, medians after a warm-up; SQLite store in WAL mode on local disk, "
         f"breast-cancer example, 10-tree forest, ONNX file {meta['onnx_bytes']:,} bytes):",
         "",
-        "- **register**: `services.register(settings, run, \"bench\")`, each call a fresh FINISHED run "
+        "- **register**: `models.register(settings, run, \"bench\")`, each call a fresh FINISHED run "
         "(cloned rows pointing at one trained run's blobs); it reads the run and its artifacts, checks status, "
         "parity and that the blobs exist, numbers and inserts the version and appends the event, in one "
         f"`BEGIN IMMEDIATE` transaction. {meta['versions']} versions existed at the end.",
-        "- **promote without the gate's scoring**: `services.promote` has no path that skips scoring "
+        "- **promote without the gate's scoring**: `models.promote` has no path that skips scoring "
         "(`--force` only overrides the decision), so this row runs exactly the store work promote does around "
         "the gate: its holder-read transaction, then its locked write transaction (re-read the holder, fetch "
         "the version, store the gate report on it, `move_alias` with its history row, the `promoted` event), "
         "with a real `evaluate_gate` report as payload; the alias alternates between two versions so each call "
         "is a real move. `alias move only` is the bare pointer move plus its history row (what MLflow's "
         "`set_registered_model_alias` does). The last two rows show what the gate itself costs: the full "
-        "`services.promote(..., force=True)` loads both versions' ONNX files and scores both through ONNX "
+        "`models.promote(..., force=True)` loads both versions' ONNX files and scores both through ONNX "
         "Runtime on the candidate's 114 held-out rows.",
         "- **alias resolution**: `registry.resolve` of `bench@production` in its own session (one indexed "
-        "join); `services.load_model` adds reading the ONNX and contract files and verifying the ONNX sha256; "
+        "join); `models.load_model` adds reading the ONNX and contract files and verifying the ONNX sha256; "
         "the `+ ONNX Runtime session` row adds building the inference session, i.e. ready to predict, which is "
         "the fair counterpart of MLflow's `mlflow.pyfunc.load_model(\"models:/bench@production\")` (it "
         "unpickles the scikit-learn model).",

@@ -590,7 +590,7 @@ hot = {"validation_1row": {"default": cpu_us(lambda: feeds(recs1, **default), 30
                              "cheapest": cpu_us(lambda: feeds(recs_big), 5) / 1e3}}
 
 # the prediction-log writer: CPU per record at several batch sizes (one transaction each), no other threads
-store = app_full.extensions["mlopsctl"].holder.store
+store = app_full.extensions["mlopsctl"].holder.project.store
 writer = PredictionLog(store)
 writer.close()
 cols1, _ = records_to_columns(recs1, names)

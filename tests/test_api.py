@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 import mlopsctl
-from mlopsctl import services
+from mlopsctl.services import runs
 from mlopsctl.config import load_settings
 from mlopsctl.contract import Contract
 from mlopsctl.errors import InvalidInputError
@@ -28,7 +28,7 @@ def settings():
 
 
 def show(ref) -> dict:
-    return services.show_run(settings(), str(ref))
+    return runs.show_run(settings(), str(ref))
 
 
 @pytest.fixture
@@ -156,13 +156,13 @@ def test_start_run_options(tmp_path, monkeypatch):
     with mlopsctl.start_run("exp-x", "named", project_dir=tmp_path / "p") as run:
         pass
     s = load_settings({}, {}, tmp_path / "p")
-    r = services.show_run(s, str(run.id))
+    r = runs.show_run(s, str(run.id))
     assert (r["experiment"], r["name"], r["status"]) == ("exp-x", "named", "FINISHED")
     assert (tmp_path / "p" / ".mlops" / "mlops.db").is_file()
 
     with mlopsctl.start_run(settings=s) as again:
         pass
-    assert services.show_run(s, str(again.id))["experiment"] == "default"
+    assert runs.show_run(s, str(again.id))["experiment"] == "default"
 
 
 def test_api_runs_show_up_in_the_cli(proj, cli):
@@ -192,7 +192,7 @@ def test_log_model_with_a_users_pipeline(proj, frame):
     assert {a["name"] for a in r["artifacts"]} == {"model.onnx", "contract.json", "model.joblib"}
 
     s = settings()
-    contract = Contract.from_json(services.run_artifact(s, "lr", "contract.json"))
+    contract = Contract.from_json(runs.run_artifact(s, "lr", "contract.json"))
     assert contract.target == "y"
     assert contract.task == "classification"
     assert contract.classes == ("no", "yes")
@@ -204,7 +204,7 @@ def test_log_model_with_a_users_pipeline(proj, frame):
     # the stored ONNX file, run by a plain ONNX Runtime session, predicts what the pipeline predicts
     import onnxruntime as ort
 
-    session = ort.InferenceSession(services.run_artifact(s, "lr", "model.onnx"), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(runs.run_artifact(s, "lr", "model.onnx"), providers=["CPUExecutionProvider"])
     fresh = frame.sample(100, random_state=1).drop(columns="y").reset_index(drop=True)
     feeds = contract.onnx_feeds(contract.normalize({c: fresh[c].to_numpy() for c in fresh.columns}))
     labels, proba = session.run([contract.outputs["label"], contract.outputs["probabilities"]], feeds)
@@ -212,7 +212,7 @@ def test_log_model_with_a_users_pipeline(proj, frame):
     assert labels.ravel().tolist() == pipeline.predict(fresh).tolist()
 
     # and the stored joblib is the same fitted pipeline
-    restored = joblib.load(io.BytesIO(services.run_artifact(s, "lr", "model.joblib")))
+    restored = joblib.load(io.BytesIO(runs.run_artifact(s, "lr", "model.joblib")))
     np.testing.assert_array_equal(restored.predict_proba(fresh), pipeline.predict_proba(fresh))
 
 
@@ -230,9 +230,9 @@ def test_log_model_regression(proj, frame):
     import onnxruntime as ort
 
     s = settings()
-    contract = Contract.from_json(services.run_artifact(s, str(run.id), "contract.json"))
+    contract = Contract.from_json(runs.run_artifact(s, str(run.id), "contract.json"))
     assert contract.outputs == {"prediction": contract.outputs["prediction"]}
-    session = ort.InferenceSession(services.run_artifact(s, str(run.id), "model.onnx"),
+    session = ort.InferenceSession(runs.run_artifact(s, str(run.id), "model.onnx"),
                                    providers=["CPUExecutionProvider"])
     [pred] = session.run([contract.outputs["prediction"]], contract.onnx_feeds(
         contract.normalize({c: X[c].to_numpy() for c in X.columns})))

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from mlopsctl.artifacts import ArtifactStore, CorruptArtifactError, sha256_file
+from mlopsctl.artifacts import ArtifactStore, sha256_file
+from mlopsctl.errors import CorruptArtifactError
 from mlopsctl.errors import NotFoundError
 
 
@@ -142,43 +143,45 @@ def test_not_a_digest(arts, bad):
 # ---- through a run ------------------------------------------------------------------------------------
 
 def test_corrupted_model_onnx_of_a_run_is_detected(fast_project, cli, settings_of):
-    from mlopsctl import services
+    from mlopsctl.services import runs
+    from mlopsctl.project import open_project
 
     assert cli("train", "--json").exit_code == 0
     settings = settings_of(fast_project)
-    run = services.show_run(settings, "1")
+    run = runs.show_run(settings, "1")
     shas = {a["name"]: a["sha256"] for a in run["artifacts"]}
     assert set(shas) == {"model.onnx", "contract.json", "model.joblib", "heldout.parquet"}
 
-    good = services.run_artifact(settings, "1", "model.onnx")
+    good = runs.run_artifact(settings, "1", "model.onnx")
     assert hashlib.sha256(good).hexdigest() == shas["model.onnx"]
     sizes = {a["name"]: a["size"] for a in run["artifacts"]}
     assert len(good) == sizes["model.onnx"]
 
-    path = services.artifacts_for(settings).path(shas["model.onnx"])
+    path = open_project(settings).artifacts.path(shas["model.onnx"])
     flip_a_byte(path, len(good) // 2)
     with pytest.raises(CorruptArtifactError) as info:
-        services.run_artifact(settings, "1", "model.onnx")
+        runs.run_artifact(settings, "1", "model.onnx")
     assert str(info.value) == (
         f"artifact {shas['model.onnx'][:12]} at {path} is corrupted (its sha256 no longer matches); "
         "restore it from a backup or retrain the run that produced it."
     )
     # the other artifacts of the run are still fine
-    assert hashlib.sha256(services.run_artifact(settings, "run-1", "contract.json")).hexdigest() == shas["contract.json"]
+    assert hashlib.sha256(runs.run_artifact(settings, "run-1", "contract.json")).hexdigest() == shas["contract.json"]
 
 
 def test_missing_run_artifacts(fast_project, cli, settings_of):
-    from mlopsctl import services
+    from mlopsctl.services import runs
+    from mlopsctl.project import open_project
 
     assert cli("train", "--json").exit_code == 0
     settings = settings_of(fast_project)
     with pytest.raises(NotFoundError) as info:
-        services.run_artifact(settings, "1", "model.pkl")
+        runs.run_artifact(settings, "1", "model.pkl")
     assert str(info.value) == (
         "run 1 has no artifact 'model.pkl'; it has contract.json, heldout.parquet, model.joblib, model.onnx."
     )
-    sha = next(a["sha256"] for a in services.show_run(settings, "1")["artifacts"] if a["name"] == "model.onnx")
-    services.artifacts_for(settings).path(sha).unlink()
+    sha = next(a["sha256"] for a in runs.show_run(settings, "1")["artifacts"] if a["name"] == "model.onnx")
+    open_project(settings).artifacts.path(sha).unlink()
     with pytest.raises(NotFoundError) as info:
-        services.run_artifact(settings, "1", "model.onnx")
+        runs.run_artifact(settings, "1", "model.onnx")
     assert str(info.value).startswith(f"artifact {sha[:12]} is missing from {settings.artifacts_dir};")

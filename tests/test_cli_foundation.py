@@ -34,7 +34,7 @@ def ok_json(result):
 # ---- init -----------------------------------------------------------------------------------------------
 
 def test_init_creates_a_project(cli, tmp_path):
-    from mlopsctl.services import DEFAULT_CONFIG
+    from mlopsctl.services.project import DEFAULT_CONFIG
 
     out = ok_json(cli("init", "proj", "--json"))
     project = tmp_path / "proj"
@@ -73,16 +73,16 @@ def test_init_with_each_example(cli, tmp_path, example):
 
 
 def test_examples_are_listed():
-    from mlopsctl import services
+    from mlopsctl.services import project
 
-    assert {"breast-cancer", "diabetes", "churn"} <= set(services.list_examples())
+    assert {"breast-cancer", "diabetes", "churn"} <= set(project.list_examples())
 
 
 def test_init_unknown_example_exits_3(cli, assert_error, tmp_path):
-    from mlopsctl import services
+    from mlopsctl.services import project
 
     assert_error(cli("init", "p", "--example", "iris"), 3,
-                 f"no example named 'iris'; choose one of: {', '.join(services.list_examples())}.")
+                 f"no example named 'iris'; choose one of: {', '.join(project.list_examples())}.")
     assert not (tmp_path / "p").exists()
 
 
@@ -246,14 +246,14 @@ def test_params_reach_the_estimator(cli, fast_project, settings_of):
     import joblib
     import io
 
-    from mlopsctl import services
+    from mlopsctl.services import runs
 
     run = ok_json(cli("train", "--json", "-p", "n_estimators=7", "--param", "max_depth=3",
                       "-p", "criterion=entropy", "-p", "max_features=null", "-p", "bootstrap=false"))
     p = run["params"]
     assert (p["model.n_estimators"], p["model.max_depth"], p["model.criterion"], p["model.max_features"],
             p["model.bootstrap"]) == ("7", "3", "entropy", "None", "False")
-    pipeline = joblib.load(io.BytesIO(services.run_artifact(settings_of(fast_project), "1", "model.joblib")))
+    pipeline = joblib.load(io.BytesIO(runs.run_artifact(settings_of(fast_project), "1", "model.joblib")))
     forest = pipeline.steps[-1][1]
     assert len(forest.estimators_) == 7
     assert (forest.max_depth, forest.criterion, forest.max_features, forest.bootstrap) == (3, "entropy", None, False)
@@ -395,8 +395,6 @@ def _wait_for_running_run(db_path: Path, proc: subprocess.Popen, timeout: float 
 
 def test_ctrl_c_marks_the_run_failed(make_project, settings_of):
     """SIGINT while a slow forest trains: exit 130, and the run is FAILED with 'interrupted (Ctrl-C)'."""
-    from mlopsctl import services
-
     project = make_project("churn", params="{ n_estimators = 5000 }", model="sklearn.ensemble.RandomForestClassifier")
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLOPS_")}
     proc = subprocess.Popen([sys.executable, "-m", "mlopsctl", "train", "--json"], cwd=project, env=env,
@@ -413,7 +411,9 @@ def test_ctrl_c_marks_the_run_failed(make_project, settings_of):
     assert proc.returncode == 130, stderr
     assert stderr.endswith("Error: interrupted.\n")
     assert stdout == ""
-    run = services.show_run(settings_of(project), "1")
+    from mlopsctl.services import runs
+
+    run = runs.show_run(settings_of(project), "1")
     assert run["status"] == "FAILED"
     assert run["failure_reason"] == "interrupted (Ctrl-C)"
     assert run["artifacts"] == []

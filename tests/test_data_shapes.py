@@ -111,7 +111,7 @@ def test_every_shape_goes_through_the_whole_loop(name: str, cli, tmp_path: Path,
     scored = pd.read_parquet(out)
     assert len(scored) == len(shape.frame) and scored["_error"].isna().all()
     settings = load_settings({}, {}, project)
-    from mlopsctl.services import load_model
+    from mlopsctl.services.models import load_model
 
     contract = load_model(settings, f"m/{production}").contract
     assert contract.label_type == shape.label_type

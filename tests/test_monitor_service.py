@@ -168,11 +168,9 @@ def send(server: Server, recs: list[dict[str, Any]], batch: int = 1, prefix: str
 def reference_of(project: Path, ref: str) -> dict[str, list]:
     """The version's reference sample straight from its contract: column -> values."""
     from mlopsctl.config import load_settings
-    from mlopsctl.registry import load_model, parse_ref
-    from mlopsctl.services import artifacts_for, store_for
+    from mlopsctl.project import open_project
 
-    s = load_settings({}, {}, project)
-    loaded = load_model(store_for(s), artifacts_for(s), parse_ref(ref, "production"))
+    loaded = open_project(load_settings({}, {}, project)).load_model(ref, "production")
     r = loaded.contract.reference
     return {c: [row[i] for row in r["rows"]] for i, c in enumerate(r["columns"])}
 

@@ -89,7 +89,7 @@ def feed(cli, project: Path, df, ids: list[str], n: int) -> None:
 
 def events(project: Path, kind: str | None = None) -> list[dict[str, Any]]:
     from mlopsctl.config import load_settings
-    from mlopsctl.services import list_events
+    from mlopsctl.services.models import list_events
 
     return [e for e in list_events(load_settings({}, {}, project)) if kind is None or e["kind"] == kind]
 

@@ -55,7 +55,8 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> dict:
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    from mlopsctl import api, services
+    from mlopsctl import api
+    from mlopsctl.project import open_project
     from mlopsctl.cli.main import app
     from mlopsctl.config import load_settings
     from mlopsctl.store import db
@@ -95,7 +96,7 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> dict:
                                      "-p", "oob_score=true"])
         assert failed.exit_code == 6, failed.stderr
         settings = load_settings({}, {}, p)
-        with services.store_for(settings).session() as s:
+        with open_project(settings).store.session() as s:
             runs["failed"] = s.execute(text("SELECT id FROM runs WHERE name = 'failed'")).scalar_one()
             # Real exports pass parity; a failed check is recorded by hand (the training code path is the same).
             s.get(Run, runs["bad-parity"]).parity = {"passed": False, "max_abs_diff": 0.2, "label_agreement": 0.9}
@@ -189,9 +190,9 @@ def test_register_records_lineage(cli, runs, proj, J, template):
     assert out["parity"]["passed"] is True
     assert out["gate"] is None
     from mlopsctl.config import load_settings
-    from mlopsctl.services import store_for
+    from mlopsctl.project import open_project
 
-    with store_for(load_settings({}, {}, proj)).session() as s:
+    with open_project(load_settings({}, {}, proj)).store.session() as s:
         dv_id, dv_fp = s.execute(text(
             "SELECT dv.id, dv.fingerprint FROM runs r JOIN dataset_versions dv ON dv.id = r.dataset_version_id "
             "WHERE r.id = :r"), {"r": runs["rf"]}).one()

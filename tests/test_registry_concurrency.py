@@ -143,7 +143,7 @@ def test_parallel_writers_keep_versions_and_alias_history_consistent(make_projec
 # ---- a writer that moves the alias while the gate runs --------------------------------------------------
 
 class _MovesAliasWhileScored:
-    """The candidate's held-out frame, passed to ``services.promote(heldout=...)``; each time the gate
+    """The candidate's held-out frame, passed to ``models.promote(heldout=...)``; each time the gate
     takes its length (once per gate evaluation) another writer moves the alias, in its own transaction,
     between versions 1 and 2. Deterministic stand-in for a concurrent `mlopsctl promote`/`rollback`."""
 
@@ -151,9 +151,10 @@ class _MovesAliasWhileScored:
         self.frame, self.settings, self.moves = frame, settings, 0
 
     def __len__(self) -> int:
-        from mlopsctl import registry, services
+        from mlopsctl import registry
+        from mlopsctl.project import open_project
 
-        with services.store_for(self.settings).session() as s:
+        with open_project(self.settings).store.session() as s:
             model = registry.get_model(s, MODEL, lock=True)
             target = 2 if registry.alias_holder(s, model, "production").version == 1 else 1
             registry.move_alias(s, model, "production", registry.get_version(s, model, target), action="promote",
@@ -170,7 +171,8 @@ def _three_versions_and_a_busy_heldout(make_project, cli, monkeypatch):
 
     import pandas as pd
 
-    from mlopsctl import services
+    from mlopsctl.services import models
+    from mlopsctl.project import open_project
     from mlopsctl.config import load_settings
 
     proj = make_project("breast-cancer", params="{ n_estimators = 3 }")
@@ -181,18 +183,18 @@ def _three_versions_and_a_busy_heldout(make_project, cli, monkeypatch):
         _ok(cli("register", json.loads(r.stdout)["id"]))
     _ok(cli("promote", MODEL, "1"))
     settings = load_settings({}, {}, proj)
-    cand = services.load_model(settings, f"{MODEL}/3")
-    frame = pd.read_parquet(io.BytesIO(services.artifacts_for(settings).get_bytes(cand.heldout_sha256)))
+    cand = models.load_model(settings, f"{MODEL}/3")
+    frame = pd.read_parquet(io.BytesIO(open_project(settings).artifacts.get_bytes(cand.heldout_sha256)))
     return settings, _MovesAliasWhileScored(frame, settings)
 
 
 def test_a_gated_promotion_regates_when_the_alias_moves_and_gives_up_cleanly(make_project, cli, monkeypatch):
-    from mlopsctl import services
+    from mlopsctl.services import models
     from mlopsctl.errors import ConflictError
 
     settings, heldout = _three_versions_and_a_busy_heldout(make_project, cli, monkeypatch)
     with pytest.raises(ConflictError) as e:
-        services.promote(settings, MODEL, 3, heldout=heldout, data_label="held-out rows")
+        models.promote(settings, MODEL, 3, heldout=heldout, data_label="held-out rows")
     assert e.value.message == "breast-cancer@production kept moving while the gate ran; try again."
     assert heldout.moves == 5  # gated afresh against each new holder, 5 times
     r = cli("models", "show", MODEL, "--json")
@@ -205,10 +207,10 @@ def test_a_forced_promotion_lands_although_the_alias_keeps_moving(make_project, 
     # BUG: --force still re-gates whenever the holder changed while scoring and, after 5 tries, fails with
     # "breast-cancer@production kept moving while the gate ran; try again." (exit 4). Seen for real in the
     # parallel-writers test above when more `promote --force` processes ran at once on a loaded machine.
-    from mlopsctl import services
+    from mlopsctl.services import models
 
     settings, heldout = _three_versions_and_a_busy_heldout(make_project, cli, monkeypatch)
-    out = services.promote(settings, MODEL, 3, force=True, reason="must land", heldout=heldout,
+    out = models.promote(settings, MODEL, 3, force=True, reason="must land", heldout=heldout,
                            data_label="held-out rows")
     assert (out["changed"], out["version"]) == (True, 3)
     hist = json.loads(cli("models", "show", MODEL, "--json").stdout)["history"]

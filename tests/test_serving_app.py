@@ -553,7 +553,7 @@ def test_prediction_log_rows(projects, bc_app, bc_row):
     assert row["latency_ms"] > 0
     from mlopsctl.predlog_format import read_requests
 
-    logged_rows = read_requests(app.extensions["mlopsctl"].holder.store, ["log-predict", "log-mlflow", "log-v2"], names)
+    logged_rows = read_requests(app.extensions["mlopsctl"].holder.project.store, ["log-predict", "log-mlflow", "log-v2"], names)
     inputs, outputs = logged_rows["log-predict"]["inputs"], logged_rows["log-predict"]["outputs"]
     assert set(inputs) == set(names)
     assert inputs["mean_radius"] == [bc_row["mean_radius"], 11.5]

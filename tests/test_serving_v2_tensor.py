@@ -275,7 +275,7 @@ def test_prediction_log_and_metrics_are_those_of_the_per_column_form(projects, r
         assert _outputs(tensor) == _outputs(binary) == _outputs(per_column)
         assert app.extensions["mlopsctl"].predlog.flush(timeout=30)
         names = served.contract.feature_names
-        logged = read_requests(app.extensions["mlopsctl"].holder.store, ["log-columns", "log-tensor", "log-binary"],
+        logged = read_requests(app.extensions["mlopsctl"].holder.project.store, ["log-columns", "log-tensor", "log-binary"],
                                names)
         assert logged["log-tensor"]["inputs"] == logged["log-columns"]["inputs"]
         assert logged["log-tensor"]["inputs"]["mean_radius"] == [r["mean_radius"] for r in records]

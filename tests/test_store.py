@@ -208,10 +208,10 @@ def test_sqlite_pragmas(tmp_path):
 
 
 def test_default_busy_timeout_from_settings(tmp_path):
-    from mlopsctl import services
+    from mlopsctl.project import open_project
     from mlopsctl.config import load_settings
 
-    store = services.store_for(load_settings({}, {}, tmp_path))
+    store = open_project(load_settings({}, {}, tmp_path)).store
     assert store.url == f"sqlite:///{tmp_path.resolve()}/.mlops/mlops.db"
     with store.engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 30000

@@ -565,7 +565,7 @@ def test_a_file_validated_before_a_crash_is_not_lost(proj: Path):
 def test_a_crash_between_register_and_the_job_update_does_not_fail_the_resumed_job(proj: Path):
     """Killed right after register() committed version 2 but before the job was marked 'registered': the
     resumed job must gate and promote that version, not register the run again (or fail)."""
-    from mlopsctl import services
+    from mlopsctl.services import models, runs
     from mlopsctl.config import with_overrides
 
     inc = proj / "data" / "incoming"
@@ -574,10 +574,10 @@ def test_a_crash_between_register_and_the_job_update_does_not_fail_the_resumed_j
     job = w.create_job("files", [w.take_file(path)])
     data_path, dv_id = w.build_data(job)
     w._update(job, dataset_version_id=dv_id)
-    run = services.train_and_track(with_overrides(w.settings, data={"name": w.dataset_name}), data_path=data_path,
+    run = runs.train_and_track(with_overrides(w.settings, data={"name": w.dataset_name}), data_path=data_path,
                                    run_name=f"watch-job-{job}", experiment="watch")
     w._update(job, status="trained", run_id=run["id"])
-    services.register(w.settings, str(run["id"]), MODEL)  # committed ... then the process dies
+    models.register(w.settings, str(run["id"]), MODEL)  # committed ... then the process dies
     w2, _ = make_watcher(proj)
     [o] = w2.run_once()
     assert versions(proj) == [1, 2]

@@ -26,12 +26,12 @@ class ActiveRun:
     """A RUNNING run; use through :func:`start_run`."""
 
     def __init__(self, settings: Settings, run_id: int, name: str):
-        from mlopsctl import services
+        from mlopsctl.project import open_project
 
         self.settings = settings
         self.id = run_id
         self.name = name
-        self._store = services.store_for(settings)
+        self._store = open_project(settings).store
         self._ended = False
 
     # ---- logging ------------------------------------------------------------------------------
@@ -83,7 +83,9 @@ class ActiveRun:
         import pandas as pd
         from sklearn.base import is_classifier
 
-        from mlopsctl import data, services
+        from mlopsctl import data
+        from mlopsctl.services import runs
+        from mlopsctl.project import open_project
         from mlopsctl.training import export
 
         if not isinstance(sample, pd.DataFrame) or len(sample) == 0:
@@ -98,14 +100,14 @@ class ActiveRun:
         onnx_bytes, contract = export.export_onnx(pipeline, contract)
         normalized = pd.DataFrame(contract.normalize(sample))
         parity = export.parity_check(pipeline, onnx_bytes, contract, normalized)
-        files = services.store_model_files(services.artifacts_for(self.settings), pipeline, onnx_bytes, contract)
+        files = runs.store_model_files(open_project(self.settings).artifacts, pipeline, onnx_bytes, contract)
         with self._store.session() as s:
             from mlopsctl.store.models import Run
 
             run = s.get(Run, self.id)
             run.task = task
             run.model_class = type(pipeline.steps[-1][1] if hasattr(pipeline, "steps") else pipeline).__name__
-            services.record_model(s, self.id, files, parity.to_dict())
+            runs.record_model(s, self.id, files, parity.to_dict())
         return parity.to_dict()
 
     # ---- lifecycle ----------------------------------------------------------------------------
@@ -122,17 +124,17 @@ class ActiveRun:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> bool:
-        from mlopsctl import services
+        from mlopsctl.services import runs
 
         if exc is None:
             self.end()
             with self._store.session() as s:
-                services.training_event(s, self.id, "trained", f"run {self.id} finished (Python API)", {})
+                runs.training_event(s, self.id, "trained", f"run {self.id} finished (Python API)", {})
         else:
-            reason = services.describe_failure(exc)[:2000]
+            reason = runs.describe_failure(exc)[:2000]
             self.end("FAILED", reason)
             with self._store.session() as s:
-                services.training_event(s, self.id, "training_failed", f"run {self.id} failed: {reason[:500]}",
+                runs.training_event(s, self.id, "training_failed", f"run {self.id} failed: {reason[:500]}",
                                         {"reason": reason})
         return False
 
@@ -140,13 +142,15 @@ class ActiveRun:
 def start_run(experiment: str | None = None, run_name: str | None = None, *,
               project_dir: str | Path | None = None, settings: Settings | None = None) -> ActiveRun:
     """Start a RUNNING run in the project's store (found like the CLI does: the nearest .mlops.toml)."""
-    from mlopsctl import services, tracking
+    from mlopsctl import tracking
+    from mlopsctl.services import runs
+    from mlopsctl.project import open_project
 
     settings = settings or load_settings(project_dir=Path(project_dir) if project_dir else None)
-    with services.store_for(settings).session() as s:
+    with open_project(settings).store.session() as s:
         run = tracking.create_run(s, experiment or settings.train.experiment, run_name,
-                                  git_commit=services.git_commit(settings.project_dir),
-                                  environment=services.environment())
+                                  git_commit=runs.git_commit(settings.project_dir),
+                                  environment=runs.environment())
         run_id, name = run.id, run.name
     return ActiveRun(settings, run_id, name)
 

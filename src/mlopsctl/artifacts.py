@@ -6,29 +6,13 @@ under its final name. Reads verify the sha256; a corrupted blob raises, it is ne
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import os
-import tempfile
 from pathlib import Path
 
-from mlopsctl.errors import MlopsError, NotFoundError
+from mlopsctl.common import atomic_write
+from mlopsctl.errors import CorruptArtifactError, NotFoundError
 
 CHUNK = 1 << 20
-
-
-class CorruptArtifactError(MlopsError):
-    """A blob's content no longer matches its sha256."""
-
-    exit_code = 7
-    http_status = 500
-
-
-def readable_by_all(path: Path) -> None:
-    """mkstemp creates files 0600; give a finished output the permissions a plain open() would."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
 
 
 def sha256_file(path: Path) -> str:
@@ -71,19 +55,9 @@ class ArtifactStore:
         return sha
 
     def _atomic_write(self, dest: Path, chunks) -> None:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=dest.parent)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                for chunk in chunks:
-                    fh.write(chunk)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, dest)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+        with atomic_write(dest, durable=True) as fh:
+            for chunk in chunks:
+                fh.write(chunk)
 
     def get_bytes(self, sha256: str) -> bytes:
         """The blob's bytes, verified against its digest."""

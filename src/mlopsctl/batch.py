@@ -20,11 +20,12 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from mlopsctl.artifacts import readable_by_all
+from mlopsctl.common import readable_by_all
 from mlopsctl.config import Settings
 from mlopsctl.contract import Contract, RowError
 from mlopsctl.errors import InvalidInputError, NotFoundError
-from mlopsctl.services import LoadedModel, load_model
+from mlopsctl.project import open_project
+from mlopsctl.registry import LoadedModel
 
 Progress = Callable[[int, "int | None"], None]
 ERROR_COLUMN = "_error"
@@ -281,7 +282,7 @@ def predict_file(
     output = settings.resolve(output_path) if output_path else input_path.with_name(f"{input_path.stem}.predictions.csv")
     if output.resolve() == input_path.resolve():
         raise InvalidInputError("--output must differ from the input file.")
-    model = load_model(settings, ref)
+    model = open_project(settings).load_model(ref)
     scorer = Scorer(model.onnx, model.contract, threads=os.cpu_count() or 1)
     t0 = time.perf_counter()
     total = None

@@ -159,11 +159,6 @@ class Contract:
                 return c
         raise KeyError(name)
 
-    def without_reference(self) -> dict[str, Any]:
-        d = self.to_dict()
-        d.pop("reference", None)
-        return d
-
     # ---- input preparation (shared by training, batch predict and the server) -------------------
     def normalize(self, data: Mapping[str, Any]) -> dict[str, Any]:
         """Columns as 1-D numpy arrays the pipeline and the ONNX graph agree on.
@@ -419,16 +414,3 @@ def _to_bool_or_nan(v: Any) -> Any:
         if low == "":
             return math.nan
     return v
-
-
-def _jsonable(o: Any) -> Any:
-    """Plain JSON types (numpy scalars, NaN -> None) for storage."""
-    if isinstance(o, dict):
-        return {str(k): _jsonable(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple)):
-        return [_jsonable(v) for v in o]
-    if isinstance(o, float):
-        return None if math.isnan(o) or math.isinf(o) else o
-    if hasattr(o, "item") and callable(o.item):  # numpy scalar
-        return _jsonable(o.item())
-    return o

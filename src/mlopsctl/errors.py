@@ -25,6 +25,25 @@ class InvalidInputError(MlopsError, ValueError):
     http_status = 400
 
 
+class UnsupportedMediaType(InvalidInputError):
+    """A request body in a media type the endpoint does not take."""
+
+    http_status = 415
+
+
+class PayloadTooLarge(InvalidInputError):
+    """A request over ``serve.max_body_mb`` or ``serve.max_batch_rows``."""
+
+    http_status = 413
+
+
+class Unauthorized(MlopsError):
+    """A missing or wrong bearer token."""
+
+    exit_code = 2
+    http_status = 401
+
+
 class NotFoundError(MlopsError, LookupError):
     exit_code = 3
     http_status = 404
@@ -54,6 +73,8 @@ class StoreError(MlopsError):
     http_status = 503
 
 
-EXIT_CODES = {cls.__name__: cls.exit_code for cls in (
-    MlopsError, InvalidInputError, NotFoundError, ConflictError, ConfigError, TrainingError, StoreError
-)}
+class CorruptArtifactError(MlopsError):
+    """A blob's content no longer matches its sha256 (a watch job that meets one fails; the watcher goes on)."""
+
+    exit_code = 7
+    http_status = 500

@@ -16,7 +16,6 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, selectinload
 
-from mlopsctl.artifacts import ArtifactStore
 from mlopsctl.contract import Contract
 from mlopsctl.errors import ConflictError, InvalidInputError, NotFoundError
 from mlopsctl.store.models import Alias, AliasMove, Event, ModelVersion, RegisteredModel, utcnow
@@ -148,21 +147,6 @@ class LoadedModel:
     heldout_sha256: str | None = None
 
 
-def load_model(store: Any, arts: ArtifactStore, ref: ModelRef) -> LoadedModel:
-    """Resolve ``ref`` in a read transaction, then read the blobs (verified against their sha256)."""
-    with store.read() as s:
-        mv = resolve(s, ref)
-        version, onnx_sha, contract_sha, heldout = mv.version, mv.onnx_sha256, mv.contract_sha256, mv.heldout_sha256
-    return LoadedModel(ref.name, version, onnx_sha, arts.get_bytes(onnx_sha),
-                       Contract.from_json(arts.get_bytes(contract_sha)), heldout)
-
-
-def current_version(store: Any, ref: ModelRef) -> int:
-    """The version ``ref`` points at now (one indexed read; used by hot reload)."""
-    with store.read() as s:
-        return resolve(s, ref).version
-
-
 # ---- aliases ------------------------------------------------------------------------------------------
 
 def move_alias(
@@ -229,15 +213,14 @@ def list_models(s: Session) -> list[RegisteredModel]:
     ).order_by(RegisteredModel.name)))
 
 
-def latest_monitor_results(store: Any, model: str) -> dict[str, Any]:
+def latest_monitor_results(s: Session, model: str) -> dict[str, Any]:
     """The newest drift share and live metric recorded for ``model`` (for the server's /metrics gauges)."""
     from mlopsctl.store.models import MonitorResult
 
     out: dict[str, Any] = {}
-    with store.read() as s:
-        for kind in ("drift", "live_metric"):
-            r = s.scalar(select(MonitorResult).where(MonitorResult.model == model, MonitorResult.kind == kind)
-                         .order_by(MonitorResult.id.desc()).limit(1))
-            if r is not None:
-                out[kind] = {"value": r.value, "version": r.version, "details": r.details}
+    for kind in ("drift", "live_metric"):
+        r = s.scalar(select(MonitorResult).where(MonitorResult.model == model, MonitorResult.kind == kind)
+                     .order_by(MonitorResult.id.desc()).limit(1))
+        if r is not None:
+            out[kind] = {"value": r.value, "version": r.version, "details": r.details}
     return out

@@ -6,7 +6,6 @@ to the service layer only; the CLI sees the plain dicts built by :func:`run_summ
 
 from __future__ import annotations
 
-import math
 import os
 from datetime import datetime
 from typing import Any, Iterable
@@ -14,6 +13,7 @@ from typing import Any, Iterable
 from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session, selectinload
 
+from mlopsctl.common import iso, jsonable
 from mlopsctl.errors import InvalidInputError, NotFoundError
 from mlopsctl.store.models import (
     Artifact, Dataset, DatasetVersion, Experiment, Metric, Param, Run, Tag, utcnow,
@@ -214,20 +214,12 @@ def list_datasets(s: Session) -> list[Dataset]:
 
 # ---- plain views for the CLI -------------------------------------------------------------------------
 
-def _iso(dt: datetime | None) -> str | None:
-    return dt.isoformat(timespec="seconds") + "Z" if dt else None
-
-
-def _num(v: Any) -> Any:
-    return None if isinstance(v, float) and (math.isnan(v) or math.isinf(v)) else v
-
-
 def run_summary(run: Run, metrics: dict[str, float]) -> dict[str, Any]:
     return {
         "id": run.id, "name": run.name, "experiment": run.experiment.name, "status": run.status,
-        "model": run.model_class, "task": run.task, "started_at": _iso(run.started_at),
+        "model": run.model_class, "task": run.task, "started_at": iso(run.started_at),
         "duration_s": round(run.duration_s, 3) if run.duration_s is not None else None,
-        "metrics": {k: _num(v) for k, v in sorted(metrics.items())},
+        "metrics": jsonable(dict(sorted(metrics.items()))),
         "failure_reason": run.failure_reason,
     }
 
@@ -236,7 +228,7 @@ def run_detail(s: Session, run: Run) -> dict[str, Any]:
     d = run_summary(run, latest_metrics(s, run.id))
     dv = run.dataset_version
     d.update({
-        "ended_at": _iso(run.ended_at), "seed": run.seed, "git_commit": run.git_commit,
+        "ended_at": iso(run.ended_at), "seed": run.seed, "git_commit": run.git_commit,
         "environment": run.environment, "parity": run.parity,
         "dataset": ({"name": dv.dataset.name, "version": dv.version, "fingerprint": dv.fingerprint,
                      "rows": dv.row_count} if dv else None),
@@ -252,4 +244,4 @@ def run_detail(s: Session, run: Run) -> dict[str, Any]:
 def dataset_version_view(dv: DatasetVersion) -> dict[str, Any]:
     return {"name": dv.dataset.name, "version": dv.version, "rows": dv.row_count, "columns": dv.column_count,
             "fingerprint": dv.fingerprint, "file_sha256": dv.file_sha256, "source": dv.source_path,
-            "created_at": _iso(dv.created_at), "schema": dv.schema}
+            "created_at": iso(dv.created_at), "schema": dv.schema}

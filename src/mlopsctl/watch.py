@@ -110,7 +110,8 @@ class JobOutcome:
 
 class Watcher:
     def __init__(self, settings: Settings, *, say: Say = print, triggers: list[Trigger] | None = None):
-        from mlopsctl import services
+        from mlopsctl.services import datasets
+        from mlopsctl.project import open_project
 
         self.settings = settings
         self.say = say
@@ -121,9 +122,9 @@ class Watcher:
         self.triggers: list[Trigger] = list(triggers or [])
         if settings.watch.every:
             self.triggers.append(ScheduleTrigger(parse_duration(settings.watch.every, "--every")))
-        self.store = services.store_for(settings)
-        self.arts = services.artifacts_for(settings)
-        self.dataset_name = services.dataset_name_for(settings, settings.resolve(settings.data.path), None)
+        self.store = open_project(settings).store
+        self.arts = open_project(settings).artifacts
+        self.dataset_name = datasets.dataset_name_for(settings, settings.resolve(settings.data.path), None)
         self.stop = threading.Event()
         self.wake = threading.Event()  # set by note(): the idle loop looks at a new file at once
         self.outcomes: list[JobOutcome] = []
@@ -336,7 +337,8 @@ class Watcher:
 
     def run_job(self, job_id: int) -> JobOutcome:
         """Advance a job through its remaining stages; each stage's result is committed before the next."""
-        from mlopsctl import registry, services
+        from mlopsctl import registry
+        from mlopsctl.services import gate, models, runs
         from mlopsctl.store.models import WatchJob
 
         with self.store.read() as s:
@@ -354,7 +356,7 @@ class Watcher:
                     data_path = self._materialize(job_id, dv_id)
                 timings["data"] = time.monotonic() - t
                 t = time.monotonic()
-                run = services.train_and_track(
+                run = runs.train_and_track(
                     with_overrides(self.settings, data={"name": self.dataset_name}), data_path=data_path,
                     run_name=f"watch-job-{job_id}", experiment="watch")
                 timings["train"] = time.monotonic() - t
@@ -367,7 +369,7 @@ class Watcher:
                 t = time.monotonic()
                 version = self._registered_version(name, run_id)  # a crash after register, before the update
                 if version is None:
-                    version = services.register(self.settings, str(run_id), name)["version"]
+                    version = models.register(self.settings, str(run_id), name)["version"]
                 timings["register"] = time.monotonic() - t
                 self.say(f"registered {name}/{version}")
                 self._update(job_id, status="registered", model_version=version, timings=timings)
@@ -379,9 +381,9 @@ class Watcher:
                 label = (f"{len(gate_rows)} new rows held out from job {job_id}'s files (seen by neither model)"
                          if gate_rows is not None else None)
                 try:
-                    out = services.promote(self.settings, name, version, heldout=gate_rows, data_label=label)
+                    out = models.promote(self.settings, name, version, heldout=gate_rows, data_label=label)
                     decision = "promoted" if out["changed"] else "unchanged"
-                    reason = services.gate_summary(out["gate"]) if out.get("gate") else out.get("message", "")
+                    reason = gate.gate_summary(out["gate"]) if out.get("gate") else out.get("message", "")
                     self.say(f"[green]promoted[/] {name}/{version} to @{self.settings.registry.alias}: {reason}")
                 except ConflictError as e:
                     decision, reason = "rejected", e.message
@@ -439,7 +441,7 @@ class Watcher:
         as a dataset version. Returns the file and the version id."""
         import pandas as pd
 
-        from mlopsctl import services
+        from mlopsctl.services import datasets
 
         new_train, _ = self.new_rows(job_id)
         frames = [] if new_train is None else [new_train]
@@ -452,7 +454,7 @@ class Watcher:
         tmp = path.with_suffix(".parquet.tmp")
         combined.to_parquet(tmp, index=False)
         os.replace(tmp, path)
-        _, _, dv_id = services.record_dataset(self.settings, path, combined, self.dataset_name)
+        _, _, dv_id = datasets.record_dataset(self.settings, path, combined, self.dataset_name)
         return path, dv_id
 
     def _job_path(self, job_id: int) -> Path:

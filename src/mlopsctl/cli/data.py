@@ -27,9 +27,9 @@ def add(
 
     Example: mlopsctl data add data/train.csv --name customers
     """
-    from mlopsctl import services
+    from mlopsctl.services import datasets
 
-    out = services.add_dataset(settings_from(ctx), cli_path(path), name)
+    out = datasets.add_dataset(settings_from(ctx), cli_path(path), name)
     if json_:
         print_json(out)
         return
@@ -42,9 +42,9 @@ def add(
 @reports_errors
 def list_(ctx: typer.Context, json_: JsonFlag = False) -> None:
     """List datasets with their latest version."""
-    from mlopsctl import services
+    from mlopsctl.services import datasets
 
-    rows = services.list_datasets(settings_from(ctx))
+    rows = datasets.list_datasets(settings_from(ctx))
     if json_:
         print_json(rows)
         return
@@ -63,9 +63,9 @@ def show(
 
     Example: mlopsctl data show train:2
     """
-    from mlopsctl import services
+    from mlopsctl.services import datasets
 
-    out = services.show_dataset(settings_from(ctx), ref)
+    out = datasets.show_dataset(settings_from(ctx), ref)
     if json_:
         print_json(out)
         return

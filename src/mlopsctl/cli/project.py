@@ -28,9 +28,9 @@ def register(app: typer.Typer) -> None:
 
           mlopsctl init .
         """
-        from mlopsctl import services
+        from mlopsctl.services import project
 
-        out = services.init_project(directory, example)
+        out = project.init_project(directory, example)
         if json_:
             print_json(out)
             return

@@ -28,9 +28,9 @@ def register_commands(app: typer.Typer) -> None:
 
         Example: mlopsctl register 3 --name churn
         """
-        from mlopsctl import services
+        from mlopsctl.services import models
 
-        out = services.register(settings_from(ctx), run, name)
+        out = models.register(settings_from(ctx), run, name)
         if json_:
             print_json(out)
             return
@@ -60,9 +60,9 @@ def register_commands(app: typer.Typer) -> None:
 
           mlopsctl promote churn 3 --alias staging --force --reason "hotfix"
         """
-        from mlopsctl import services
+        from mlopsctl.services import models
 
-        out = services.promote(settings_from(ctx), model, version, alias=alias, force=force, reason=reason,
+        out = models.promote(settings_from(ctx), model, version, alias=alias, force=force, reason=reason,
                                min_delta=min_delta)
         if json_:
             print_json(out)
@@ -86,9 +86,9 @@ def register_commands(app: typer.Typer) -> None:
 
         Example: mlopsctl rollback churn --alias production
         """
-        from mlopsctl import services
+        from mlopsctl.services import models
 
-        out = services.rollback(settings_from(ctx), model, alias=alias, reason=reason)
+        out = models.rollback(settings_from(ctx), model, alias=alias, reason=reason)
         if json_:
             print_json(out)
             return
@@ -106,9 +106,9 @@ def register_commands(app: typer.Typer) -> None:
 
         Example: mlopsctl events --model churn --json
         """
-        from mlopsctl import services
+        from mlopsctl.services import models
 
-        rows = services.list_events(settings_from(ctx), model, limit)
+        rows = models.list_events(settings_from(ctx), model, limit)
         if json_:
             print_json(rows)
             return
@@ -131,9 +131,9 @@ def _gate_table(gate: dict[str, Any]):
 @reports_errors
 def list_(ctx: typer.Context, json_: JsonFlag = False) -> None:
     """List registered models with their latest version and aliases."""
-    from mlopsctl import services
+    from mlopsctl.services import models
 
-    rows = services.list_models(settings_from(ctx))
+    rows = models.list_models(settings_from(ctx))
     if json_:
         print_json(rows)
         return
@@ -156,9 +156,9 @@ def show(
 
       mlopsctl models show churn@production --json
     """
-    from mlopsctl import services
+    from mlopsctl.services import models
 
-    out = services.show_model(settings_from(ctx), ref)
+    out = models.show_model(settings_from(ctx), ref)
     if json_:
         print_json(out)
         return

@@ -26,9 +26,9 @@ def list_(
 
     Example: mlopsctl runs list --experiment default --json
     """
-    from mlopsctl import services
+    from mlopsctl.services import runs
 
-    runs = services.list_runs(settings_from(ctx), experiment, limit)
+    runs = runs.list_runs(settings_from(ctx), experiment, limit)
     if json_:
         print_json(runs)
         return
@@ -49,9 +49,9 @@ def show(
 
     Example: mlopsctl runs show 3
     """
-    from mlopsctl import services
+    from mlopsctl.services import runs
 
-    r = services.show_run(settings_from(ctx), run)
+    r = runs.show_run(settings_from(ctx), run)
     if json_:
         print_json(r)
         return
@@ -80,9 +80,9 @@ def compare(
 
     Example: mlopsctl runs compare 3 4
     """
-    from mlopsctl import services
+    from mlopsctl.services import runs as run_service
 
-    out = services.compare_runs(settings_from(ctx), runs)
+    out = run_service.compare_runs(settings_from(ctx), runs)
     if json_:
         print_json(out)
         return

@@ -66,8 +66,8 @@ def register(app: typer.Typer) -> None:
 
           mlopsctl train --exclude customer_id --exclude notes
         """
-        from mlopsctl import services
         from mlopsctl.config import with_overrides
+        from mlopsctl.services import runs
 
         settings = settings_from(ctx, **{
             "data.target": target, "data.task": task, "train.model": model, "train.experiment": experiment,
@@ -80,19 +80,21 @@ def register(app: typer.Typer) -> None:
             settings = with_overrides(settings, train={"params": {**settings.train.params, **parse_params(param)}})
         data = cli_path(data)
         if json_:
-            result = services.train_and_track(settings, data_path=data, run_name=run_name, notify=_note)
+            result = runs.train_and_track(settings, data_path=data, run_name=run_name, notify=_note)
             print_json(result)
             return
-        result = _train_with_progress(services, settings, data, run_name)
+        result = _train_with_progress(settings, data, run_name)
         _summary(result)
 
 
-def _train_with_progress(services, settings, data, run_name):
+def _train_with_progress(settings, data, run_name):
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from mlopsctl.services import runs
 
     console = err_console()
     if not console.is_terminal:  # no spinner (and no stray newline) when stderr is a file or a pipe
-        return services.train_and_track(settings, data_path=data, run_name=run_name, notify=_note)
+        return runs.train_and_track(settings, data_path=data, run_name=run_name, notify=_note)
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
                   console=console, transient=True) as progress:
         task_id = progress.add_task("Starting", total=None)
@@ -100,9 +102,9 @@ def _train_with_progress(services, settings, data, run_name):
         def on_stage(stage: str) -> None:
             progress.update(task_id, description=STAGE_TEXT.get(stage, stage))
 
-        return services.train_and_track(settings, data_path=data, run_name=run_name, progress=on_stage,
-                                        notify=lambda line: progress.console.print(f"Note: {line}", markup=False,
-                                                                                   highlight=False))
+        return runs.train_and_track(settings, data_path=data, run_name=run_name, progress=on_stage,
+                                    notify=lambda line: progress.console.print(f"Note: {line}", markup=False,
+                                                                               highlight=False))
 
 
 def _note(line: str) -> None:

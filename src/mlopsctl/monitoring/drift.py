@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from mlopsctl.common import jsonable
+
 SMALL_REFERENCE = 1000
 MAX_CAT_FOR_NUMERIC = 5
 DEFAULT_THRESHOLDS = {"ks": 0.05, "chisquare": 0.05, "ztest": 0.05, "wasserstein": 0.1, "jensenshannon": 0.1,
@@ -61,7 +63,7 @@ class DriftReport:
 
     def to_dict(self, histograms: bool = False) -> dict[str, Any]:
         def col(c: ColumnDrift) -> dict[str, Any]:
-            d = {k: _clean(v) for k, v in asdict(c).items()}
+            d = {k: jsonable(v) for k, v in asdict(c).items()}
             if not histograms:
                 d.pop("histogram")
             return d
@@ -70,18 +72,6 @@ class DriftReport:
                 "drifted_columns": self.drifted_columns, "reference_rows": self.reference_rows,
                 "current_rows": self.current_rows, "columns": [col(c) for c in self.columns],
                 "prediction": col(self.prediction) if self.prediction else None}
-
-
-def _clean(v: Any) -> Any:
-    if isinstance(v, float) and (math.isnan(v) or math.isinf(v)):
-        return None
-    if isinstance(v, (np.floating, np.integer)):
-        return _clean(v.item())
-    if isinstance(v, dict):
-        return {k: _clean(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_clean(x) for x in v]
-    return v
 
 
 def default_method(kind: str, reference: np.ndarray, n_ref: int) -> str:

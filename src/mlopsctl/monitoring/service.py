@@ -12,21 +12,15 @@ from typing import Any
 import numpy as np
 
 from mlopsctl import labels
-from mlopsctl.artifacts import readable_by_all
+from mlopsctl.common import jsonable, readable_by_all
 from mlopsctl.config import Settings, parse_duration
 from mlopsctl.contract import MISSING_CATEGORY, Contract
 from mlopsctl.errors import InvalidInputError, NotFoundError
 from mlopsctl.monitoring.drift import DriftReport, column_drift, dataset_drift
 from mlopsctl.predlog_format import gather, index_pending
-from mlopsctl.registry import LoadedModel, load_model, parse_ref
+from mlopsctl.project import open_project
+from mlopsctl.registry import LoadedModel
 from mlopsctl.store.models import utcnow
-
-
-def _store_and_arts(settings: Settings):
-    from mlopsctl.artifacts import ArtifactStore
-    from mlopsctl.store.db import open_store
-
-    return open_store(settings.store_url, settings.store.busy_timeout_ms), ArtifactStore(settings.artifacts_dir)
 
 
 @dataclass
@@ -104,9 +98,8 @@ def _as_drift_input(contract: Contract, columns: dict[str, Any]) -> dict[str, An
 
 
 def resolve(settings: Settings, model_ref: str) -> tuple[Any, Any, LoadedModel]:
-    store, arts = _store_and_arts(settings)
-    loaded = load_model(store, arts, parse_ref(model_ref, settings.registry.alias))
-    return store, arts, loaded
+    project = open_project(settings)
+    return project.store, project.artifacts, project.load_model(model_ref)
 
 
 def drift(settings: Settings, model_ref: str, *, since: str | None = None, last: int | None = None,
@@ -173,11 +166,10 @@ def _prediction_drift(contract: Contract, ref_out: dict[str, Any], cur_out: dict
 
 
 def _record(store: Any, model: str, version: int | None, kind: str, value: float, details: dict[str, Any]) -> None:
-    from mlopsctl.contract import _jsonable
     from mlopsctl.store.models import MonitorResult
 
     with store.session() as s:
-        s.add(MonitorResult(model=model, version=version, kind=kind, value=float(value), details=_jsonable(details)))
+        s.add(MonitorResult(model=model, version=version, kind=kind, value=float(value), details=jsonable(details)))
 
 
 # ---- feedback and live quality ------------------------------------------------------------------------
@@ -201,7 +193,7 @@ def add_feedback(settings: Settings, labels_path: Path) -> dict[str, Any]:
     before = len(df)
     df = df.drop_duplicates(subset=["request_id", "row"], keep="last")
     duplicates = before - len(df)
-    store, _ = _store_and_arts(settings)
+    store = open_project(settings).store
     index_pending(store.engine)  # index rows a busy server deferred
     ids = df["request_id"].unique().tolist()
     known: dict[str, int] = {}
@@ -285,7 +277,6 @@ def live_metrics(settings: Settings, model_ref: str, *, bucket: str = "1d", reco
 
 
 def _metrics(contract: Contract, data: dict[str, Any], idx: list[int]) -> dict[str, Any]:
-    from mlopsctl.contract import _jsonable
 
     if contract.task == "classification":
         truth, valid = contract.coerce_labels([data["labels"][i] for i in idx])
@@ -301,7 +292,7 @@ def _metrics(contract: Contract, data: dict[str, Any], idx: list[int]) -> dict[s
             ranks = stats.rankdata(p)
             n1, n0 = int(pos.sum()), int((~pos).sum())
             out["roc_auc"] = float((ranks[pos].sum() - n1 * (n1 + 1) / 2) / (n1 * n0)) if n1 and n0 else None
-        return _jsonable(out)
+        return jsonable(out)
     pred = np.asarray(data["outputs"]["prediction"], dtype=np.float64).ravel()[idx]
     try:
         truth = np.asarray([data["labels"][i] for i in idx], dtype=np.float64)
@@ -309,7 +300,7 @@ def _metrics(contract: Contract, data: dict[str, Any], idx: list[int]) -> dict[s
         raise InvalidInputError("regression labels must be numbers.") from None
     err = pred - truth
     ss_tot = float(((truth - truth.mean()) ** 2).sum())
-    return _jsonable({"rmse": float(np.sqrt((err ** 2).mean())), "mae": float(np.abs(err).mean()),
+    return jsonable({"rmse": float(np.sqrt((err ** 2).mean())), "mae": float(np.abs(err).mean()),
                       "r2": 1 - float((err ** 2).sum()) / ss_tot if ss_tot > 0 else None})
 
 
@@ -338,7 +329,7 @@ def write_report(settings: Settings, model_ref: str, output: Path, *, since: str
     import os
     import tempfile
 
-    from mlopsctl import services
+    from mlopsctl.services import models
     from mlopsctl.monitoring import report as html_report
 
     t0 = time.perf_counter()
@@ -351,7 +342,7 @@ def write_report(settings: Settings, model_ref: str, output: Path, *, since: str
     report.prediction = _prediction_drift(loaded.contract, Scorer(loaded.onnx, loaded.contract).run(
         reference_columns(loaded.contract)), window.outputs)
     live = live_metrics(settings, model_ref, bucket=bucket, record=False)
-    history = services.show_model(settings, loaded.name)["history"]
+    history = models.show_model(settings, loaded.name)["history"]
     page = html_report.render(model=loaded.name, version=loaded.version, drift=report.to_dict(), report=report,
                               live=live, history=history,
                               window_label=f"last {last} rows" if last else f"last {since or settings.monitor.window}")
@@ -395,7 +386,7 @@ class DriftTrigger:
                     f"({result['drift_share']:.0%}) over {result['window']['rows']} rows")
         if not result["drifted"]:
             return None
-        store, _ = _store_and_arts(self.settings)
+        store = open_project(self.settings).store
         frame, last_id = training_rows_from_log(self.settings, self.model_ref, _last_queued_feedback(store, result["model"]))
         if len(frame) < self.settings.monitor.min_labels:
             msg = (f"drift detected but only {len(frame)} labelled prediction(s); need monitor.min_labels = "

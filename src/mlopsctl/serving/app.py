@@ -13,20 +13,19 @@ import numpy as np
 from flask import Flask, Response, g, request
 from werkzeug.exceptions import HTTPException
 
-from mlopsctl.artifacts import ArtifactStore
 from mlopsctl.config import Settings
-from mlopsctl.errors import InvalidInputError, MlopsError
-from mlopsctl.registry import latest_monitor_results, parse_ref
+from mlopsctl.errors import InvalidInputError, MlopsError, Unauthorized
+from mlopsctl.project import open_project
+from mlopsctl.registry import parse_ref
 from mlopsctl.serving import mlflow, v2
 from mlopsctl.serving.core import (
-    RELEASE_AFTER_ROWS, ServerState, Unauthorized, dump_json, error_response, infer, json_response, new_request_id,
+    RELEASE_AFTER_ROWS, ServerState, dump_json, error_response, infer, json_response, new_request_id,
     parse_json, read_body, records_to_columns, release_after, request_id, state,
 )
 from mlopsctl.serving.metrics import Metrics
 from mlopsctl.serving.openapi import spec
 from mlopsctl.serving.predlog import PredictionLog
 from mlopsctl.serving.runtime import ModelHolder, ServedModel
-from mlopsctl.store.db import open_store
 
 log = logging.getLogger("mlopsctl.serve")
 
@@ -40,8 +39,7 @@ def create_app(settings: Settings, model_ref: str | None = None, *, workers: int
     ``registry.model_name`` at ``registry.alias``; an alias reference is followed (hot reload)."""
     serve = settings.serve
     ref = parse_ref(model_ref or settings.registry.model_name, settings.registry.alias)
-    store = open_store(settings.store_url, settings.store.busy_timeout_ms)
-    arts = ArtifactStore(settings.artifacts_dir)
+    project = open_project(settings)
     metrics = Metrics()
     threads = max(1, (os.cpu_count() or 1) // max(1, workers))
 
@@ -51,13 +49,13 @@ def create_app(settings: Settings, model_ref: str | None = None, *, workers: int
             metrics.reloads.labels(new.name).inc()
         metrics.model_version.labels(new.name, new.provider).set(new.version)
 
-    holder = ModelHolder(store, arts, ref, device=device or serve.device, threads=threads,
+    holder = ModelHolder(project, ref, device=device or serve.device, threads=threads,
                          reload_interval=serve.reload_interval, on_swap=on_swap)
     log.warning("serving %s version %s on %s (requested device: %s): %s", ref, holder.current.version,
                 holder.current.provider, device or serve.device, holder.current.placement)
     predlog = None
     if serve.log_predictions:
-        predlog = PredictionLog(store, serve.log_queue_size, flush_interval=serve.log_flush_seconds,
+        predlog = PredictionLog(project.store, serve.log_queue_size, flush_interval=serve.log_flush_seconds,
                                 on_drop=metrics.log_dropped.inc,
                                 on_write_error=metrics.log_write_errors.inc)
     if watch:
@@ -229,7 +227,7 @@ def _register_routes(app: Flask) -> None:
 def _monitor_gauges(st: ServerState) -> None:
     """The latest drift share and live metric recorded by `mlopsctl monitor` (one indexed read per scrape)."""
     try:
-        latest = latest_monitor_results(st.holder.store, st.model.name)
+        latest = st.holder.project.latest_monitor_results(st.model.name)
     except Exception as e:  # a scrape must not fail because the store is busy
         log.warning("could not read monitoring results: %s", e)
         return

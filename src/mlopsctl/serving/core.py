@@ -14,29 +14,11 @@ from flask import Response, current_app, g, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from mlopsctl.config import Settings
-from mlopsctl.errors import InvalidInputError, MlopsError
+from mlopsctl.errors import InvalidInputError, PayloadTooLarge
 from mlopsctl.serving.metrics import Metrics
 from mlopsctl.serving.predlog import PredictionLog
 from mlopsctl.serving.records import in_order, numeric_columns
 from mlopsctl.serving.runtime import ModelHolder, ServedModel
-
-
-class Unauthorized(MlopsError):
-    exit_code = 2
-    http_status = 401
-
-
-class NotReady(MlopsError):
-    exit_code = 7
-    http_status = 503
-
-
-class UnsupportedMediaType(InvalidInputError):
-    http_status = 415
-
-
-class PayloadTooLarge(InvalidInputError):
-    http_status = 413
 
 
 @dataclass

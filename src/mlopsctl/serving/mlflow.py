@@ -9,9 +9,9 @@ import numpy as np
 from flask import Blueprint, Response, request
 
 from mlopsctl._version import __version__
-from mlopsctl.errors import InvalidInputError
+from mlopsctl.errors import InvalidInputError, UnsupportedMediaType
 from mlopsctl.serving.core import (
-    UnsupportedMediaType, infer, json_response, parse_json, read_body, records_to_columns, release_after, state,
+    infer, json_response, parse_json, read_body, records_to_columns, release_after, state,
 )
 
 bp = Blueprint("mlflow", __name__)

@@ -15,9 +15,9 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 
-from mlopsctl.artifacts import ArtifactStore
 from mlopsctl.contract import Contract
-from mlopsctl.registry import ModelRef, current_version, load_model
+from mlopsctl.project import Project
+from mlopsctl.registry import ModelRef
 from mlopsctl.errors import ConfigError
 from mlopsctl.scoring import (CPU, CUDA, Scorer, compute_providers, cuda_missing_message, describe_placement,
                                providers_for)
@@ -93,13 +93,13 @@ def _tensor_meta(nodes: Any, contract: Contract | None = None) -> list[dict[str,
     return out
 
 
-def build(store: Any, arts: ArtifactStore, ref: ModelRef, device: str, threads: int) -> ServedModel:
+def build(project: Project, ref: ModelRef, device: str, threads: int) -> ServedModel:
     """Load (sha256-verified), create the session and warm it up before anyone can use it.
 
     On a GPU the warm-up also records which provider runs each node. ``--device cuda`` fails when ONNX Runtime
     could not start CUDA (it would quietly run on the CPU), and warns when CUDA would only move data (none of
     the model's arithmetic has a CUDA kernel); ``auto`` then uses a CPU session and says so."""
-    loaded = load_model(store, arts, ref)
+    loaded = project.load_model(ref)
     providers = providers_for(device)
     scorer = Scorer(loaded.onnx, loaded.contract, providers, threads)
     served = _served(loaded, scorer)
@@ -153,12 +153,12 @@ def warm_up(served: ServedModel) -> None:
 class ModelHolder:
     """The current ServedModel; follows ``name@alias`` when asked to."""
 
-    def __init__(self, store: Any, arts: ArtifactStore, ref: ModelRef, *, device: str = "cpu", threads: int = 1,
+    def __init__(self, project: Project, ref: ModelRef, *, device: str = "cpu", threads: int = 1,
                  reload_interval: float = 1.0, on_swap: Callable[[ServedModel, ServedModel | None], None] | None = None):
-        self.store, self.arts, self.ref = store, arts, ref
+        self.project, self.ref = project, ref
         self.device, self.threads, self.reload_interval = device, threads, reload_interval
         self.on_swap = on_swap
-        self.current: ServedModel = build(store, arts, ref, device, threads)
+        self.current: ServedModel = build(project, ref, device, threads)
         self.reloads = 0
         self.last_error: str | None = None
         self._stop = threading.Event()
@@ -177,10 +177,10 @@ class ModelHolder:
             return False
         with self._lock:
             try:
-                version = current_version(self.store, self.ref)
+                version = self.project.current_version(self.ref)
                 if version == self.current.version:
                     return False
-                new = build(self.store, self.arts, ModelRef(self.ref.name, version=version), self.device, self.threads)
+                new = build(self.project, ModelRef(self.ref.name, version=version), self.device, self.threads)
             except Exception as e:  # keep serving the old version; say why
                 self.last_error = f"{type(e).__name__}: {e}"
                 log.error("hot reload of %s failed, still serving version %s: %s", self.ref, self.current.version, e)

@@ -46,22 +46,18 @@ def check_port(host: str, port: int) -> None:
 def preflight(settings: Settings, model_ref: str | None, device: str) -> str:
     """Everything that can be wrong before forking: the reference resolves, the ONNX file verifies, the
     device exists. Returns the resolved reference text."""
-    from mlopsctl.artifacts import ArtifactStore
-    from mlopsctl.registry import load_model, parse_ref
+    from mlopsctl.project import open_project
     from mlopsctl.scoring import probe_in_child
-    from mlopsctl.store.db import open_store
+    from mlopsctl.store.db import close_all
 
-    ref = parse_ref(model_ref or settings.registry.model_name, settings.registry.alias)
-    store = open_store(settings.store_url, settings.store.busy_timeout_ms)
-    loaded = load_model(store, ArtifactStore(settings.artifacts_dir), ref)  # unknown model/alias, corrupt blob
+    project = open_project(settings)
+    ref = project.ref(model_ref or settings.registry.model_name)
+    loaded = project.load_model(ref)  # unknown model/alias, corrupt blob
     if device != "cpu":
         # asked in a child process: onnxruntime must not be imported in the gunicorn master, or the
         # forked workers abort at exit (its thread pools do not survive fork)
         probe_in_child(device, loaded.onnx)
-    store.dispose()  # workers open their own connections after the fork
-    from mlopsctl.store.db import close_all
-
-    close_all()
+    close_all()  # workers open their own connections after the fork
     return str(ref)
 
 

@@ -46,10 +46,6 @@ class Store:
         with self.read_sessions.begin() as s:
             yield s
 
-    @property
-    def sqlite_path(self) -> Path | None:
-        return _sqlite_path(self.url)
-
     def dispose(self) -> None:
         self.engine.dispose()
 

@@ -21,7 +21,6 @@ from mlopsctl.errors import InvalidInputError
 from mlopsctl.training import estimators, export, metrics
 
 Progress = Callable[[str], None]
-STAGES = ("prepare", "fit", "evaluate", "export", "parity")
 
 
 @dataclass

@@ -1,0 +1,8 @@
+"""The use cases, one module per use case; each owns its transactions and returns plain dicts or dataclasses.
+
+- :mod:`~mlopsctl.services.project`: ``mlopsctl init``
+- :mod:`~mlopsctl.services.datasets`: dataset versions
+- :mod:`~mlopsctl.services.runs`: train and track a run; list, show, compare runs
+- :mod:`~mlopsctl.services.models`: register, promote, roll back; models and the audit trail
+- :mod:`~mlopsctl.services.gate`: the quality gate a promotion passes
+"""

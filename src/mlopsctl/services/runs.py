@@ -1,0 +1,209 @@
+"""Use cases: train and track a run (``mlopsctl train``), list, show and compare runs.
+
+A crash mid-way never leaves a half-written record: blobs are written (atomically) before the rows that
+point at them, and each group of rows is committed in one short transaction.
+"""
+
+from __future__ import annotations
+
+import io
+import platform
+import subprocess
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Callable
+
+from mlopsctl._version import __version__
+from mlopsctl.artifacts import ArtifactStore
+from mlopsctl.common import jsonable
+from mlopsctl.config import Settings
+from mlopsctl.contract import Contract
+from mlopsctl.errors import InvalidInputError, NotFoundError
+from mlopsctl.project import open_project
+from mlopsctl.services.datasets import record_dataset
+from mlopsctl.store.db import Store
+
+ONNX_MEDIA = "application/onnx"
+JSON_MEDIA = "application/json"
+
+
+def environment() -> dict[str, str]:
+    env = {"python": platform.python_version(), "mlopsctl": __version__}
+    for dist in ("scikit-learn", "skl2onnx", "onnxruntime", "onnx", "numpy", "pandas"):
+        try:
+            env[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            env[dist] = "not installed"
+    return env
+
+
+def git_commit(directory: Path) -> str | None:
+    try:
+        out = subprocess.run(["git", "-C", str(directory), "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=5, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else None
+
+
+@dataclass
+class ModelFiles:
+    """What a trained model leaves in the artifact store (sha256 of each blob)."""
+
+    onnx: str
+    contract: str
+    joblib: str
+    sizes: dict[str, int]
+
+
+def store_model_files(arts: ArtifactStore, pipeline: Any, onnx_bytes: bytes, contract: Contract) -> ModelFiles:
+    import joblib
+
+    buf = io.BytesIO()
+    joblib.dump(pipeline, buf)  # uncompressed: several times faster to write than compress=3
+    blobs = {"onnx": onnx_bytes, "contract": contract.to_json().encode(), "joblib": buf.getvalue()}
+    shas = {k: arts.put_bytes(v) for k, v in blobs.items()}
+    return ModelFiles(sizes={k: len(v) for k, v in blobs.items()}, **shas)
+
+
+def record_model(s: Any, run_id: int, files: ModelFiles, parity: dict[str, Any], extra: dict[str, tuple[str, int, str]] | None = None) -> None:
+    """Artifact rows and parity for a run (inside the caller's transaction)."""
+    from mlopsctl import tracking
+    from mlopsctl.store.models import Run
+
+    tracking.add_artifact(s, run_id, "model.onnx", files.onnx, files.sizes["onnx"], ONNX_MEDIA)
+    tracking.add_artifact(s, run_id, "contract.json", files.contract, files.sizes["contract"], JSON_MEDIA)
+    tracking.add_artifact(s, run_id, "model.joblib", files.joblib, files.sizes["joblib"], "application/x-joblib")
+    for name, (sha, size, media) in (extra or {}).items():
+        tracking.add_artifact(s, run_id, name, sha, size, media)
+    s.get(Run, run_id).parity = parity
+
+
+def fail_run(store: Store, run_id: int, reason: str) -> None:
+    from mlopsctl import tracking
+
+    with store.session() as s:
+        tracking.finish_run(s, run_id, tracking.FAILED, reason[:2000])
+        training_event(s, run_id, "training_failed", f"run {run_id} failed: {reason[:500]}", {"reason": reason[:2000]})
+
+
+def training_event(s: Any, run_id: int, kind: str, message: str, payload: dict[str, Any]) -> None:
+    from mlopsctl import registry
+
+    registry.add_event(s, kind, message, run_id=run_id, payload=payload)
+
+
+def describe_failure(exc: BaseException) -> str:
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted (Ctrl-C)"
+    if isinstance(exc, SystemExit):
+        return f"interrupted (exit {exc.code})"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def train_and_track(
+    settings: Settings, *, data_path: Path | None = None, run_name: str | None = None,
+    experiment: str | None = None, progress: Callable[[str], None] = lambda stage: None,
+    notify: Callable[[str], None] = lambda line: None,
+) -> dict[str, Any]:
+    """Read the data, train, export, check parity and record everything as one run.
+
+    Input errors (file, target, model spec, split) are raised before a run exists. Once the run exists,
+    any failure or Ctrl-C marks it FAILED with the reason before the exception propagates.
+    """
+    from mlopsctl import data, tracking
+    from mlopsctl.training import train as training
+
+    path = settings.resolve(data_path or settings.data.path)
+    progress("load")
+    df = data.read_table(path)
+    spec = training.TrainSpec(
+        model=settings.train.model, params=dict(settings.train.params), target=settings.data.target,
+        task=settings.data.task, test_size=settings.train.test_size, seed=settings.train.seed,
+        reference_rows=settings.train.reference_rows, source=str(path.name),
+        exclude=tuple(settings.data.exclude), max_categories=settings.train.max_categories,
+    )
+    prepared = training.prepare(df, spec)
+    for line in prepared.notices:
+        notify(line)
+    _, _, dv_id = record_dataset(settings, path, df, None)
+    store = open_project(settings).store
+    with store.session() as s:
+        run = tracking.create_run(
+            s, experiment or settings.train.experiment, run_name, dataset_version_id=dv_id, task=prepared.task,
+            model_class=settings.train.model, seed=spec.seed, git_commit=git_commit(settings.project_dir),
+            environment=environment(),
+        )
+        run_id = run.id
+        if prepared.notices:
+            tracking.set_tags(s, run_id, {"data.notices": "\n".join(prepared.notices)})
+        if prepared.ignored:
+            tracking.log_params(s, run_id, {"excluded_columns": ",".join(map(str, prepared.ignored))})
+    try:
+        result = training.train(prepared, progress)
+        progress("record")
+        arts = open_project(settings).artifacts
+        files = store_model_files(arts, result.pipeline, result.onnx_bytes, result.contract)
+        heldout = io.BytesIO()
+        result.heldout.to_parquet(heldout, index=False)
+        heldout_sha = arts.put_bytes(heldout.getvalue())
+        with store.session() as s:
+            r = s.get(tracking.Run, run_id)
+            r.model_class = result.model_class
+            tracking.log_params(s, run_id, {f"model.{k}": v for k, v in result.params.items()})
+            tracking.log_params(s, run_id, {"target": spec.target, "task": result.task, "test_size": spec.test_size,
+                                            "seed": spec.seed, "n_train": result.n_train, "n_test": result.n_test,
+                                            "rows_without_target": result.dropped})
+            tracking.log_metrics(s, run_id, result.metrics)
+            tracking.set_tags(s, run_id, {f"timing.{k}": f"{v:.3f}" for k, v in result.timings.items()})
+            record_model(s, run_id, files, jsonable(result.parity.to_dict()),
+                         {"heldout.parquet": (heldout_sha, len(heldout.getvalue()), "application/vnd.apache.parquet")})
+            tracking.finish_run(s, run_id)
+            training_event(s, run_id, "trained", f"run {run_id} finished: " + ", ".join(
+                f"{k}={v:.4f}" for k, v in sorted(result.metrics.items())), result.metrics)
+    except BaseException as exc:
+        fail_run(store, run_id, describe_failure(exc))
+        raise
+    return show_run(settings, str(run_id))
+
+
+def list_runs(settings: Settings, experiment: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+    from mlopsctl import tracking
+
+    with open_project(settings).store.read() as s:
+        runs = tracking.list_runs(s, experiment, limit)
+        metrics = tracking.metrics_for(s, [r.id for r in runs])
+        return [tracking.run_summary(r, metrics[r.id]) for r in runs]
+
+
+def show_run(settings: Settings, ref: str) -> dict[str, Any]:
+    from mlopsctl import tracking
+
+    with open_project(settings).store.read() as s:
+        return tracking.run_detail(s, tracking.get_run(s, ref))
+
+
+def compare_runs(settings: Settings, refs: list[str]) -> dict[str, Any]:
+    """Side by side: params and metrics of each run, with the keys that differ marked."""
+    if len(refs) < 2:
+        raise InvalidInputError("compare needs at least two runs, as in `mlopsctl runs compare 3 4`.")
+    runs = [show_run(settings, r) for r in refs]
+    keys_p = sorted({k for r in runs for k in r["params"]})
+    keys_m = sorted({k for r in runs for k in r["metrics"]})
+    params = {k: [r["params"].get(k) for r in runs] for k in keys_p}
+    metrics = {k: [r["metrics"].get(k) for r in runs] for k in keys_m}
+    return {
+        "runs": [{"id": r["id"], "name": r["name"], "status": r["status"], "model": r["model"]} for r in runs],
+        "params": params, "metrics": metrics,
+        "differing_params": [k for k, v in params.items() if len(set(map(str, v))) > 1],
+    }
+
+
+def run_artifact(settings: Settings, ref: str, name: str) -> bytes:
+    """A verified artifact blob of a run (``model.onnx``, ``contract.json``, ...)."""
+    run = show_run(settings, ref)
+    for a in run["artifacts"]:
+        if a["name"] == name:
+            return open_project(settings).artifacts.get_bytes(a["sha256"])
+    raise NotFoundError(f"run {run['id']} has no artifact {name!r}; it has {', '.join(a['name'] for a in run['artifacts']) or 'none'}.")
