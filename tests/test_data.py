@@ -79,10 +79,7 @@ def test_ragged_csv(tmp_path):
 
 def test_binary_junk_csv(tmp_path):
     p = write(tmp_path / "junk.csv", bytes(range(256)) * 4)
-    kind, message = read_error(p)
-    assert kind is InvalidInputError
-    assert message.startswith(f"{p} could not be parsed as CSV (")
-    assert message.endswith("); fix the file.")
+    assert read_error(p) == (InvalidInputError, f"{p} is not UTF-8 text; save it as UTF-8 CSV or as Parquet.")
 
 
 def test_not_utf8(tmp_path):

@@ -276,8 +276,7 @@ def _bad_files(project: Path) -> dict[str, tuple[Callable[[Path], None], str]]:
         "few.csv": (frame(lambda df: df.head(5)), "5 rows, fewer than watch.min_rows = 10"),
         "nulls.csv": (frame(half_null), "column 'mean_radius' is 50% null, above the training data's 0% "
                                         "+ watch.max_null_increase 20%"),
-        "binary.csv": (raw(bytes(range(256)) * 8), "{path} could not be parsed as CSV (Error tokenizing data. "
-                                                   "C error: Expected 1 fields in line 3, saw 2); fix the file."),
+        "binary.csv": (raw(bytes(range(256)) * 8), "{path} is not UTF-8 text; save it as UTF-8 CSV or as Parquet."),
         "empty.csv": (raw(b""), "{path} is empty; add a header row and data rows."),
         "latin1.csv": (raw("caf\xe9,label\n1,2\n".encode("latin-1")),
                        "{path} is not UTF-8 text; save it as UTF-8 CSV or as Parquet."),

@@ -6,6 +6,10 @@ columns plus ``prediction``, ``proba_<class>`` and ``_error`` to the output. Pea
 chunk size, not the file size. Rows that fail validation stay in the output with their error and no
 prediction (never silently dropped). The output is written to a temporary file and renamed at the end,
 so a crash never leaves a half-written result under the output name.
+
+CSV dialects (byte-order mark, CRLF or CR line ends, ``;``/tab/``|`` delimiters, decimal commas, quoted fields
+with delimiters, line breaks and ``""``) are read as ``data.read_table`` reads them for training: the delimiter
+comes from the same ``data.csv_delimiter``, and the block splitter reads quotes as pandas and Arrow do.
 """
 
 from __future__ import annotations
@@ -20,9 +24,10 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from mlopsctl.common import readable_by_all
+from mlopsctl.common import DATA_SUFFIXES, PARQUET_SUFFIXES, readable_by_all
 from mlopsctl.config import Settings
 from mlopsctl.contract import Contract, RowError
+from mlopsctl.data import NOT_UTF8, SNIFF_BYTES, UTF8_BOM, csv_delimiter
 from mlopsctl.errors import InvalidInputError, NotFoundError
 from mlopsctl.project import open_project
 from mlopsctl.registry import LoadedModel
@@ -31,6 +36,7 @@ Progress = Callable[[int, "int | None"], None]
 ERROR_COLUMN = "_error"
 PREDICTION_COLUMN = "prediction"
 BLOCK_BYTES = 16 << 20  # CSV bytes parsed at once: bounds memory per chunk
+MAX_RECORD_BYTES = 64 << 20  # a longer record is an unclosed quote, not data
 MAX_REPORTED_ERRORS = 1000
 
 
@@ -69,60 +75,161 @@ def _arrow_types(names: list[str], contract: Contract, strict: bool) -> dict[str
     return types
 
 
-def _byte_chunks(path: Path, size: int) -> Iterator[tuple[bytes, bytes]]:
-    """(header line, block of whole records) pairs; splits only at newlines outside quoted fields, so
-    peak memory is one block however large the file is (Arrow's streaming reader reads far ahead)."""
+def _byte_chunks(path: Path, size: int, delimiter: str) -> Iterator[tuple[bytes, bytes]]:
+    """(header record, block of whole records) pairs, read ``size`` bytes at a time and split only between
+    records, never inside a quoted field, so peak memory is one block however large the file is (Arrow's
+    streaming reader reads far ahead). A UTF-8 byte-order mark and blank lines before the header are dropped;
+    lines end in \\n or \\r\\n, or in \\r alone when the header's does (old Mac exports)."""
+    sep = delimiter.encode()[0]
     with open(path, "rb") as fh:
-        header = fh.readline()
-        if not header.endswith(b"\n"):
-            header += b"\n"
-        carry = b""
+        if fh.read(len(UTF8_BOM)) != UTF8_BOM:
+            fh.seek(0)
+        start = fh.tell()
+        line_end = _line_end(fh.read(SNIFF_BYTES), sep)
+        fh.seek(start)
+        header, carry = None, b""
         while True:
             data = fh.read(size)
             buf = carry + data
             if not data:
-                if buf.strip():
+                if _record_end(buf + line_end, sep, line_end) != len(buf) + 1:
+                    raise InvalidInputError(f"{path} ends inside a quoted field (a \" that is never closed); fix the file.")
+                if header is not None and buf.strip():
                     yield header, buf
                 return
-            cut = buf.rfind(b"\n")
-            while cut != -1 and buf.count(b'"', 0, cut) % 2:  # inside a quoted field: look further back
-                cut = buf.rfind(b"\n", 0, cut)
+            cut = _record_end(buf, sep, line_end)
             if cut == -1:
+                if len(buf) > MAX_RECORD_BYTES:
+                    raise InvalidInputError(
+                        f"{path} has a record longer than {MAX_RECORD_BYTES >> 20} MiB, most likely a quoted field "
+                        "whose closing \" is missing; fix the file."
+                    )
                 carry = buf  # one record longer than the block: read more
                 continue
-            carry = buf[cut + 1:]
-            yield header, buf[: cut + 1]
+            block, carry = buf[:cut], buf[cut:]
+            if header is None:
+                block = block.lstrip(b"\r\n")
+                if not block:
+                    continue
+                end = _record_end(block, sep, line_end, first=True)
+                header, block = block[:end], block[end:]
+            if block:
+                yield header, block
 
 
-def _csv_batches(path: Path, contract: Contract, strict: bool) -> Iterator[Any]:
+def _line_end(head: bytes, sep: int) -> bytes:
+    """b"\\r" when the first line outside quotes ends in a lone \\r (old Mac files), else b"\\n" (LF or CRLF)."""
+    cr = _record_end(head, sep, b"\r", first=True)
+    lf = _record_end(head, sep, b"\n", first=True)
+    return b"\r" if cr != -1 and head[cr:cr + 1] != b"\n" and (lf == -1 or cr < lf) else b"\n"
+
+
+def _record_end(buf: bytes, sep: int, line_end: bytes, first: bool = False) -> int:
+    """Index just past the last (``first``: the first) line end of ``buf`` outside quoted fields, -1 if none;
+    ``buf`` starts at the start of a record. Quoting is read as pandas and Arrow read it: a quote opens a quoted
+    field only at the start of a field, and "" inside one is a quote; elsewhere a quote is text."""
+    cut = buf.find(line_end) if first else buf.rfind(line_end)
+    if cut == -1 or buf.find(b'"', 0, cut) == -1:  # the plain case: no quote before the line end
+        return -1 if cut == -1 else cut + 1
+    if not first:
+        end = _paired_quotes_record_end(buf, cut, sep, line_end)
+        if end is not None:
+            return end
+    return _scanned_record_end(buf, sep, line_end, first)
+
+
+def _paired_quotes_record_end(buf: bytes, cut: int, sep: int, line_end: bytes) -> int | None:
+    """:func:`_record_end` by counting quotes (vectorised) when every quote before ``cut`` pairs up as RFC 4180
+    writes them: the 1st, 3rd, ... opens a field (after a delimiter, a line end, the start or the quote before
+    it, as in ""), the 2nd, 4th, ... closes one (before a delimiter, a line end or a quote). Then a line end is
+    inside a quoted field exactly when an odd number of quotes come before it. None when the quotes do not
+    pair up (a quote inside an unquoted field, text after a closing quote): scan instead."""
+    a = np.frombuffer(buf, dtype=np.uint8)
+    quotes = np.flatnonzero(a[:cut] == ord('"'))
+    bounds = np.zeros(256, dtype=bool)
+    bounds[[sep, ord("\n"), ord("\r"), ord('"')]] = True
+    opens, closes = quotes[0::2], quotes[1::2]
+    if not (bounds[a[opens[opens > 0] - 1]].all() and bounds[a[closes + 1]].all()):
+        return None
+    k = len(quotes)
+    while k % 2:  # the line end at cut is inside the field the last quote opened: look before that field
+        cut = buf.rfind(line_end, 0, int(quotes[k - 1]))
+        if cut == -1:
+            return -1
+        k = int(np.searchsorted(quotes, cut))
+    return cut + 1
+
+
+def _scanned_record_end(buf: bytes, sep: int, line_end: bytes, first: bool) -> int:
+    """:func:`_record_end` by walking from quote to quote (any quoting, one Python step per quote)."""
+    starts = (sep, ord("\n"), ord("\r"))
+    pos, last, n = 0, -1, len(buf)
+    while True:
+        q = buf.find(b'"', pos)
+        stop = n if q == -1 else q
+        nl = buf.find(line_end, pos, stop) if first else buf.rfind(line_end, pos, stop)
+        if nl != -1:
+            if first:
+                return nl + 1
+            last = nl + 1
+        if q == -1:
+            return last
+        if q > 0 and buf[q - 1] not in starts:  # a quote inside an unquoted field is text
+            pos = q + 1
+            continue
+        close = q + 1
+        while True:  # to the closing quote, over "" pairs
+            close = buf.find(b'"', close)
+            if close == -1:
+                return last  # the field goes on past the end of buf
+            if buf[close + 1:close + 2] != b'"':
+                break
+            close += 2
+        pos = close + 1
+
+
+def _csv_batches(path: Path, contract: Contract, strict: bool, delimiter: str, decimal: str) -> Iterator[Any]:
     import pyarrow as pa
+    import pyarrow.compute as pc
     from pyarrow import csv
 
     types = None
-    for header, block in _byte_chunks(path, BLOCK_BYTES):
+    numeric = [c.name for c in contract.columns if c.kind == "numeric"]
+    for header, block in _byte_chunks(path, BLOCK_BYTES, delimiter):
         if types is None:
-            names = _header_names(header, path)
+            names = _header_names(header, path, delimiter)
             _check_columns(names, contract, path)
             types = _arrow_types(names, contract, strict)
+        data = header + block
         try:
             table = csv.read_csv(
-                pa.py_buffer(header + block),
-                read_options=csv.ReadOptions(use_threads=True, block_size=BLOCK_BYTES),
-                convert_options=csv.ConvertOptions(column_types=types, strings_can_be_null=True),
+                pa.py_buffer(data),
+                read_options=csv.ReadOptions(use_threads=True, block_size=max(BLOCK_BYTES, len(data) + 1)),
+                parse_options=csv.ParseOptions(delimiter=delimiter),
+                convert_options=csv.ConvertOptions(column_types=types, strings_can_be_null=True, decimal_point=decimal),
             )
         except pa.ArrowInvalid as e:
+            if "invalid UTF8" in str(e):
+                raise InvalidInputError(NOT_UTF8.format(path=path)) from None
             if strict and "conversion" in str(e).lower():
                 raise _SlowPath() from None
             raise InvalidInputError(f"{path} could not be parsed as CSV ({str(e).splitlines()[0]}); fix the file.") from None
+        if not strict and decimal != ".":  # text here; the contract's checker parses numbers with a point
+            for name in numeric:
+                i = table.schema.get_field_index(name)
+                table = table.set_column(i, name, pc.replace_substring(table.column(i), decimal, "."))
         yield from table.to_batches()
 
 
-def _header_names(header: bytes, path: Path) -> list[str]:
+def _header_names(header: bytes, path: Path, delimiter: str) -> list[str]:
     import pyarrow as pa
     from pyarrow import csv
 
     try:
-        return csv.read_csv(pa.py_buffer(header), read_options=csv.ReadOptions(autogenerate_column_names=False)).schema.names
+        return csv.read_csv(pa.py_buffer(header), read_options=csv.ReadOptions(autogenerate_column_names=False),
+                            parse_options=csv.ParseOptions(delimiter=delimiter)).schema.names
+    except UnicodeDecodeError:
+        raise InvalidInputError(NOT_UTF8.format(path=path)) from None
     except pa.ArrowInvalid as e:
         raise InvalidInputError(f"{path} has an unreadable header ({str(e).splitlines()[0]}); fix the file.") from None
 
@@ -162,7 +269,7 @@ class _Writer:
 
     def __init__(self, output: Path):
         self.output = output
-        self.kind = "parquet" if output.suffix.lower() in (".parquet", ".pq") else "csv"
+        self.kind = "parquet" if output.suffix.lower() in PARQUET_SUFFIXES else "csv"
         output.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent)
         os.close(fd)
@@ -275,13 +382,14 @@ def predict_file(
     if not input_path.is_file():
         raise NotFoundError(f"input file {input_path} does not exist.")
     suffix = input_path.suffix.lower()
-    if suffix not in (".csv", ".parquet", ".pq"):
+    if suffix not in DATA_SUFFIXES:
         raise InvalidInputError(f"{input_path.name} has an unsupported extension {suffix or '(none)'!r}; use .csv or .parquet.")
     if input_path.stat().st_size == 0:
         raise InvalidInputError(f"{input_path} is empty; add a header row and data rows.")
     output = settings.resolve(output_path) if output_path else input_path.with_name(f"{input_path.stem}.predictions.csv")
     if output.resolve() == input_path.resolve():
         raise InvalidInputError("--output must differ from the input file.")
+    delimiter = csv_delimiter(input_path, settings.data.delimiter, settings.data.decimal) if suffix == ".csv" else ","
     model = open_project(settings).load_model(ref)
     scorer = Scorer(model.onnx, model.contract, threads=os.cpu_count() or 1)
     t0 = time.perf_counter()
@@ -295,7 +403,7 @@ def predict_file(
         summary = PredictSummary(model.name, model.version, str(input_path), str(output))
         writer = _Writer(output)
         try:
-            batches = (_csv_batches(input_path, model.contract, strict) if suffix == ".csv"
+            batches = (_csv_batches(input_path, model.contract, strict, delimiter, settings.data.decimal) if suffix == ".csv"
                        else _parquet_batches(input_path, model.contract, chunk_rows))
             schema = None
             for batch in _rechunk(batches, chunk_rows):

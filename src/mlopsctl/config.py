@@ -42,6 +42,8 @@ class DataSettings:
     task: str = _opt("auto", "the learning task", choices=("auto", "classification", "regression"))
     name: str = _opt("", "dataset name in the store (default: the file name without extension)")
     exclude: list = _opt([], "columns that are not features (ids, free text, dates), e.g. [\"customer_id\"]")
+    delimiter: str = _opt("auto", "CSV field delimiter: auto (found in the header: , ; tab or |) or one character")
+    decimal: str = _opt(".", "decimal mark of numbers in CSV files", choices=(".", ","))
 
 
 @dataclass(frozen=True)
@@ -308,6 +310,11 @@ def load_settings(
 
 
 def _check_ranges(s: Settings) -> None:
+    d = s.data.delimiter
+    if d != "auto" and (len(d) != 1 or not d.isascii() or d in '"\r\n'):
+        raise ConfigError(f"data.delimiter must be auto or one ASCII character such as \";\" or \"\\t\" (not a quote or a line end), got {d!r}.")
+    if d == s.data.decimal:
+        raise ConfigError(f"data.delimiter and data.decimal are both {d!r}; a decimal comma needs another delimiter, such as \";\".")
     if not 0.0 < s.train.test_size < 1.0:
         raise ConfigError(f"train.test_size must be between 0 and 1 (exclusive), got {s.train.test_size}.")
     if s.train.max_categories < 1:

@@ -5,24 +5,31 @@ No database here; ``services`` records what this module computes.
 
 from __future__ import annotations
 
+import codecs
 import hashlib
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mlopsctl import labels
+from mlopsctl.common import DATA_SUFFIXES
 from mlopsctl.contract import ColumnSpec, Contract
 from mlopsctl.errors import InvalidInputError, NotFoundError
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
 
-SUPPORTED_SUFFIXES = (".csv", ".parquet", ".pq")
 MAX_CLASSES_FOR_INTEGER_TARGET = 20
 
 
-def read_table(path: Path) -> pd.DataFrame:
-    """Read a CSV or Parquet file with one-line errors for every way it can go wrong."""
+def read_table(path: Path, *, delimiter: str = "auto", decimal: str = ".", suffix: str | None = None) -> pd.DataFrame:
+    """Read a CSV or Parquet file with one-line errors for every way it can go wrong.
+
+    CSV files are UTF-8 (a byte-order mark is dropped) with any line ends and RFC 4180 quoting; ``delimiter``
+    is one character or "auto" (see :func:`csv_delimiter`), ``decimal`` the decimal mark ("." or ",").
+    ``suffix`` gives the format of a file whose name does not show it (a stored blob).
+    """
     import pandas as pd
 
     path = Path(path)
@@ -30,22 +37,23 @@ def read_table(path: Path) -> pd.DataFrame:
         raise NotFoundError(f"data file {path} does not exist; check the path or set data.path in .mlops.toml.")
     if path.is_dir():
         raise InvalidInputError(f"{path} is a folder, not a data file; point at a .csv or .parquet file.")
-    suffix = path.suffix.lower()
-    if suffix not in SUPPORTED_SUFFIXES:
+    suffix = (suffix or path.suffix).lower()
+    if suffix not in DATA_SUFFIXES:
         raise InvalidInputError(
-            f"{path.name} has an unsupported extension {suffix or '(none)'!r}; use one of {', '.join(SUPPORTED_SUFFIXES)}."
+            f"{path.name} has an unsupported extension {suffix or '(none)'!r}; use one of {', '.join(DATA_SUFFIXES)}."
         )
     if path.stat().st_size == 0:
         raise InvalidInputError(f"{path} is empty; add a header row and data rows.")
+    sep = csv_delimiter(path, delimiter, decimal) if suffix == ".csv" else ","
     try:
         if suffix == ".csv":
-            df = pd.read_csv(path, low_memory=False)
+            df = pd.read_csv(path, low_memory=False, sep=sep, decimal=decimal)
         else:
             df = pd.read_parquet(path)
     except pd.errors.EmptyDataError:
         raise InvalidInputError(f"{path} is empty; add a header row and data rows.") from None
     except UnicodeDecodeError:
-        raise InvalidInputError(f"{path} is not UTF-8 text; save it as UTF-8 CSV or as Parquet.") from None
+        raise InvalidInputError(NOT_UTF8.format(path=path)) from None
     except (pd.errors.ParserError, ValueError, OSError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise InvalidInputError(f"{path} could not be parsed as {suffix[1:].upper()} ({first}); fix the file.") from None
@@ -57,6 +65,64 @@ def read_table(path: Path) -> pd.DataFrame:
     if len(unnamed) == len(df.columns):
         raise InvalidInputError(f"{path} has no header row; add a first line with the column names.")
     return df
+
+
+CSV_DELIMITERS = "\t;|,"  # what "auto" chooses from, in order of preference on a tie
+UTF8_BOM = b"\xef\xbb\xbf"
+NOT_UTF8 = "{path} is not UTF-8 text; save it as UTF-8 CSV or as Parquet."
+SNIFF_BYTES = 64 << 10
+SNIFF_RECORDS = 20
+# One token of a CSV head, for any of the candidate delimiters: a quoted field (a quote opens one only at the
+# start of a field; "" inside is a quote; it may run to the end of the head), a lone quote, a line end, a delimiter.
+_SNIFF_TOKENS = re.compile(r'(?:^|(?<=[\n\r,;\t|]))"(?:[^"]|"")*+(?:"|\Z)|"|\r\n|[\n\r,;\t|]')
+
+
+def csv_delimiter(path: Path, delimiter: str = "auto", decimal: str = ".") -> str:
+    """The field delimiter of a CSV file, for every reader of CSV (``read_table`` and batch predict), so they
+    split a file the same way. ``delimiter`` itself unless it is "auto"; else, of , ; tab and |, the one found
+    outside quotes in the header line (when several are, the one that splits the most of the next lines into as
+    many fields; on a tie tab, ;, | before the comma, which text and decimal commas use too), or "," when none
+    is (a one-column file). Raises InvalidInputError when the file does not start as UTF-8 text."""
+    with open(path, "rb") as fh:
+        head = fh.read(SNIFF_BYTES)
+    complete = len(head) < SNIFF_BYTES
+    try:
+        text = codecs.getincrementaldecoder("utf-8")().decode(head.removeprefix(UTF8_BOM), final=complete)
+    except UnicodeDecodeError:
+        raise InvalidInputError(NOT_UTF8.format(path=path)) from None
+    if delimiter == "auto":
+        delimiter = _sniff_delimiter(text, complete)
+    if delimiter == decimal:
+        raise InvalidInputError(
+            f"{path.name} has {delimiter!r} between fields, which cannot also be the decimal mark; "
+            f"set data.decimal = \".\" (or data.delimiter, if the fields are split by another character)."
+        )
+    return delimiter
+
+
+def _sniff_delimiter(text: str, complete: bool) -> str:
+    records: list[dict[str, int]] = []  # delimiter counts outside quotes, per non-blank line
+    counts, start = dict.fromkeys(CSV_DELIMITERS, 0), 0
+    for m in _SNIFF_TOKENS.finditer(text):
+        tok = m.group()
+        if tok in counts:
+            counts[tok] += 1
+        elif tok in ("\n", "\r", "\r\n"):
+            if m.start() > start:
+                records.append(counts)
+                if len(records) > SNIFF_RECORDS:
+                    break
+            counts, start = dict.fromkeys(CSV_DELIMITERS, 0), m.end()
+    else:
+        if (complete or not records) and text[start:].strip():
+            records.append(counts)  # the last line without a line end, or a header longer than the head
+    if not records:
+        return ","
+    header, rows = records[0], records[1:]
+    found = [d for d in CSV_DELIMITERS if header[d]]
+    if not found:
+        return ","
+    return max(found, key=lambda d: (sum(r[d] == header[d] for r in rows), -CSV_DELIMITERS.index(d)))
 
 
 def column_kind(series: pd.Series) -> str:

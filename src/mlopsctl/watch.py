@@ -10,7 +10,6 @@ so a watcher killed at any point resumes at the stage it reached. Rejected files
 
 from __future__ import annotations
 
-import io
 import logging
 import os
 import shutil
@@ -22,11 +21,11 @@ from pathlib import Path
 from typing import Any, Callable, Protocol
 
 from mlopsctl.artifacts import sha256_file
+from mlopsctl.common import DATA_SUFFIXES
 from mlopsctl.config import Settings, parse_duration, with_overrides
 from mlopsctl.errors import ConflictError, MlopsError, StoreError
 
 log = logging.getLogger("mlopsctl.watch")
-DATA_SUFFIXES = (".csv", ".parquet", ".pq")
 MIN_GATE_ROWS = 10
 Say = Callable[[str], None]
 
@@ -244,7 +243,7 @@ class Watcher:
         if path.suffix.lower() not in DATA_SUFFIXES:
             return False, f"unsupported file type {path.suffix or '(none)'!r}; drop .csv or .parquet files", None
         try:
-            df = data.read_table(path)
+            df = data.read_table(path, delimiter=self.settings.data.delimiter, decimal=self.settings.data.decimal)
         except MlopsError as e:
             return False, e.message, None
         expected = self.expected_schema()
@@ -317,7 +316,8 @@ class Watcher:
                 dv = tracking.get_dataset_version(s, self.dataset_name)
                 sha, suffix = dv.file_sha256, Path(dv.source_path).suffix.lower()
         except NotFoundError:
-            return data.read_table(self.settings.resolve(self.settings.data.path))
+            return data.read_table(self.settings.resolve(self.settings.data.path), delimiter=self.settings.data.delimiter,
+                                   decimal=self.settings.data.decimal)
         return self._read_blob(sha, suffix)
 
     # -- jobs
@@ -408,10 +408,10 @@ class Watcher:
 
     def _read_blob(self, sha: str, suffix: str) -> Any:
         """A data file stored in the artifact store (verified), read by its original extension."""
-        import pandas as pd
+        from mlopsctl import data
 
-        raw = io.BytesIO(self.arts.get_bytes(sha))
-        return pd.read_parquet(raw) if suffix.lower() in (".parquet", ".pq") else pd.read_csv(raw)
+        return data.read_table(self.arts.verified_path(sha), suffix=suffix, delimiter=self.settings.data.delimiter,
+                               decimal=self.settings.data.decimal)
 
     def new_rows(self, job_id: int) -> tuple[Any, Any]:
         """(rows to train on, rows held out for the gate) from the job's files, split with the project's

@@ -182,7 +182,7 @@ def add_feedback(settings: Settings, labels_path: Path) -> dict[str, Any]:
     from mlopsctl import data
     from mlopsctl.store.models import Feedback, PredictionRecord
 
-    df = data.read_table(settings.resolve(labels_path))
+    df = data.read_table(settings.resolve(labels_path), delimiter=settings.data.delimiter, decimal=settings.data.decimal)
     missing = [c for c in ("request_id", "label") if c not in df.columns]
     if missing:
         raise InvalidInputError(f"{Path(labels_path).name} needs columns request_id and label (and optionally row); "

@@ -36,7 +36,7 @@ def add_dataset(settings: Settings, path: Path, name: str | None = None) -> dict
     from mlopsctl import data
 
     path = settings.resolve(path)
-    df = data.read_table(path)
+    df = data.read_table(path, delimiter=settings.data.delimiter, decimal=settings.data.decimal)
     view, created, _ = record_dataset(settings, path, df, name)
     return {**view, "created": created}
 

@@ -117,7 +117,7 @@ def train_and_track(
 
     path = settings.resolve(data_path or settings.data.path)
     progress("load")
-    df = data.read_table(path)
+    df = data.read_table(path, delimiter=settings.data.delimiter, decimal=settings.data.decimal)
     spec = training.TrainSpec(
         model=settings.train.model, params=dict(settings.train.params), target=settings.data.target,
         task=settings.data.task, test_size=settings.train.test_size, seed=settings.train.seed,
