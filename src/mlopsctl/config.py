@@ -358,6 +358,39 @@ def with_overrides(settings: Settings, **sections: dict[str, Any]) -> Settings:
     return replace(settings, **changes)
 
 
+def is_loopback(host: str) -> bool:
+    """True for ``localhost`` and the loopback addresses (127.0.0.0/8, ::1, IPv4-mapped 127.x): only this
+    machine can connect. Any other name may resolve to a public address, and ``0.0.0.0``/``::``/``""``
+    listen on every interface."""
+    import ipaddress
+
+    text = host.strip().strip("[]").lower().rstrip(".")
+    if text == "localhost":
+        return True
+    try:
+        addr = ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    mapped = getattr(addr, "ipv4_mapped", None)
+    return addr.is_loopback or (mapped is not None and mapped.is_loopback)
+
+
+def check_exposure(host: str, token: str, allow_unauthenticated: bool, *, token_key: str = "serve.token") -> str | None:
+    """The rule for leaving the loopback, shared by every command that listens (``serve``, later ``ui``): off
+    loopback a token is required unless ``allow_unauthenticated``. Raises ConfigError, or returns the warning
+    to print when the caller chose to serve the network without a token (None when there is nothing to say)."""
+    if token or is_loopback(host):
+        return None
+    env = ENV_PREFIX + token_key.replace(".", "_").upper()
+    if not allow_unauthenticated:
+        raise ConfigError(
+            f"host {host!r} is reachable from other machines and {token_key} is empty; set {env} (or {token_key}) "
+            f"to require a bearer token, or pass --allow-unauthenticated to accept requests from anyone."
+        )
+    return (f"Warning: listening on {host} without a token (--allow-unauthenticated): anyone who can reach this "
+            f"port can use it; set {env} to require one.")
+
+
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 

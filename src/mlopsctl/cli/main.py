@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from mlopsctl._version import __version__
-from mlopsctl.cli import data, monitor, predict, project, registry, runs, serve, train, watch
+from mlopsctl.cli import data, export, monitor, predict, project, registry, runs, serve, train, watch
 
 app = typer.Typer(
     name="mlopsctl",
@@ -53,6 +53,7 @@ app.add_typer(data.app, name="data")
 registry.register_commands(app)
 predict.register(app)
 serve.register(app)
+export.register(app)
 watch.register(app)
 app.add_typer(runs.app, name="runs")
 app.add_typer(registry.models_app, name="models")

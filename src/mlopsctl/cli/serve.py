@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Annotated, Optional
 
 import typer
@@ -27,10 +28,15 @@ def register(app: typer.Typer) -> None:
             help="cpu, cuda or auto (CUDA when present and it runs some of the model's arithmetic); the log and "
                  "/v2 metadata say where each node runs.")] = None,
         dev: Annotated[bool, typer.Option("--dev", help="Flask's development server instead of gunicorn.")] = False,
+        allow_unauthenticated: Annotated[bool, typer.Option(
+            "--allow-unauthenticated",
+            help="Listen on a non-loopback --host without serve.token (refused otherwise).")] = False,
     ) -> None:
         """Serve a model over HTTP: Open Inference Protocol V2, MLflow's /invocations, /predict, /metrics.
 
-        The bearer token comes from serve.token or MLOPS_SERVE_TOKEN (never the command line).
+        The bearer token comes from serve.token or MLOPS_SERVE_TOKEN (never the command line). Off the
+        loopback (any --host but 127.x, ::1 or localhost) serve refuses to start without one (exit 5) unless
+        --allow-unauthenticated is given.
 
         Examples:
 
@@ -38,13 +44,19 @@ def register(app: typer.Typer) -> None:
 
           mlopsctl serve churn/3 --port 9000 --workers 4 --threads 4
 
+          MLOPS_SERVE_TOKEN=$(openssl rand -hex 32) mlopsctl serve churn@production --host 0.0.0.0
+
           curl -s localhost:8080/predict -d '{"records": [{"tenure_months": 3, "plan": "basic"}]}'
         """
+        from mlopsctl.config import check_exposure
         from mlopsctl.serving import server
 
         settings = settings_from(ctx, **{"serve.host": host, "serve.port": port, "serve.workers": workers,
                                          "serve.threads": threads, "serve.device": device, "serve.dev": dev or None})
         s = settings.serve
+        warning = check_exposure(s.host, s.token, allow_unauthenticated)
+        if warning:
+            print(warning, file=sys.stderr)
 
         def ready(url: str) -> None:
             err_console().print(f"[green]Serving[/] {model or settings.registry.model_name} on {url}; Ctrl-C to stop.")
