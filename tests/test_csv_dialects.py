@@ -21,7 +21,7 @@ import pandas as pd
 import pytest
 from served_projects import cli_ok, module_isolation, private_copy
 
-from mlopsctl import batch, data
+from mlopsctl import batch, csv_blocks, data
 from mlopsctl.errors import InvalidInputError
 
 ROWS = 150
@@ -331,15 +331,15 @@ def test_record_ends_match_what_arrow_and_pandas_read(loose: bool):
         for size in range(1, len(buf) + 1):
             prefix = buf[:size]
             truth = max([e for e in ends if e <= size], default=-1)
-            assert batch._record_end(prefix, ord(","), b"\n") == truth, (prefix, truth)
-            assert batch._scanned_record_end(prefix, ord(","), b"\n", False) == truth, (prefix, truth)
+            assert csv_blocks._record_end(prefix, ord(","), b"\n") == truth, (prefix, truth)
+            assert csv_blocks._scanned_record_end(prefix, ord(","), b"\n", False) == truth, (prefix, truth)
             cut = prefix.rfind(b"\n")
             if cut != -1:
-                paired = batch._paired_quotes_record_end(prefix, cut, ord(","), b"\n")
+                paired = csv_blocks._paired_quotes_record_end(prefix, cut, ord(","), b"\n")
                 if paired is not None:
                     answered += 1
                     assert paired == truth, (prefix, truth)
-            first = batch._record_end(prefix, ord(","), b"\n", first=True)
+            first = csv_blocks._record_end(prefix, ord(","), b"\n", first=True)
             assert first == (ends[0] if ends[0] <= size else -1)
     assert answered > 1000  # the vectorised way does the work on these files
 
@@ -393,10 +393,10 @@ def test_an_unterminated_quote(proj: Path):
 def test_an_unterminated_quote_in_a_big_file_stops_at_max_record_bytes(proj: Path, monkeypatch: pytest.MonkeyPatch):
     """Peak memory stays bounded: the splitter gives up once the open record is longer than MAX_RECORD_BYTES."""
     monkeypatch.setattr(batch, "BLOCK_BYTES", 64 << 10)
-    monkeypatch.setattr(batch, "MAX_RECORD_BYTES", 1 << 20)
+    monkeypatch.setattr(csv_blocks, "MAX_RECORD_BYTES", 1 << 20)
     path = write(proj / "open.csv", csv_text(table()[:3]) + '0.5,3,"never closed,True,1\n' + rows_below(table() * 600))
-    assert path.stat().st_size > 2 * batch.MAX_RECORD_BYTES
-    blocks = batch._byte_chunks(path, batch.BLOCK_BYTES, ",")
+    assert path.stat().st_size > 2 * csv_blocks.MAX_RECORD_BYTES
+    blocks = csv_blocks.record_blocks(path, batch.BLOCK_BYTES, ",")
     assert next(blocks)[1].count(b"\n") == 3  # the rows before the open quote
     with pytest.raises(InvalidInputError) as info:
         next(blocks)

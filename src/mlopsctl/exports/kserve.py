@@ -90,15 +90,7 @@ def mlopsctl_runtime(model: Any, image: str, settings: Settings) -> str:
     args = ["serve", f"{model.name}/{model.version}", "--host", "0.0.0.0", "--port", str(PORT)]
     probe = "\n".join(["        httpGet:", "          path: {path}", f"          port: {PORT}",
                        "        periodSeconds: 10", "        timeoutSeconds: 3", "        failureThreshold: 3"])
-    return f"""\
-# {model.name}/{model.version} served by mlopsctl itself: the same server as `mlopsctl serve` (contract checks,
-# /predict, MLflow's /invocations, Open Inference Protocol V2, the prediction log, /metrics).
-# image: the image built from `mlopsctl export {model.name}/{model.version} --format docker` (it holds the model);
-# set it with `mlopsctl export --image` or here (envsubst: IMAGE=registry/x:tag envsubst < mlopsctl-runtime.yaml).
-# The bearer token comes from a Secret; create it first:
-#   kubectl create secret generic {secret} --from-literal=token="$(openssl rand -hex 32)"
-# The prediction log is the container's own SQLite file (lost with the pod) unless MLOPS_STORE_URL and
-# MLOPS_STORE_ARTIFACTS point at the team's shared store, which must then hold {model.name}/{model.version}.
+    return _runtime_comment(model, secret) + f"""\
 apiVersion: serving.kserve.io/v1alpha1
 kind: ServingRuntime
 metadata:
@@ -140,6 +132,24 @@ spec:
       livenessProbe:
 {probe.format(path="/v2/health/live")}
 ---
+""" + _runtime_isvc(model, name, runtime)
+
+
+def _runtime_comment(model: Any, secret: str) -> str:
+    return f"""\
+# {model.name}/{model.version} served by mlopsctl itself: the same server as `mlopsctl serve` (contract checks,
+# /predict, MLflow's /invocations, Open Inference Protocol V2, the prediction log, /metrics).
+# image: the image built from `mlopsctl export {model.name}/{model.version} --format docker` (it holds the model);
+# set it with `mlopsctl export --image` or here (envsubst: IMAGE=registry/x:tag envsubst < mlopsctl-runtime.yaml).
+# The bearer token comes from a Secret; create it first:
+#   kubectl create secret generic {secret} --from-literal=token="$(openssl rand -hex 32)"
+# The prediction log is the container's own SQLite file (lost with the pod) unless MLOPS_STORE_URL and
+# MLOPS_STORE_ARTIFACTS point at the team's shared store, which must then hold {model.name}/{model.version}.
+"""
+
+
+def _runtime_isvc(model: Any, name: str, runtime: str) -> str:
+    return f"""\
 apiVersion: serving.kserve.io/v1beta1
 kind: InferenceService
 metadata:

@@ -136,21 +136,7 @@ def export_model(settings: Settings, ref: str, fmt: str, out: Path, *, force: bo
     except OSError as e:
         raise InvalidInputError(f"cannot write {out}: {e.strerror}; choose another -o.") from None
     try:
-        if fmt == "triton":
-            write_triton_repository(tmp, model, settings, batch)
-        elif fmt == "kserve":
-            write_triton_repository(tmp / "repository", model, settings, batch)
-            (tmp / "inferenceservice-triton.yaml").write_text(
-                triton_isvc(model, storage_uri or "${STORAGE_URI}", settings), encoding="utf-8")
-            (tmp / "mlopsctl-runtime.yaml").write_text(
-                mlopsctl_runtime(model, image or "${IMAGE}", settings), encoding="utf-8")
-        else:
-            write_bundle(tmp / "project", settings, model, row, run)
-            (tmp / "wheels").mkdir()
-            if wheel is not None:
-                shutil.copyfile(wheel, tmp / "wheels" / wheel.name)
-            (tmp / "Dockerfile").write_text(dockerfile(model), encoding="utf-8")
-            (tmp / ".dockerignore").write_text(DOCKERIGNORE, encoding="utf-8")
+        _write_format(tmp, fmt, model, settings, batch, row, run, wheel=wheel, storage_uri=storage_uri, image=image)
         files = sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file())
         _move_into_place(tmp, out)
     except BaseException:
@@ -167,3 +153,22 @@ def export_model(settings: Settings, ref: str, fmt: str, out: Path, *, force: bo
         registry.add_event(s, "exported", f"{what} exported as {fmt} to {result['output']}", model=model.name,
                            version=model.version, payload={k: v for k, v in result.items() if k != "files"})
     return result
+
+
+def _write_format(tmp: Path, fmt: str, model: Any, settings: Settings, batch: int, row: dict[str, Any],
+                  run: dict[str, Any], *, wheel: Path | None, storage_uri: str | None, image: str | None) -> None:
+    if fmt == "triton":
+        write_triton_repository(tmp, model, settings, batch)
+    elif fmt == "kserve":
+        write_triton_repository(tmp / "repository", model, settings, batch)
+        (tmp / "inferenceservice-triton.yaml").write_text(
+            triton_isvc(model, storage_uri or "${STORAGE_URI}", settings), encoding="utf-8")
+        (tmp / "mlopsctl-runtime.yaml").write_text(
+            mlopsctl_runtime(model, image or "${IMAGE}", settings), encoding="utf-8")
+    else:
+        write_bundle(tmp / "project", settings, model, row, run)
+        (tmp / "wheels").mkdir()
+        if wheel is not None:
+            shutil.copyfile(wheel, tmp / "wheels" / wheel.name)
+        (tmp / "Dockerfile").write_text(dockerfile(model), encoding="utf-8")
+        (tmp / ".dockerignore").write_text(DOCKERIGNORE, encoding="utf-8")
