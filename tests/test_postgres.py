@@ -158,19 +158,21 @@ def pg_project(pg_server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     url = pg_server.create(migrated=False)
     root = tmp_path_factory.mktemp("pg-project")
     project = root / "bc"
-    with module_isolation(root):
-        cli_ok("init", project, "--example", BC)
-        cfg = project / ".mlops.toml"
-        body = re.sub(r"(?m)^params = .*$", "params = { n_estimators = 5 }", cfg.read_text())
-        cfg.write_text(f'[store]\nurl = "{url}"\n\n' + body)
-        cli_ok("-C", project, "db", "upgrade")
-        for _ in range(RUNS):
-            cli_ok("-C", project, "train")
-        cli_ok("-C", project, "register", 1, "--name", "bc")
-        cli_ok("-C", project, "promote", "bc", 1)
-    db.close_all()
-    yield project
-    pg_server.drop(url)
+    try:
+        with module_isolation(root):
+            cli_ok("init", project, "--example", BC)
+            cfg = project / ".mlops.toml"
+            body = re.sub(r"(?m)^params = .*$", "params = { n_estimators = 5 }", cfg.read_text())
+            cfg.write_text(f'[store]\nurl = "{url}"\n\n' + body)
+            cli_ok("-C", project, "db", "upgrade")
+            for _ in range(RUNS):
+                cli_ok("-C", project, "train")
+            cli_ok("-C", project, "register", 1, "--name", "bc")
+            cli_ok("-C", project, "promote", "bc", 1)
+        db.close_all()
+        yield project
+    finally:
+        pg_server.drop(url)
 
 
 def project_settings(project: Path, **flags: Any):
