@@ -1,18 +1,23 @@
 """Shared fixtures: every test runs in its own tmp folder, with no MLOPS_* variables and a fresh store cache.
 
-Nothing of mlopsctl's own is mocked: stores are real SQLite files under ``tmp_path``, artifacts are real
-files, models are real scikit-learn pipelines scored by real ONNX Runtime sessions.
+Nothing of mlopsctl's own is mocked: stores are real SQLite files under ``tmp_path`` or databases of a
+real PostgreSQL server (``MLOPSCTL_TEST_POSTGRES``, see :func:`pg_server`), artifacts are real files,
+models are real scikit-learn pipelines scored by real ONNX Runtime sessions.
 """
 
 from __future__ import annotations
 
+import os
 import re
+import uuid
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import pytest
 from served_projects import forget_mlops_env
 from typer.testing import CliRunner
+
+PG_ENV = "MLOPSCTL_TEST_POSTGRES"  # not MLOPS_*: _isolated clears those
 
 
 @pytest.fixture(autouse=True)
@@ -114,3 +119,95 @@ def settings_of():
 
     return load
 
+
+
+# ---- PostgreSQL ---------------------------------------------------------------------------------------
+
+class PgServer:
+    """A real PostgreSQL server reached through an admin URL; each test gets databases of its own."""
+
+    def __init__(self, admin_url: str):
+        from sqlalchemy.engine import make_url
+
+        self.admin_url = admin_url
+        self._libpq = make_url(admin_url).set(drivername="postgresql").render_as_string(hide_password=False)
+        self._template: str | None = None
+
+    def _admin(self, sql: str) -> None:
+        import psycopg
+
+        with psycopg.connect(self._libpq, autocommit=True) as conn:
+            conn.execute(sql)
+
+    def url(self, database: str) -> str:
+        from sqlalchemy.engine import make_url
+
+        return make_url(self.admin_url).set(database=database).render_as_string(hide_password=False)
+
+    def create(self, migrated: bool = True) -> str:
+        """A new database (its URL): blank, or migrated to head (a copy of a template migrated once)."""
+        name = f"mlt_{uuid.uuid4().hex[:16]}"
+        if migrated and self._template is None:
+            from mlopsctl.store import db
+
+            template = f"mlt_template_{uuid.uuid4().hex[:12]}"
+            self._admin(f'CREATE DATABASE "{template}"')
+            db.upgrade_store(self.url(template))  # disposes its engine: a template must have no sessions
+            self._template = template
+        self._admin(f'CREATE DATABASE "{name}"' + (f' TEMPLATE "{self._template}"' if migrated else ""))
+        return self.url(name)
+
+    def drop(self, url: str) -> None:
+        from sqlalchemy.engine import make_url
+
+        from mlopsctl.store import db
+
+        db.close_all()  # this process's pooled connections first
+        self._admin(f'DROP DATABASE IF EXISTS "{make_url(url).database}" WITH (FORCE)')
+
+    def close(self) -> None:
+        if self._template is not None:
+            self._admin(f'DROP DATABASE IF EXISTS "{self._template}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PgServer]:
+    """The server named by ``MLOPSCTL_TEST_POSTGRES`` (a SQLAlchemy URL of a database whose user may create
+    databases, e.g. postgresql+psycopg://postgres@127.0.0.1:55432/postgres; `.ci/run` starts one). Without
+    it the PostgreSQL tests are skipped, except under CI (CI=true), where that is a failure."""
+    url = os.environ.get(PG_ENV)
+    if not url:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI=true but {PG_ENV} is not set: CI must run the PostgreSQL tests (.ci/run starts the server).")
+        pytest.skip(f"no PostgreSQL server: set {PG_ENV}=postgresql+psycopg://USER@HOST:PORT/DB (.ci/run starts one)")
+    server = PgServer(url)
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def pg_url(pg_server: PgServer) -> Iterator[str]:
+    """A fresh PostgreSQL database migrated to head, dropped after the test."""
+    url = pg_server.create(migrated=True)
+    yield url
+    pg_server.drop(url)
+
+
+@pytest.fixture
+def pg_blank_url(pg_server: PgServer) -> Iterator[str]:
+    """A fresh, empty PostgreSQL database, dropped after the test."""
+    url = pg_server.create(migrated=False)
+    yield url
+    pg_server.drop(url)
+
+
+BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
+
+
+@pytest.fixture(params=BACKENDS)
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The URL of a fresh store at head, once for each backend: a SQLite file in ``tmp_path``, a
+    PostgreSQL database."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'store.db'}"
+    return request.getfixturevalue("pg_url")

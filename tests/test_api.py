@@ -1,4 +1,5 @@
-"""The Python API: ``mlopsctl.start_run(...)`` records into the same store as ``mlopsctl train``."""
+"""The Python API: ``mlopsctl.start_run(...)`` records into the same store as ``mlopsctl train``, on
+SQLite and on PostgreSQL (``proj``'s ``store.url``)."""
 
 from __future__ import annotations
 
@@ -17,9 +18,10 @@ from mlopsctl.errors import InvalidInputError
 
 
 @pytest.fixture
-def proj(tmp_path):
-    """A bare project (`.mlops.toml` with defaults) as the working folder."""
-    (tmp_path / ".mlops.toml").write_text("[train]\nexperiment = \"api\"\n")
+def proj(tmp_path, store_url):
+    """A bare project (`.mlops.toml` with defaults but ``store.url``, a fresh store of each backend) as the
+    working folder."""
+    (tmp_path / ".mlops.toml").write_text(f'[store]\nurl = "{store_url}"\n\n[train]\nexperiment = "api"\n')
     return tmp_path
 
 

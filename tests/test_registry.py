@@ -1,13 +1,13 @@
 """The registry as a library (issue 3): references, names, version numbering, aliases and their history.
 
-Everything runs against a real, migrated SQLite store in ``tmp_path``. Versions here point at runs made
+Everything runs against a real, migrated store, once on a SQLite file in ``tmp_path`` and once on a
+PostgreSQL database (conftest's ``store_url``). Versions here point at runs made
 through ``tracking`` with placeholder digests: the registry functions only record lineage, and the
 services that check the artifacts are covered end to end in ``test_registry_cli.py``.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 from sqlalchemy import select, text
@@ -22,8 +22,8 @@ RULE = "1-100 characters: letters, digits, '.', '_' or '-', starting with a lett
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Store:
-    return open_store(f"sqlite:///{tmp_path / 'registry.db'}")
+def store(store_url: str) -> Store:
+    return open_store(store_url)
 
 
 def new_run(s) -> int:
@@ -47,7 +47,7 @@ def move(store: Store, name: str, alias: str, version: int, action: str = "promo
 
 
 def history_rows(store: Store) -> list[tuple]:
-    """Every column of every alias_history row, straight from SQLite."""
+    """Every column of every alias_history row, straight from the database."""
     with store.engine.connect() as conn:
         return [tuple(r) for r in conn.execute(text("SELECT * FROM alias_history ORDER BY id"))]
 

@@ -1,4 +1,5 @@
-"""Several `mlopsctl` processes writing to one SQLite store at once (issue 3, part 6).
+"""Several `mlopsctl` processes writing to one store at once (issue 3, part 6), on SQLite and on PostgreSQL
+(issue 20: there the row locks, not ``BEGIN IMMEDIATE``, must serialise the writers).
 
 Eight worker threads each drive a sequence of real `mlopsctl` OS processes, released together by a
 barrier, so up to eight processes hit the store at the same moment:
@@ -42,7 +43,14 @@ def _ok(result) -> None:
     assert result.exit_code == 0, (result.exit_code, result.stdout, result.stderr, result.exception)
 
 
-def test_parallel_writers_keep_versions_and_alias_history_consistent(make_project, cli, monkeypatch):
+@pytest.fixture
+def on_store(store_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every command of the test, in process or not, uses a fresh store of each backend (MLOPS_STORE_URL)."""
+    monkeypatch.setenv("MLOPS_STORE_URL", store_url)
+    return store_url
+
+
+def test_parallel_writers_keep_versions_and_alias_history_consistent(make_project, cli, monkeypatch, on_store):
     assert WORKERS >= 8
     proj = make_project("breast-cancer", params="{ n_estimators = 5 }")
     monkeypatch.chdir(proj)
@@ -166,7 +174,7 @@ class _MovesAliasWhileScored:
         return self.frame[key]
 
 
-def _three_versions_and_a_busy_heldout(make_project, cli, monkeypatch):
+def _three_versions_and_a_busy_heldout(make_project, cli, monkeypatch, store_url):
     import io
 
     import pandas as pd
@@ -182,17 +190,17 @@ def _three_versions_and_a_busy_heldout(make_project, cli, monkeypatch):
         _ok(r)
         _ok(cli("register", json.loads(r.stdout)["id"]))
     _ok(cli("promote", MODEL, "1"))
-    settings = load_settings({}, {}, proj)
+    settings = load_settings({}, {"MLOPS_STORE_URL": store_url}, proj)
     cand = models.load_model(settings, f"{MODEL}/3")
     frame = pd.read_parquet(io.BytesIO(open_project(settings).artifacts.get_bytes(cand.heldout_sha256)))
     return settings, _MovesAliasWhileScored(frame, settings)
 
 
-def test_a_gated_promotion_regates_when_the_alias_moves_and_gives_up_cleanly(make_project, cli, monkeypatch):
+def test_a_gated_promotion_regates_when_the_alias_moves_and_gives_up_cleanly(make_project, cli, monkeypatch, on_store):
     from mlopsctl.services import models
     from mlopsctl.errors import ConflictError
 
-    settings, heldout = _three_versions_and_a_busy_heldout(make_project, cli, monkeypatch)
+    settings, heldout = _three_versions_and_a_busy_heldout(make_project, cli, monkeypatch, on_store)
     with pytest.raises(ConflictError) as e:
         models.promote(settings, MODEL, 3, heldout=heldout, data_label="held-out rows")
     assert e.value.message == "breast-cancer@production kept moving while the gate ran; try again."
@@ -203,13 +211,13 @@ def test_a_gated_promotion_regates_when_the_alias_moves_and_gives_up_cleanly(mak
     assert json.loads(cli("models", "show", f"{MODEL}/3", "--json").stdout)["gate"] is None
 
 
-def test_a_forced_promotion_lands_although_the_alias_keeps_moving(make_project, cli, monkeypatch):
+def test_a_forced_promotion_lands_although_the_alias_keeps_moving(make_project, cli, monkeypatch, on_store):
     # BUG: --force still re-gates whenever the holder changed while scoring and, after 5 tries, fails with
     # "breast-cancer@production kept moving while the gate ran; try again." (exit 4). Seen for real in the
     # parallel-writers test above when more `promote --force` processes ran at once on a loaded machine.
     from mlopsctl.services import models
 
-    settings, heldout = _three_versions_and_a_busy_heldout(make_project, cli, monkeypatch)
+    settings, heldout = _three_versions_and_a_busy_heldout(make_project, cli, monkeypatch, on_store)
     out = models.promote(settings, MODEL, 3, force=True, reason="must land", heldout=heldout,
                            data_label="held-out rows")
     assert (out["changed"], out["version"]) == (True, 3)

@@ -1,4 +1,5 @@
-"""The SQLite store: migrations, pragmas, version checks, backups and unusable URLs."""
+"""The store: migrations (SQLite, and a real PostgreSQL server), pragmas, version checks, backups and
+unusable URLs."""
 
 from __future__ import annotations
 
@@ -32,29 +33,32 @@ def revisions_oldest_first() -> list[str]:
 
 
 def reflected_schema(engine) -> dict:
-    """Tables -> columns (name, type, nullable), primary key, foreign keys, indexes, unique constraints."""
+    """Tables -> columns (name, type in the database's own words, nullable), primary key, foreign keys,
+    indexes (not those PostgreSQL makes for unique constraints), unique constraints."""
     insp = inspect(engine)
     out = {}
     for table in insp.get_table_names():
         if table == "alembic_version":
             continue
         out[table] = {
-            "columns": [(c["name"], str(c["type"]), bool(c["nullable"])) for c in insp.get_columns(table)],
+            "columns": [(c["name"], c["type"].compile(dialect=engine.dialect), bool(c["nullable"]))
+                        for c in insp.get_columns(table)],
             "pk": sorted(insp.get_pk_constraint(table)["constrained_columns"]),
             "fks": sorted((tuple(f["constrained_columns"]), f["referred_table"], tuple(f["referred_columns"]),
                            (f.get("options") or {}).get("ondelete")) for f in insp.get_foreign_keys(table)),
-            "indexes": sorted((i["name"], tuple(i["column_names"]), bool(i["unique"])) for i in insp.get_indexes(table)),
+            "indexes": sorted((i["name"], tuple(i["column_names"]), bool(i["unique"])) for i in insp.get_indexes(table)
+                              if not i.get("duplicates_constraint")),
             "uniques": sorted(tuple(u["column_names"]) for u in insp.get_unique_constraints(table)),
         }
     return out
 
 
-def metadata_schema() -> dict:
-    """The same view of ``Base.metadata`` (what the models declare)."""
+def metadata_schema(dialect_name: str = "sqlite") -> dict:
+    """The same view of ``Base.metadata`` (what the models declare), types compiled for ``dialect_name``."""
     from sqlalchemy import UniqueConstraint
-    from sqlalchemy.dialects import sqlite
+    from sqlalchemy.dialects import postgresql, sqlite
 
-    dialect = sqlite.dialect()
+    dialect = {"sqlite": sqlite, "postgresql": postgresql}[dialect_name].dialect()
     out = {}
     for table in Base.metadata.sorted_tables:
         out[table.name] = {
@@ -217,17 +221,21 @@ def test_default_busy_timeout_from_settings(tmp_path):
         assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 30000
 
 
-def test_foreign_keys_are_enforced(tmp_path):
-    store = db.open_store(url_of(tmp_path / "mlops.db"))
-    with pytest.raises(IntegrityError, match="FOREIGN KEY constraint failed"):
+FK_FAILED = {"sqlite": "FOREIGN KEY constraint failed",
+             "postgresql": 'insert or update on table "params" violates foreign key constraint "fk_params_run_id_runs"'}
+
+
+def test_foreign_keys_are_enforced(store_url):
+    store = db.open_store(store_url)
+    with pytest.raises(IntegrityError, match=FK_FAILED[store.engine.dialect.name]):
         with store.session() as s:
             s.execute(text("INSERT INTO params (run_id, key, value) VALUES (999, 'k', 'v')"))
 
 
-def test_deleting_a_run_cascades_to_its_rows(tmp_path):
+def test_deleting_a_run_cascades_to_its_rows(store_url):
     from mlopsctl import tracking
 
-    store = db.open_store(url_of(tmp_path / "mlops.db"))
+    store = db.open_store(store_url)
     with store.session() as s:
         run = tracking.create_run(s, "e")
         tracking.log_params(s, run.id, {"a": 1})
@@ -239,6 +247,23 @@ def test_deleting_a_run_cascades_to_its_rows(tmp_path):
     with store.engine.connect() as conn:
         for table in ("params", "metrics", "tags"):
             assert conn.execute(text(f"SELECT count(*) FROM {table}")).scalar() == 0
+
+
+def test_get_or_create_reraises_an_integrity_error_it_cannot_resolve(store_url):
+    """A failed insert that is not a lost race (here: NOT NULL) is not hidden; the transaction is intact.
+    (The races themselves are in test_postgres.py.)"""
+    from sqlalchemy import select
+
+    from mlopsctl.store.models import RegisteredModel
+
+    store = db.open_store(store_url)
+    with store.session() as s:
+        with pytest.raises(IntegrityError):
+            db.get_or_create(s, select(RegisteredModel).where(RegisteredModel.name.is_(None)),
+                             lambda: RegisteredModel(name=None))
+        s.add(RegisteredModel(name="after"))
+    with store.read() as s:
+        assert s.scalars(select(RegisteredModel.name)).all() == ["after"]
 
 
 # ---- refusing stores we cannot use ----------------------------------------------------------------------
@@ -311,4 +336,102 @@ def test_a_store_path_under_a_regular_file_exits_7(cli, tmp_path):
     result = cli("runs", "list", env={"MLOPS_STORE_URL": url})
     assert result.exit_code == 7, (result.exception, result.stderr)
     assert result.stderr.startswith(f"Error: cannot open the store at {url}: ")
+    assert result.stderr.count("\n") == 1
+
+
+# ---- a PostgreSQL server ---------------------------------------------------------------------------------
+
+def test_blank_postgres_store_is_migrated_to_exactly_the_models(pg_blank_url):
+    out = db.upgrade_store(pg_blank_url)
+    assert out == {"store": pg_blank_url, "from": None, "to": db.head_revision(), "upgraded": True, "backup": None}
+    store = db.open_store(pg_blank_url)
+    assert store.engine.dialect.name == "postgresql"
+    assert set(inspect(store.engine).get_table_names()) == set(Base.metadata.tables) | {"alembic_version"}
+    assert reflected_schema(store.engine) == metadata_schema("postgresql")
+    with store.engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata)
+    assert diff == []
+    assert db.current_revision(store.engine) == db.head_revision()
+    # at head: upgrading again changes nothing
+    assert db.upgrade_store(pg_blank_url) == {**out, "from": db.head_revision(), "upgraded": False}
+
+
+def test_postgres_isolation_is_read_committed(pg_url):
+    """The row locks rely on each statement seeing what was committed before it, whatever the server's
+    default isolation."""
+    store = db.open_store(pg_url)
+    with store.session() as s:
+        s.execute(text("ALTER DATABASE " + store.engine.url.database + " SET default_transaction_isolation = 'serializable'"))
+    db.close_all()
+    store = db.open_store(pg_url)
+    with store.session() as s:
+        assert s.execute(text("SHOW transaction_isolation")).scalar() == "read committed"
+
+
+def revision_of(url: str) -> str | None:
+    """The store's revision, read on an engine of its own (no cached store)."""
+    engine = db.make_engine(url)
+    try:
+        return db.current_revision(engine)
+    finally:
+        engine.dispose()
+
+
+def behind_message(url: str, current: str | None) -> str:
+    if current is None:
+        return f"the store at {url} has no mlopsctl tables yet; create them with `mlopsctl db upgrade`."
+    return (f"the store at {url} is at schema revision {current!r}, this mlopsctl needs {db.head_revision()!r}; "
+            "a shared store is never migrated implicitly: run `mlopsctl db upgrade`.")
+
+
+@pytest.mark.parametrize("older", ["base", *revisions_oldest_first()[:-1]])
+def test_postgres_store_behind_is_refused_until_db_upgrade(pg_url, cli, assert_error, older):
+    """A shared store is never migrated by opening it: every command refuses it (exit 7) until
+    `mlopsctl db upgrade`, which keeps the data (the downgrades run on PostgreSQL too)."""
+    store = db.open_store(pg_url)
+    if older != "base":
+        with store.session() as s:
+            s.execute(text("INSERT INTO experiments (name, created_at) VALUES ('e1', '2024-01-01 00:00:00')"))
+    command.downgrade(db._alembic_config(store.engine), older)
+    current = None if older == "base" else older
+    assert db.current_revision(store.engine) == current
+    db.close_all()
+
+    with pytest.raises(StoreError) as info:
+        db.open_store(pg_url)
+    assert str(info.value) == behind_message(pg_url, current)
+    env = {"MLOPS_STORE_URL": pg_url}
+    assert_error(cli("runs", "list", env=env), 7, behind_message(pg_url, current))
+    assert revision_of(pg_url) == current  # refusing touched nothing
+
+    r = cli("db", "upgrade", env=env)
+    assert r.exit_code == 0, (r.stdout, r.stderr)
+    assert r.stdout == f"upgraded the store at {pg_url} from {current or 'a blank database'} to {db.head_revision()}\n"
+    reopened = db.open_store(pg_url)
+    assert reflected_schema(reopened.engine) == metadata_schema("postgresql")
+    with reopened.read() as s:
+        assert s.execute(text("SELECT name FROM experiments")).scalars().all() == ([] if older == "base" else ["e1"])
+
+
+@pytest.mark.parametrize("migrate", [None, True, False])
+def test_newer_revision_is_refused_on_postgres(pg_url, migrate):
+    with db.open_store(pg_url).session() as s:
+        s.execute(text("UPDATE alembic_version SET version_num = :v"), {"v": NEWER})
+    db.close_all()
+    with pytest.raises(StoreError) as info:
+        db.open_store(pg_url, migrate=migrate)
+    assert str(info.value) == newer_message()
+    assert revision_of(pg_url) == NEWER
+
+
+def test_a_password_in_the_url_is_never_shown(pg_url, cli, assert_error):
+    """The password of a server URL is masked in every message (here: a database that does not exist)."""
+    from sqlalchemy.engine import make_url
+
+    u = make_url(pg_url).set(password="s3cret", database="no_such_db")
+    result = cli("runs", "list", env={"MLOPS_STORE_URL": u.render_as_string(hide_password=False)})
+    assert result.exit_code == 7
+    assert "s3cret" not in result.stderr
+    shown = u.render_as_string(hide_password=True)
+    assert result.stderr.startswith(f"Error: cannot open the store at {shown}: connection failed: ")
     assert result.stderr.count("\n") == 1

@@ -2,7 +2,9 @@
 
 Functions take a Session; the caller owns the transaction. Version numbers and alias moves are made
 inside write transactions that lock the model row (``SELECT ... FOR UPDATE`` on PostgreSQL; SQLite
-transactions start with ``BEGIN IMMEDIATE``), so concurrent writers never skip, duplicate or lose one.
+transactions start with ``BEGIN IMMEDIATE``), so concurrent writers never skip, duplicate or lose one. A
+model row that does not exist yet cannot be locked: :func:`get_or_create_model` creates it through
+:func:`~mlopsctl.store.db.get_or_create`, so writers racing to create it all end up holding the one row.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from sqlalchemy.orm import Session, selectinload
 
 from mlopsctl.contract import Contract
 from mlopsctl.errors import ConflictError, InvalidInputError, NotFoundError
+from mlopsctl.store.db import get_or_create
 from mlopsctl.store.models import Alias, AliasMove, Event, ModelVersion, RegisteredModel, utcnow
 
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}\Z")
@@ -76,14 +79,11 @@ def get_model(s: Session, name: str, *, lock: bool = False) -> RegisteredModel:
 
 
 def get_or_create_model(s: Session, name: str) -> RegisteredModel:
+    """The model row, locked (an existing one) or created by this transaction (a new one: another
+    transaction creating it waits on the unique name until this one ends, then locks it)."""
     validate_name(name)
-    q = select(RegisteredModel).where(RegisteredModel.name == name)
-    model = s.scalar(q.with_for_update())
-    if model is None:
-        model = RegisteredModel(name=name)
-        s.add(model)
-        s.flush()
-    return model
+    q = select(RegisteredModel).where(RegisteredModel.name == name).with_for_update()
+    return get_or_create(s, q, lambda: RegisteredModel(name=name))
 
 
 def create_version(s: Session, model: RegisteredModel, **fields: Any) -> ModelVersion:

@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session, selectinload
 
 from mlopsctl.common import iso, jsonable
 from mlopsctl.errors import InvalidInputError, NotFoundError
+from mlopsctl.store.db import get_or_create
 from mlopsctl.store.models import (
     Artifact, Dataset, DatasetVersion, Experiment, Metric, Param, Run, Tag, utcnow,
 )
@@ -26,12 +27,7 @@ MAX_KEY = 250
 def get_or_create_experiment(s: Session, name: str) -> Experiment:
     if not name or len(name) > 200:
         raise InvalidInputError(f"experiment name {name!r} must be 1 to 200 characters.")
-    exp = s.scalar(select(Experiment).where(Experiment.name == name))
-    if exp is None:
-        exp = Experiment(name=name)
-        s.add(exp)
-        s.flush()
-    return exp
+    return get_or_create(s, select(Experiment).where(Experiment.name == name), lambda: Experiment(name=name))
 
 
 def create_run(s: Session, experiment: str, name: str | None = None, **fields: Any) -> Run:
@@ -172,12 +168,10 @@ def record_dataset_version(
     s: Session, name: str, *, source_path: str, file_sha256: str | None, fingerprint: str,
     row_count: int, column_count: int, schema: dict[str, Any],
 ) -> tuple[DatasetVersion, bool]:
-    """(version, created). The same content under the same name returns the existing version."""
-    ds = s.scalar(select(Dataset).where(Dataset.name == name))
-    if ds is None:
-        ds = Dataset(name=name)
-        s.add(ds)
-        s.flush()
+    """(version, created). The same content under the same name returns the existing version. The dataset
+    row is locked (or created by this transaction) first, so concurrent writers number versions without
+    gaps or duplicates and record one content once."""
+    ds = get_or_create(s, select(Dataset).where(Dataset.name == name).with_for_update(), lambda: Dataset(name=name))
     existing = s.scalar(select(DatasetVersion).where(DatasetVersion.dataset_id == ds.id,
                                                      DatasetVersion.fingerprint == fingerprint))
     if existing is not None:

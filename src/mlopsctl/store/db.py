@@ -1,8 +1,15 @@
-"""Engine, pragmas, sessions and automatic migration on open.
+"""Engine, pragmas, sessions and migration on open.
 
 SQLite runs in WAL mode with a busy timeout and foreign keys on, and every transaction starts with
 ``BEGIN IMMEDIATE`` so that concurrent writers queue on the busy timeout instead of failing with
-"database is locked" when a read transaction tries to upgrade. Other dialects use their defaults.
+"database is locked" when a read transaction tries to upgrade. PostgreSQL runs at READ COMMITTED (pinned,
+whatever the server's default): writers that must not interleave lock a row (``SELECT ... FOR UPDATE``,
+the registry's model row), and rows created by get-or-create go through :func:`get_or_create`.
+
+Migrations: a SQLite store is migrated when it is opened (after a backup), as it belongs to one project. A
+server store (PostgreSQL) is shared by a team whose members may run different mlopsctl versions, so it is
+never migrated implicitly: opening one whose schema is behind is a StoreError that says to run
+``mlopsctl db upgrade`` (:func:`upgrade_store`), which migrates under a PostgreSQL advisory lock.
 """
 
 from __future__ import annotations
@@ -10,26 +17,29 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import sqlite3
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Callable, Iterator, TypeVar
 
 from sqlalchemy import Engine, create_engine, event, inspect
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
+from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from mlopsctl.errors import StoreError
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
+CONNECT_TIMEOUT_S = 10  # a server store that does not answer: fail after this, not after the OS's minutes
+MIGRATION_LOCK_KEY = 0x6D6C6F7073637400  # pg_advisory_lock key ("mlopsct\0"): one migration at a time per database
+T = TypeVar("T")
 
 
 @dataclass
 class Store:
     """An open, migrated store: one engine per process and URL, and a session factory."""
 
-    url: str
+    url: str = field(repr=False)  # may hold a password
     engine: Engine
     sessions: sessionmaker[Session]
     read_sessions: sessionmaker[Session]
@@ -37,13 +47,13 @@ class Store:
     @contextlib.contextmanager
     def session(self) -> Iterator[Session]:
         """One short write transaction: committed on success, rolled back on any error."""
-        with self.sessions.begin() as s:
+        with unavailable_as_store_error(self.url), self.sessions.begin() as s:
             yield s
 
     @contextlib.contextmanager
     def read(self) -> Iterator[Session]:
         """A read-only transaction; on SQLite it takes no write lock, so it never waits for writers."""
-        with self.read_sessions.begin() as s:
+        with unavailable_as_store_error(self.url), self.read_sessions.begin() as s:
             yield s
 
     def dispose(self) -> None:
@@ -57,6 +67,38 @@ def _sqlite_path(url: str) -> Path | None:
     return Path(u.database)
 
 
+def shown_url(url: str) -> str:
+    """The URL as messages show it: any password masked."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return url
+
+
+def is_server(url: str) -> bool:
+    """Whether the store is a database server (shared, migrated only on request) rather than a SQLite file."""
+    return make_url(url).get_backend_name() != "sqlite"
+
+
+def one_line(exc: BaseException) -> str:
+    """A driver's message as one line: its first (libpq adds hint lines), without the final period."""
+    lines = [" ".join(line.split()) for line in str(exc).splitlines() if line.strip()]
+    return (lines[0] if lines else type(exc).__name__).rstrip(".")
+
+
+@contextlib.contextmanager
+def unavailable_as_store_error(url: str) -> Iterator[None]:
+    """A server that cannot be reached or drops the connection mid-way (a driver's OperationalError: also a
+    cancelled statement, a deadlock, a server shutting down) is a StoreError (exit 7), not a traceback;
+    on SQLite only a lost connection is (its OperationalError also means a bad statement)."""
+    try:
+        yield
+    except DBAPIError as e:
+        if not (e.connection_invalidated or (isinstance(e, OperationalError) and is_server(url))):
+            raise
+        raise StoreError(f"the store at {shown_url(url)} is unavailable: {one_line(e.orig)}.") from None
+
+
 def make_engine(url: str, busy_timeout_ms: int = 30000) -> Engine:
     try:
         u = make_url(url)
@@ -66,10 +108,23 @@ def make_engine(url: str, busy_timeout_ms: int = 30000) -> Engine:
             "or postgresql+psycopg://user@host/db."
         ) from None
     if u.get_backend_name() != "sqlite":
+        options: dict[str, Any] = {"pool_pre_ping": True}
+        if u.get_backend_name() == "postgresql":
+            # the row locks (SELECT ... FOR UPDATE) assume each statement sees what was committed before it
+            options["isolation_level"] = "READ COMMITTED"
+            if u.get_driver_name() in ("psycopg", "psycopg2") and "connect_timeout" not in u.query:
+                options["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT_S}
         try:
-            return create_engine(u, pool_pre_ping=True)
-        except Exception as e:  # missing driver and the like
-            raise StoreError(f"cannot use store.url {u.render_as_string()}: {e}.") from None
+            return create_engine(u, **options)
+        except ModuleNotFoundError as e:
+            fix = ""
+            if u.get_backend_name() == "postgresql":  # the [postgres] extra installs psycopg 3
+                fix = ("; install it with pip install 'mlopsctl[postgres]'" if u.get_driver_name() == "psycopg"
+                       else "; use postgresql+psycopg://... with pip install 'mlopsctl[postgres]'")
+            raise StoreError(f"cannot use store.url {shown_url(url)}: the driver module {e.name!r} is not "
+                             f"installed{fix}.") from None
+        except Exception as e:  # an unknown dialect and the like
+            raise StoreError(f"cannot use store.url {shown_url(url)}: {one_line(e)}.") from None
 
     path = _sqlite_path(url)
     if path is not None:
@@ -100,23 +155,27 @@ def make_engine(url: str, busy_timeout_ms: int = 30000) -> Engine:
 _STORES: dict[tuple[str, int], Store] = {}
 
 
-def open_store(url: str, busy_timeout_ms: int = 30000, migrate: bool = True) -> Store:
-    """Open (and by default migrate) the store at ``url``; cached per process and URL."""
+def open_store(url: str, busy_timeout_ms: int = 30000, migrate: bool | None = None) -> Store:
+    """Open the store at ``url``, cached per process and URL. ``migrate``: None migrates a SQLite store and
+    refuses a server store whose schema is behind (see the module docstring); True migrates any store;
+    False only refuses a store written by a newer mlopsctl."""
     key = (url, busy_timeout_ms)
     if key in _STORES:
         return _STORES[key]
     engine = make_engine(url, busy_timeout_ms)
     try:
-        if migrate:
+        if migrate or (migrate is None and not is_server(url)):
             upgrade(engine, url)
+        elif migrate is None:
+            require_head(engine, url)
         else:
             check_version(engine)
-    except OperationalError as e:
-        engine.dispose()
-        raise StoreError(f"cannot open the store at {url}: {e.orig}.") from None
     except DBAPIError as e:
         engine.dispose()
-        raise StoreError(f"cannot open the store at {url}: {e.orig}.") from None
+        raise StoreError(f"cannot open the store at {shown_url(url)}: {one_line(e.orig)}.") from None
+    except BaseException:
+        engine.dispose()
+        raise
     store = Store(url=url, engine=engine, sessions=sessionmaker(engine, expire_on_commit=False),
                   read_sessions=sessionmaker(engine.execution_options(mlops_readonly=True), expire_on_commit=False))
     _STORES[key] = store
@@ -169,9 +228,38 @@ def check_version(engine: Engine) -> tuple[str | None, str]:
     return current, head  # type: ignore[return-value]
 
 
+def require_head(engine: Engine, url: str) -> None:
+    """Refuse a server store whose schema is not this mlopsctl's head (one query when it is)."""
+    known = known_revisions()
+    if known and _stored_revision(engine) == known[-1]:
+        return
+    current, head = check_version(engine)
+    if current == head:
+        return
+    if current is None:
+        raise StoreError(f"the store at {shown_url(url)} has no mlopsctl tables yet; create them with "
+                         "`mlopsctl db upgrade`.")
+    raise StoreError(f"the store at {shown_url(url)} is at schema revision {current!r}, this mlopsctl needs "
+                     f"{head!r}; a shared store is never migrated implicitly: run `mlopsctl db upgrade`.")
+
+
 @contextlib.contextmanager
-def _migration_lock(url: str) -> Iterator[None]:
-    """Serialise migrations between processes sharing one SQLite file (others: the DB's own DDL locks)."""
+def _migration_lock(url: str, engine: Engine | None = None) -> Iterator[None]:
+    """Serialise migrations between processes: a lock file next to a SQLite file; on PostgreSQL a
+    session-level advisory lock on the database (Alembic takes none: two upgrades at once would both try
+    to create the same tables); other databases rely on their own DDL locks."""
+    if engine is not None and engine.dialect.name == "postgresql":
+        from sqlalchemy import text
+
+        with engine.connect() as conn:
+            conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
+            conn.commit()
+            try:
+                yield
+            finally:
+                conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": MIGRATION_LOCK_KEY})
+                conn.commit()
+        return
     path = _sqlite_path(url)
     if path is None:
         yield
@@ -216,8 +304,10 @@ def _stored_revision(engine: Engine) -> str | None:
         return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
 
 
-def upgrade(engine: Engine, url: str) -> Path | None:
+def upgrade(engine: Engine, url: str,
+            on_migrate: Callable[[str | None, str], None] | None = None) -> Path | None:
     """Bring the store to the head revision; back up a non-empty SQLite file first. Returns the backup.
+    ``on_migrate(current, head)`` is called, under the migration lock, just before migrating.
 
     The common case, a store already at head, is one query and never imports alembic."""
     known = known_revisions()
@@ -228,13 +318,75 @@ def upgrade(engine: Engine, url: str) -> Path | None:
     current, head = check_version(engine)
     if current == head:
         return None
-    with _migration_lock(url):
+    with _migration_lock(url, engine):
         current, head = check_version(engine)  # another process may have migrated meanwhile
         if current == head:
             return None
+        if on_migrate is not None:
+            on_migrate(current, head)
         backup = None
         path = _sqlite_path(url)
         if path is not None and path.exists() and inspect(engine).get_table_names():
             backup = backup_sqlite(path, f"before-{head}")
         command.upgrade(_alembic_config(engine), "head")
         return backup
+
+
+# --- `mlopsctl db current | upgrade` ----------------------------------------------------------------
+
+def store_status(url: str) -> dict[str, Any]:
+    """The store's schema revision against this mlopsctl's head, read without migrating (or creating) it."""
+    path = _sqlite_path(url) if not is_server(url) else None
+    current = None
+    if path is None or path.exists():
+        engine = make_engine(url)
+        try:
+            current, _ = check_version(engine)
+        except DBAPIError as e:
+            raise StoreError(f"cannot open the store at {shown_url(url)}: {one_line(e.orig)}.") from None
+        finally:
+            engine.dispose()
+    head = head_revision()
+    status = "up to date" if current == head else ("blank" if current is None else "behind")
+    return {"store": shown_url(url), "dialect": make_url(url).get_backend_name(), "current": current, "head": head,
+            "status": status}
+
+
+def upgrade_store(url: str, busy_timeout_ms: int = 30000) -> dict[str, Any]:
+    """Migrate the store to this mlopsctl's head (what ``mlopsctl db upgrade`` does, for any store)."""
+    engine = make_engine(url, busy_timeout_ms)
+    done: list[tuple[str | None, str]] = []
+    try:
+        backup = upgrade(engine, url, on_migrate=lambda current, head: done.append((current, head)))
+        current = current_revision(engine)
+    except DBAPIError as e:
+        raise StoreError(f"cannot upgrade the store at {shown_url(url)}: {one_line(e.orig)}.") from None
+    finally:
+        engine.dispose()
+    return {"store": shown_url(url), "from": done[0][0] if done else current, "to": current,
+            "upgraded": bool(done), "backup": str(backup) if backup else None}
+
+
+# --- rows that two processes may create at once ------------------------------------------------------
+
+def get_or_create(s: Session, query: Any, make: Callable[[], T]) -> T:
+    """The row ``query`` selects, or a new one from ``make()`` when there is none.
+
+    On a server, two transactions can both find no row and both insert it; the unique constraint lets one
+    win. The loser's insert runs in a savepoint: it waits for the winner's commit, fails, is rolled back
+    alone, and the loser reads (and, if ``query`` says FOR UPDATE, locks) the winner's row, its own
+    transaction intact. SQLite never gets there (``BEGIN IMMEDIATE`` serialises writers)."""
+    found = s.scalar(query)
+    if found is not None:
+        return found
+    try:
+        with s.begin_nested():
+            obj = make()
+            s.add(obj)
+            s.flush()
+        return obj
+    except IntegrityError:
+        found = s.scalar(query)
+        if found is None:  # a different constraint failed
+            raise
+        return found
