@@ -27,7 +27,9 @@ def _progress(quiet: bool = False):
             return
         o = event.get("outcome") or {}
         kind = event["event"]
-        if kind == "running":
+        if kind == "note":
+            text = f"{event['step']}: {event['text']}"
+        elif kind == "running":
             text = f"{event['step']}: running ({'; '.join(event['reasons'])})"
         elif kind == "failed":
             text = f"{event['step']}: FAILED after {o['duration_s']:.1f} s: {o['message']}"

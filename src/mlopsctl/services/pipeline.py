@@ -29,7 +29,9 @@ from typing import Any, Callable, Iterable, Iterator
 
 from mlopsctl.common import atomic_path, atomic_write, iso, jsonable
 from mlopsctl.config import Settings
-from mlopsctl.errors import ConfigError, ConflictError, MlopsError, PipelineStepError
+from mlopsctl.errors import (
+    ConfigError, ConflictError, CorruptArtifactError, MlopsError, NotFoundError, PipelineStepError,
+)
 from mlopsctl.pipeline import keys
 from mlopsctl.pipeline.graph import Pipeline, Step, build
 from mlopsctl.pipeline.hashing import StatCache, folder_manifest, manifest_sha256, path_sha256
@@ -294,8 +296,13 @@ class _Runner:
             hit = self._hit(step, o.key) if self.uses_cache(step) else None
             if hit is not None:
                 o.restored = self.outs_to_restore(step, hit.outputs)
-                for p in o.restored:
-                    self._restore(p, hit.outputs[p])
+                try:
+                    for p in o.restored:
+                        self._restore(p, hit.outputs[p])
+                except (CorruptArtifactError, NotFoundError) as e:  # a damaged cache: run the step instead
+                    self.progress({"step": step.name, "event": "note", "text": e.message})
+                    hit = None
+            if hit is not None:
                 o.status, o.outputs, o.result = "cached", hit.outputs, hit.result
                 o.reasons = [f"restored {', '.join(o.restored)} from the cache"] if o.restored else ["inputs unchanged"]
                 o.duration_s = time.perf_counter() - t0
