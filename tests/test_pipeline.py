@@ -714,10 +714,46 @@ def test_stat_cache_skips_unchanged_files_and_rehashes_changed_or_racy_ones(tmp_
     assert cache.file_sha256(f) == sha(f) and cache.hashed == 1  # size, mtime, inode unchanged: not read
     cache.save()
     reloaded = StatCache(tmp_path / "c.json")
-    assert reloaded.file_sha256(f) == sha(f) and reloaded.hashed == 0
+    assert reloaded.file_sha256(f) == sha(f) and reloaded.hashed == 0 and reloaded.hashed_bytes == 0
     f.write_bytes(b"b" * 100_000)  # same size, new mtime
     assert reloaded.file_sha256(f) == sha(f) and reloaded.hashed == 1
     # just written: within the racy window it is read every time, whatever the cache says
-    assert reloaded.file_sha256(f) == sha(f) and reloaded.hashed == 2
+    assert reloaded.file_sha256(f) == sha(f) and reloaded.hashed == 2 and reloaded.hashed_bytes == 200_000
     (tmp_path / "c.json").write_text("{not json")
     assert StatCache(tmp_path / "c.json").file_sha256(f) == sha(f)  # a damaged cache is ignored
+
+
+# ---- the bundled example, as the README runs it -----------------------------------------------------------
+
+def test_the_subscriptions_example_end_to_end_and_a_new_usage_file(make_project, cli, monkeypatch):
+    """`mlopsctl init demo --example subscriptions && cd demo && mlopsctl pipeline run`; then a new month's usage
+    file lands in the watched folder and the watch retrain reruns the pipeline from prepare."""
+    import pandas as pd
+
+    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")  # `python`
+    root = make_project("subscriptions")
+    cfg = root / ".mlops.toml"
+    cfg.write_text(cfg.read_text().replace("max_iter = 100", "max_iter = 30"))  # a faster fit, same pipeline
+    monkeypatch.chdir(root)
+    result = cli("pipeline", "run", "--json")
+    assert result.exit_code == 0, result.stderr
+    out = json.loads(result.stdout)
+    assert out["ran"] == ["prepare", "train", "evaluate", "register", "promote"]
+    steps = {s["step"]: s for s in out["steps"]}
+    assert steps["promote"]["result"]["decision"] == "promoted"
+    train = pd.read_csv(root / "data/train.csv")
+    assert {"tenure_days", "avg_minutes", "minutes_trend", "calls_per_month", "churned"} <= set(train.columns)
+    assert "customer_id" not in train.columns and len(train) > 1000
+    metrics = json.loads((root / "reports/metrics.json").read_text())["metrics"]
+    assert metrics["roc_auc"] > 0.75  # the joined features carry the churn signal
+    again = json.loads(cli("pipeline", "run", "--json").stdout)
+    assert again["ran"] == [] and again["cached"] == out["ran"]
+
+    s = load_settings({}, {}, root)
+    assert s.watch.pipeline is True and s.resolve(s.watch.path) == root / "data/raw/usage"
+    june = pd.read_csv(root / "data/raw/usage/2024-06.csv")
+    june.assign(month="2024-07").to_csv(root / "data/raw/usage/2024-07.csv", index=False)
+    retrained = svc.retrain(s)
+    assert retrained["ran"] == ["prepare", "train", "evaluate", "register", "promote"]
+    assert (retrained["model"], retrained["version"]) == ("subscriptions", 2)
+    assert retrained["decision"] in ("promoted", "rejected")

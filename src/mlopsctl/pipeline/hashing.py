@@ -33,6 +33,7 @@ class StatCache:
         self._lock = threading.Lock()
         self._dirty = False
         self.hashed = 0  # files read in this process (what the cache saved is the rest)
+        self.hashed_bytes = 0
         try:
             raw = json.loads(self.path.read_text())
             self._entries: dict[str, list] = raw["files"] if raw.get("format") == 1 else {}
@@ -51,6 +52,7 @@ class StatCache:
         sha = sha256_file(path)
         with self._lock:
             self.hashed += 1
+            self.hashed_bytes += st.st_size
             self._entries[key] = [st.st_size, st.st_mtime_ns, st.st_ino, now, sha]
             self._dirty = True
         return sha

@@ -645,7 +645,8 @@ def _failure(outcomes: list[Outcome], pipeline: Pipeline) -> str | None:
 def _summary(runner: _Runner, outcomes: list[Outcome], t0: float, status: str) -> dict[str, Any]:
     by = {k: [o.step for o in outcomes if o.status == k] for k in ("ran", "cached", "failed", "skipped")}
     return {"pipeline_run": runner.pipeline_run_id, "status": status, "duration_s": round(time.perf_counter() - t0, 3),
-            **by, "steps": [o.view() for o in outcomes]}
+            **by, "files_hashed": runner.cache.hashed,
+            "bytes_hashed": runner.cache.hashed_bytes, "steps": [o.view() for o in outcomes]}
 
 
 def run_pipeline(settings: Settings, steps: Iterable[str] = (), *, force: Iterable[str] = (), no_cache: bool = False,
