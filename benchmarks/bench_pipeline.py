@@ -189,7 +189,7 @@ Both hashers read the file from the page cache (one `cat` first). The 1 GiB file
 """
     print(text)
     if not args.no_write:
-        write_section(SECTION, text)
+        write_section(SECTION, text, keep="### Findings")
 
 
 if __name__ == "__main__":
