@@ -3,7 +3,8 @@
     python examples/generate.py
 
 breast-cancer and diabetes come from scikit-learn's bundled datasets; churn is generated with a fixed
-seed: mixed numeric, categorical and boolean columns with missing values.
+seed: mixed numeric, categorical and boolean columns with missing values. subscriptions is raw data for a
+pipeline: a customers table and one usage file per month, which its prepare.py joins into features.
 """
 
 from __future__ import annotations
@@ -60,11 +61,52 @@ def churn(n: int = 3000, seed: int = 7) -> pd.DataFrame:
     return df
 
 
+def subscriptions(n: int = 1500, months: int = 6, seed: int = 11) -> dict[str, pd.DataFrame]:
+    """customers.csv (one row per customer, with the label) and usage/<month>.csv (one row per active customer
+    and month): the churn signal lives in usage trends, support calls and the contract, so the features that
+    prepare.py derives from joining them are what a model needs."""
+    rng = np.random.default_rng(seed)
+    ids = np.arange(10001, 10001 + n)
+    signup = pd.Timestamp("2022-01-01") + pd.to_timedelta(rng.integers(0, 900, n), unit="D")
+    plan = rng.choice(["basic", "standard", "premium"], n, p=[0.5, 0.3, 0.2])
+    contract = rng.choice(["monthly", "annual", "two-year"], n, p=[0.55, 0.3, 0.15])
+    region = rng.choice(["north", "south", "east", "west"], n)
+    age = rng.integers(18, 80, n).astype(float)
+    age[rng.random(n) < 0.05] = np.nan
+    engagement = rng.normal(0, 1, n)  # hidden: drives both usage and churn
+    frustration = rng.gamma(1.5, 1.0, n)
+    logit = (-0.4 + np.where(contract == "monthly", 1.1, -0.9) - 0.8 * engagement + 0.45 * frustration
+             + np.where(plan == "premium", 0.3, 0.0) + rng.normal(0, 0.4, n))
+    churned = np.where(rng.random(n) < 1 / (1 + np.exp(-logit)), "yes", "no")
+    customers = pd.DataFrame({"customer_id": ids, "signup_date": signup.strftime("%Y-%m-%d"), "plan": plan,
+                              "contract": contract, "region": region, "age": age, "churned": churned})
+    base_minutes = np.exp(5.5 + 0.4 * engagement)
+    fee = np.select([plan == "basic", plan == "standard"], [25.0, 55.0], 95.0)
+    usage = {}
+    for m in range(months):
+        month = (pd.Timestamp("2024-01-01") + pd.DateOffset(months=m)).strftime("%Y-%m")
+        active = rng.random(n) < 0.93
+        decline = np.where(churned == "yes", 1 - 0.07 * m, 1.0)  # leavers use less, month by month
+        minutes = np.round(base_minutes * decline * rng.lognormal(0, 0.25, n), 1)
+        usage[month] = pd.DataFrame({
+            "customer_id": ids, "month": month, "minutes": minutes,
+            "data_gb": np.round(np.maximum(0, rng.normal(4 + 2 * engagement, 1.5, n)), 2),
+            "support_calls": rng.poisson(0.3 * frustration),
+            "charge": np.round(fee + rng.normal(0, 3, n), 2),
+        })[active].reset_index(drop=True)
+    return {"customers": customers, **{f"usage/{k}": v for k, v in usage.items()}}
+
+
 def main() -> None:
     for name, make in (("breast-cancer", breast_cancer), ("diabetes", diabetes), ("churn", churn)):
         out = HERE / name / "data" / "train.csv"
         out.parent.mkdir(parents=True, exist_ok=True)
         make().to_csv(out, index=False)
+        print(f"wrote {out.relative_to(HERE)}")
+    for part, frame in subscriptions().items():
+        out = HERE / "subscriptions" / "data" / "raw" / f"{part}.csv"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        frame.to_csv(out, index=False)
         print(f"wrote {out.relative_to(HERE)}")
 
 

@@ -39,7 +39,7 @@ def test_init_creates_a_project(cli, tmp_path):
     out = ok_json(cli("init", "proj", "--json"))
     project = tmp_path / "proj"
     assert out == {"project": str(project.resolve()), "example": None,
-                   "config": str((project / CONFIG_FILE).resolve())}
+                   "config": str((project / CONFIG_FILE).resolve()), "next": "mlopsctl train"}
     assert (project / CONFIG_FILE).read_text() == DEFAULT_CONFIG
     assert (project / ".mlops").is_dir()
     assert (project / "data" / "incoming").is_dir()
@@ -53,6 +53,14 @@ def test_init_prints_next_steps(cli, tmp_path):
     out = ok(cli("init", "p"))
     assert out.startswith("Created project ")
     assert "Next: cd p && mlopsctl train" in out
+
+
+def test_init_of_a_pipeline_example_says_to_run_the_pipeline(cli, tmp_path):
+    out = ok(cli("init", "p", "--example", "subscriptions"))
+    assert "Next: cd p && mlopsctl pipeline run" in out
+    assert (tmp_path / "p" / "prepare.py").read_bytes() == (EXAMPLES / "subscriptions" / "prepare.py").read_bytes()
+    assert sorted(f.name for f in (tmp_path / "p" / "data" / "raw" / "usage").iterdir()) == [
+        f"2024-0{m}.csv" for m in range(1, 7)]
 
 
 def test_init_in_the_current_folder(cli, tmp_path):

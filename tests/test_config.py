@@ -170,7 +170,8 @@ ERRORS = [
     ("[train]\nbogus = 1\n", {}, {},
      f"unknown key 'train.bogus' in .mlops.toml; valid keys: {VALID_KEYS}."),
     ("[bogus]\nx = 1\n", {}, {},
-     "unknown section [bogus] in .mlops.toml; valid sections: store, data, train, registry, serve, watch, monitor."),
+     "unknown section [bogus] in .mlops.toml; valid sections: store, data, train, registry, serve, watch, monitor, "
+     "pipeline."),
     ("seed = 1\n", {}, {},  # a key outside any section
      "key 'seed' in .mlops.toml is outside any section (it belongs under [train]); put keys under a section header such as [train]."),
     ("train = 3\n", {}, {},
@@ -244,7 +245,55 @@ ERRORS = [
      "serve.log_flush_seconds must be above 0 and at most 60, got 600.0."),
     (None, {"MLOPS_SERVE_LOG_FLUSH_SECONDS": "soon"}, {},
      "serve.log_flush_seconds from the environment must be a number, got 'soon'."),
+    # pipeline steps: each table is checked strictly, and the message names the step
+    ("[pipeline.steps.prep]\ncmd = \"python p.py\"\ndep = [\"p.py\"]\n", {}, {},
+     "pipeline step 'prep' in .mlops.toml: unknown key 'dep'; the keys of a cmd step are: cmd, deps, outs, params, "
+     "needs, always."),
+    ("[pipeline.steps.reg]\nuses = \"register\"\nparams = { a = 1 }\n", {}, {},
+     "pipeline step 'reg' in .mlops.toml: 'params' does not apply to a uses = \"register\" step; the keys of a "
+     "uses = \"register\" step are: uses, deps, needs, always, name."),
+    ("[pipeline.steps.prep]\ncmd = \"x\"\nuses = \"train\"\n", {}, {},
+     "pipeline step 'prep' in .mlops.toml needs exactly one of cmd = \"<shell command>\" or uses = "
+     "\"train|evaluate|register|promote|tune\"."),
+    ("[pipeline.steps.prep]\ndeps = [\"a\"]\n", {}, {},
+     "pipeline step 'prep' in .mlops.toml needs exactly one of cmd = \"<shell command>\" or uses = "
+     "\"train|evaluate|register|promote|tune\"."),
+    ("[pipeline.steps.fit]\nuses = \"fit\"\n", {}, {},
+     "pipeline step 'fit' in .mlops.toml: uses must be one of train, evaluate, register, promote, tune; got 'fit'."),
+    ("[pipeline.steps.prep]\ncmd = \"x\"\ndeps = \"a.csv\"\n", {}, {},
+     "pipeline step 'prep' in .mlops.toml: deps must be a list of non-empty strings, got 'a.csv'."),
+    ("[pipeline.steps.prep]\ncmd = \"x\"\nouts = [\"a\", \"a\"]\n", {}, {},
+     "pipeline step 'prep' in .mlops.toml: outs lists 'a' twice."),
+    ("[pipeline.steps.prep]\ncmd = \"\"\n", {}, {},
+     "pipeline step 'prep' in .mlops.toml: cmd must be a non-empty string, got ''."),
+    ("[pipeline.steps.prep]\ncmd = \"x\"\nalways = \"yes\"\n", {}, {},
+     "pipeline step 'prep' in .mlops.toml: always must be true or false, got 'yes'."),
+    ("[pipeline.steps.prep]\ncmd = \"x\"\nparams = { \"min-rows\" = 1 }\n", {}, {},
+     "pipeline step 'prep' in .mlops.toml: param name 'min-rows' must be a letter or '_' followed by letters, "
+     "digits or '_' (it becomes MLOPS_PARAM_<NAME>)."),
+    ("[pipeline.steps.up]\nuses = \"promote\"\nmin_delta = -1\n", {}, {},
+     "pipeline step 'up' in .mlops.toml: min_delta must be a number of 0 or more, got -1."),
+    ("[pipeline.steps.\"my step\"]\ncmd = \"x\"\n", {}, {},
+     "pipeline step 'my step' in .mlops.toml: the name must be 1-100 letters, digits, '.', '_' or '-', starting "
+     "with a letter or digit."),
+    ("[pipeline.steps]\nprep = 3\n", {}, {},
+     "pipeline step 'prep' in .mlops.toml must be a table like [pipeline.steps.prep] with cmd = \"...\" or "
+     "uses = \"train\"."),
+    ("[pipeline.step.prep]\ncmd = \"x\"\n", {}, {},
+     f"unknown key 'pipeline.step' in .mlops.toml; valid keys: {VALID_KEYS}."),
+    (None, {"MLOPS_PIPELINE_STEPS": '{"t": {"uses": "train", "outs": ["m"]}}'}, {},
+     "pipeline step 't' in the environment: 'outs' does not apply to a uses = \"train\" step; the keys of a "
+     "uses = \"train\" step are: uses, deps, params, needs, always, data, model, experiment."),
 ]
+
+
+def test_param_variables_of_pipeline_steps_are_not_settings(tmp_path):
+    """Steps get MLOPS_PARAM_<NAME>; a step that runs mlopsctl must not see them as a (typo'd) section."""
+    from mlopsctl.config import SECTIONS
+
+    assert "param" not in SECTIONS
+    s = load_settings({}, {"MLOPS_PARAM_MIN_ROWS": "100", "MLOPS_TRAIN_SEED": "3"}, tmp_path)
+    assert s.train.seed == 3
 
 
 @pytest.mark.parametrize(("file", "env", "flags", "message"), ERRORS)
@@ -278,7 +327,8 @@ def test_a_folder_named_like_the_config_file_is_not_a_config(tmp_path):
 @pytest.mark.parametrize(("file", "env", "message"), [
     ("[train]\nbogus = 1\n", {}, f"unknown key 'train.bogus' in .mlops.toml; valid keys: {VALID_KEYS}."),
     ("[bogus]\n", {},
-     "unknown section [bogus] in .mlops.toml; valid sections: store, data, train, registry, serve, watch, monitor."),
+     "unknown section [bogus] in .mlops.toml; valid sections: store, data, train, registry, serve, watch, monitor, "
+     "pipeline."),
     ("[train]\nseed = \"x\"\n", {}, "train.seed in .mlops.toml must be an integer, got 'x'."),
     ("[data]\ntask = \"clustering\"\n", {},
      "data.task in .mlops.toml must be one of auto, classification, regression; got 'clustering'."),
@@ -334,14 +384,32 @@ def test_mlops_toml_example_lists_every_key_with_its_default(tmp_path):
     from mlopsctl.config import all_keys, describe_keys
 
     example = Path(__file__).resolve().parents[1] / ".mlops.toml.example"
-    data = tomllib.loads(example.read_text())
+    text = example.read_text()
+    data = tomllib.loads(text)
     assert sorted(f"{s}.{k}" for s, body in data.items() for k in body) == sorted(all_keys())
     defaults = {key: default for key, default, _doc, _choices in describe_keys()}
+    steps = data["pipeline"].pop("steps")  # nested tables: an illustration of every step key, not the default
     for section, body in data.items():
         for key, value in body.items():
             assert value == defaults[f"{section}.{key}"], f"{section}.{key}"
     shutil.copy(example, tmp_path / ".mlops.toml")
-    assert load_settings({}, {}, tmp_path).serve.port == 8080
+    settings = load_settings({}, {}, tmp_path)
+    assert settings.serve.port == 8080
+    assert defaults["pipeline.steps"] == {} and settings.pipeline.steps == steps
+
+
+def test_mlops_toml_example_shows_every_pipeline_step_key_with_its_doc():
+    """Each key a [pipeline.steps.NAME] table takes is used by some step of the example, under its doc line."""
+    import tomllib
+
+    from mlopsctl.config import STEP_KEYS
+
+    text = (Path(__file__).resolve().parents[1] / ".mlops.toml.example").read_text()
+    steps = tomllib.loads(text)["pipeline"]["steps"]
+    used = {key for body in steps.values() for key in body}
+    assert used == set(STEP_KEYS)
+    for key, (_typ, doc, _kinds) in STEP_KEYS.items():
+        assert f"# {doc}" in text, key
 
 
 def test_other_tools_mlops_variables_are_ignored(tmp_path):

@@ -55,6 +55,8 @@ def probe(argv: list[str] | None, cwd) -> dict:
     ["init", "--help"],
     ["db", "--help"],
     ["db", "upgrade", "--help"],
+    ["pipeline", "run", "--help"],
+    ["report", "--help"],
 ])
 def test_cli_import_and_help_load_no_heavy_library(tmp_path, argv):
     out = probe(argv, tmp_path)

@@ -40,8 +40,9 @@ class ArtifactStore:
         self._atomic_write(dest, [data])
         return sha
 
-    def put_file(self, src: Path) -> str:
-        sha = sha256_file(src)
+    def put_file(self, src: Path, sha256: str | None = None) -> str:
+        """Store a file's bytes; ``sha256``: its digest when the caller just computed it (not hashed again)."""
+        sha = sha256 or sha256_file(src)
         dest = self.path(sha)
         if dest.exists() and dest.stat().st_size == Path(src).stat().st_size:
             return sha

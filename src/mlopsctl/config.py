@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tomllib
 from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
@@ -102,6 +103,7 @@ class WatchSettings:
     min_rows: int = _opt(10, "fewest rows a new file must have")
     max_null_increase: float = _opt(0.2, "how much a column's null rate may exceed the training data's")
     every: str = _opt("", "also retrain on a schedule, e.g. 6h, 30m, 1d (empty: only on new files)")
+    pipeline: bool = _opt(False, "run the project's pipeline ([pipeline.steps]) instead of a bare train when files land")
 
 
 @dataclass(frozen=True)
@@ -115,6 +117,11 @@ class MonitorSettings:
     min_labels: int = _opt(50, "fewest labelled predictions for a drift-triggered retrain")
 
 
+@dataclass(frozen=True)
+class PipelineSettings:
+    steps: dict = _opt({}, "the pipeline's steps, one table each: [pipeline.steps.NAME] (keys: STEP_KEYS)")
+
+
 SECTIONS: dict[str, type] = {
     "store": StoreSettings,
     "data": DataSettings,
@@ -123,6 +130,7 @@ SECTIONS: dict[str, type] = {
     "serve": ServeSettings,
     "watch": WatchSettings,
     "monitor": MonitorSettings,
+    "pipeline": PipelineSettings,
 }
 
 
@@ -137,6 +145,7 @@ class Settings:
     serve: ServeSettings = field(default_factory=ServeSettings)
     watch: WatchSettings = field(default_factory=WatchSettings)
     monitor: MonitorSettings = field(default_factory=MonitorSettings)
+    pipeline: PipelineSettings = field(default_factory=PipelineSettings)
 
     def resolve(self, value: str | os.PathLike) -> Path:
         """A path from the config or a flag, made absolute against the project directory."""
@@ -302,11 +311,95 @@ def load_settings(
                 )
             typ, choices = types[name]
             values[section][name] = _coerce(key, value, typ, choices, source)
+            if key == "pipeline.steps":
+                check_steps(values[section][name], source)
 
     sections = {s: cls(**values[s]) for s, cls in SECTIONS.items()}
     settings = Settings(project_dir=project_dir, config_file=cfg_path, **sections)
     _check_ranges(settings)
     return settings
+
+
+# ---- pipeline steps ([pipeline.steps.NAME]) ----------------------------------------------------------------
+
+BUILTIN_STEPS = ("train", "evaluate", "register", "promote", "tune")
+_ALL_KINDS = ("cmd", *BUILTIN_STEPS)
+STEP_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}\Z")
+PARAM_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,99}\Z")
+
+# key -> (type, doc, the kinds of step it applies to); a step is a `cmd` step or `uses` a built-in one
+STEP_KEYS: dict[str, tuple[type, str, tuple[str, ...]]] = {
+    "cmd": (str, "shell command, run in the project folder", ("cmd",)),
+    "uses": (str, f"a built-in step: {' | '.join(BUILTIN_STEPS)}", BUILTIN_STEPS),
+    "deps": (list, "files and folders the step reads: their content is part of its cache key", _ALL_KINDS),
+    "outs": (list, "files and folders the step writes: stored in the artifact store, restored on a cache hit", ("cmd",)),
+    "params": (dict, "values passed as MLOPS_PARAM_<NAME> (cmd) or estimator parameters over train.params (train)",
+               ("cmd", "train", "tune")),
+    "needs": (list, "steps that must finish first (outputs feeding deps need no entry)", _ALL_KINDS),
+    "always": (bool, "run every time, even when nothing changed", _ALL_KINDS),
+    "data": (str, "train: the training file (default data.path); evaluate: rows to score (default: the run's "
+                  "held-out split)", ("train", "evaluate", "tune")),
+    "model": (str, "estimator class path (default train.model)", ("train", "tune")),
+    "experiment": (str, "experiment the run is recorded under (default train.experiment)", ("train", "tune")),
+    "metrics": (str, "a JSON file the evaluation is written to (an output of the step)", ("evaluate",)),
+    "name": (str, "model name to register under (default registry.model_name)", ("register",)),
+    "alias": (str, "alias to move after the gate (default registry.alias)", ("promote",)),
+    "min_delta": (float, "the gate's allowed drop of the primary metric (default registry.min_delta)", ("promote",)),
+}
+
+
+def step_kind(body: Mapping[str, Any]) -> str:
+    """``cmd`` or the built-in step's name (for a table that :func:`check_steps` accepted)."""
+    return "cmd" if "cmd" in body else str(body["uses"])
+
+
+def check_steps(steps: Mapping[str, Any], source: str) -> None:
+    """Every ``[pipeline.steps.NAME]`` table: a known kind, only the keys that kind takes, each of its type.
+    The graph itself (cycles, unknown steps, two writers of one output) is checked by mlopsctl.pipeline."""
+    for name, body in steps.items():
+        where = f"pipeline step {name!r} in {source}"
+        if not STEP_NAME_RE.match(name):
+            raise ConfigError(f"{where}: the name must be 1-100 letters, digits, '.', '_' or '-', starting with a "
+                              "letter or digit.")
+        if not isinstance(body, dict):
+            raise ConfigError(f"{where} must be a table like [pipeline.steps.{name}] with cmd = \"...\" or uses = \"train\".")
+        if ("cmd" in body) == ("uses" in body):
+            raise ConfigError(f"{where} needs exactly one of cmd = \"<shell command>\" or uses = "
+                              f"\"{'|'.join(BUILTIN_STEPS)}\".")
+        if "uses" in body and body["uses"] not in BUILTIN_STEPS:
+            raise ConfigError(f"{where}: uses must be one of {', '.join(BUILTIN_STEPS)}; got {body['uses']!r}.")
+        kind = step_kind(body)
+        allowed = [k for k, (_t, _d, kinds) in STEP_KEYS.items() if kind in kinds]
+        for key, value in body.items():
+            what = "a cmd step" if kind == "cmd" else f"a uses = \"{kind}\" step"
+            if key not in allowed:
+                problem = f"unknown key {key!r}" if key not in STEP_KEYS else f"{key!r} does not apply to {what}"
+                raise ConfigError(f"{where}: {problem}; the keys of {what} are: {', '.join(allowed)}.")
+            typ = STEP_KEYS[key][0]
+            _check_step_value(where, key, value, typ)
+
+
+def _check_step_value(where: str, key: str, value: Any, typ: type) -> None:
+    if typ is list:
+        if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
+            raise ConfigError(f"{where}: {key} must be a list of non-empty strings, got {value!r}.")
+        if len(set(value)) != len(value):
+            raise ConfigError(f"{where}: {key} lists {next(v for v in value if value.count(v) > 1)!r} twice.")
+    elif typ is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: {key} must be a table such as {{ min_rows = 100 }}, got {value!r}.")
+        for pname in value:
+            if not PARAM_NAME_RE.match(pname):
+                raise ConfigError(f"{where}: param name {pname!r} must be a letter or '_' followed by letters, "
+                                  "digits or '_' (it becomes MLOPS_PARAM_<NAME>).")
+    elif typ is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            raise ConfigError(f"{where}: {key} must be a number of 0 or more, got {value!r}.")
+    elif typ is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: {key} must be true or false, got {value!r}.")
+    elif not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"{where}: {key} must be a non-empty string, got {value!r}.")
 
 
 def _check_ranges(s: Settings) -> None:

@@ -66,6 +66,10 @@ class TrainingError(MlopsError):
     http_status = 500
 
 
+class PipelineStepError(TrainingError):
+    """A pipeline step failed: its command exited non-zero or a built-in step raised; its dependants did not run."""
+
+
 class StoreError(MlopsError):
     """The store cannot be used: locked, unreachable, or written by a newer mlopsctl."""
 

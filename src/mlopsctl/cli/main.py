@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from mlopsctl._version import __version__
-from mlopsctl.cli import data, db, export, monitor, predict, project, registry, runs, serve, train, watch
+from mlopsctl.cli import data, db, export, monitor, pipeline, predict, project, registry, runs, serve, train, watch
 
 app = typer.Typer(
     name="mlopsctl",
@@ -59,6 +59,8 @@ app.add_typer(runs.app, name="runs")
 app.add_typer(registry.models_app, name="models")
 app.add_typer(monitor.app, name="monitor")
 app.add_typer(db.app, name="db")
+app.add_typer(pipeline.app, name="pipeline")
+pipeline.register(app)
 
 
 def main() -> None:

@@ -17,7 +17,7 @@ def register(app: typer.Typer) -> None:
     def init(
         directory: Annotated[Path, typer.Argument(help="Folder for the project (created if missing).")] = Path("."),
         example: Annotated[Optional[str], typer.Option(
-            "--example", "-e", help="Copy a runnable example: breast-cancer, diabetes or churn.")] = None,
+            "--example", "-e", help="Copy a runnable example: breast-cancer, diabetes, churn or subscriptions (a pipeline).")] = None,
         json_: JsonFlag = False,
     ) -> None:
         """Create a project: .mlops.toml, the .mlops/ store folder and data/incoming.
@@ -36,4 +36,4 @@ def register(app: typer.Typer) -> None:
             return
         c = console()
         c.print(f"[green]Created project[/] {out['project']}" + (f" from example [bold]{example}[/]" if example else ""))
-        c.print(f"Next: cd {directory} && mlopsctl train")
+        c.print(f"Next: cd {directory} && {out['next']}")

@@ -28,6 +28,11 @@ def contract_compatibility(holder: Contract, candidate: Contract) -> dict[str, A
 
 def _score(model: LoadedModel, frame: Any, target: str, metric: str) -> float:
     """``metric`` of ``model`` on ``frame``'s rows that have a target, scored through ONNX Runtime."""
+    return score_frame(model, frame, target)[metric]
+
+
+def score_frame(model: LoadedModel, frame: Any, target: str) -> dict[str, float]:
+    """The task's metrics of ``model`` on ``frame``'s rows that have a target, scored through ONNX Runtime."""
     import numpy as np
 
     from mlopsctl.scoring import Scorer
@@ -44,8 +49,8 @@ def _score(model: LoadedModel, frame: Any, target: str, metric: str) -> float:
     out = Scorer(model.onnx, contract).predict_frame(frame)
     if contract.task == "classification":
         proba = np.asarray(out["probabilities"], dtype=np.float64)
-        return m.classification_metrics(y, np.asarray(out["label"]).ravel(), proba, list(contract.classes))[metric]
-    return m.regression_metrics(y, np.asarray(out["prediction"]).ravel())[metric]
+        return m.classification_metrics(y, np.asarray(out["label"]).ravel(), proba, list(contract.classes))
+    return m.regression_metrics(y, np.asarray(out["prediction"]).ravel())
 
 
 def evaluate_gate(settings: Settings, candidate: LoadedModel, holder: LoadedModel | None, *, alias: str,

@@ -59,4 +59,6 @@ def init_project(directory: Path, example: str | None = None) -> dict[str, Any]:
         (directory / CONFIG_FILE).write_text(DEFAULT_CONFIG)
     (directory / ".mlops").mkdir(exist_ok=True)
     (directory / "data" / "incoming").mkdir(parents=True, exist_ok=True)
-    return {"project": str(directory.resolve()), "example": example, "config": str((directory / CONFIG_FILE).resolve())}
+    has_pipeline = "[pipeline.steps." in (directory / CONFIG_FILE).read_text()
+    return {"project": str(directory.resolve()), "example": example, "config": str((directory / CONFIG_FILE).resolve()),
+            "next": "mlopsctl pipeline run" if has_pipeline else "mlopsctl train"}

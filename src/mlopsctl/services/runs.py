@@ -19,7 +19,7 @@ from mlopsctl.artifacts import ArtifactStore
 from mlopsctl.common import jsonable
 from mlopsctl.config import Settings
 from mlopsctl.contract import Contract
-from mlopsctl.errors import InvalidInputError, NotFoundError
+from mlopsctl.errors import ConflictError, InvalidInputError, NotFoundError
 from mlopsctl.project import open_project
 from mlopsctl.services.datasets import record_dataset
 from mlopsctl.store.db import Store
@@ -198,6 +198,21 @@ def compare_runs(settings: Settings, refs: list[str]) -> dict[str, Any]:
         "params": params, "metrics": metrics,
         "differing_params": [k for k, v in params.items() if len(set(map(str, v))) > 1],
     }
+
+
+def run_model(settings: Settings, ref: str) -> Any:
+    """A finished run's model as a LoadedModel (named ``run N``, version N): its ONNX file and contract,
+    verified, and its held-out split's sha256 — what the gate scores, for a run that is not registered."""
+    from mlopsctl.registry import LoadedModel
+
+    run = show_run(settings, ref)
+    shas = {a["name"]: a["sha256"] for a in run["artifacts"]}
+    if run["status"] != "FINISHED" or "model.onnx" not in shas or "contract.json" not in shas:
+        raise ConflictError(f"run {run['id']} is {run['status']} without an ONNX export (model.onnx + contract.json); "
+                            "train it again.")
+    arts = open_project(settings).artifacts
+    return LoadedModel(f"run {run['id']}", run["id"], shas["model.onnx"], arts.get_bytes(shas["model.onnx"]),
+                       Contract.from_json(arts.get_bytes(shas["contract.json"])), shas.get("heldout.parquet"))
 
 
 def run_artifact(settings: Settings, ref: str, name: str) -> bytes:

@@ -313,3 +313,50 @@ class MonitorResult(Base):
     value: Mapped[float]
     details: Mapped[dict[str, Any]] = mapped_column(default=dict)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+# ---- pipelines (m007_pipeline) ------------------------------------------------------------------------
+
+class PipelineRun(Base):
+    """One `mlopsctl pipeline run` (or `pipeline step`, or a watch retrain): which steps were asked for, how
+    it ended. Its steps' executions hang off it."""
+
+    __tablename__ = "pipeline_runs"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    trigger: Mapped[str] = mapped_column(String(20))  # cli | step | watch
+    targets: Mapped[list[Any]] = mapped_column(default=list)  # the steps asked for ([] = all)
+    options: Mapped[dict[str, Any]] = mapped_column(default=dict)  # force, no_cache, jobs
+    status: Mapped[str] = mapped_column(String(20), index=True)  # running | succeeded | failed | interrupted
+    message: Mapped[Optional[str]] = mapped_column(Text)
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    ended_at: Mapped[Optional[datetime]]
+    duration_s: Mapped[Optional[float]]
+
+
+class PipelineExecution(Base):
+    """One step of one pipeline run: its cache key and the inputs it was computed from, whether it ran or was
+    restored from the cache, how it ended, the sha256 of each output, its logs, and the run and model version
+    it produced (lineage: model version -> register -> train -> the data file -> the step that wrote it)."""
+
+    __tablename__ = "pipeline_executions"
+    __table_args__ = (Index("ix_pipeline_executions_key", "key", "id"),
+                      Index("ix_pipeline_executions_step", "step", "id"))
+    id: Mapped[int] = mapped_column(primary_key=True)
+    pipeline_run_id: Mapped[int] = mapped_column(ForeignKey("pipeline_runs.id", ondelete="CASCADE"), index=True)
+    step: Mapped[str] = mapped_column(String(100))
+    kind: Mapped[str] = mapped_column(String(20))  # cmd | train | evaluate | register | promote | tune
+    key: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16))  # ran | cached | failed | skipped
+    exit_code: Mapped[Optional[int]]
+    duration_s: Mapped[float] = mapped_column(default=0.0)
+    inputs: Mapped[dict[str, Any]] = mapped_column(default=dict)  # what the key was computed from
+    outputs: Mapped[dict[str, Any]] = mapped_column(default=dict)  # path -> {sha256, size} or a folder's files
+    result: Mapped[dict[str, Any]] = mapped_column(default=dict)  # what a built-in step produced (run, version, ...)
+    stdout_sha256: Mapped[Optional[str]] = mapped_column(String(64))
+    stderr_sha256: Mapped[Optional[str]] = mapped_column(String(64))
+    message: Mapped[Optional[str]] = mapped_column(Text)
+    run_id: Mapped[Optional[int]] = mapped_column(ForeignKey("runs.id", ondelete="SET NULL"), index=True)
+    model_version_id: Mapped[Optional[int]] = mapped_column(ForeignKey("model_versions.id", ondelete="SET NULL"),
+                                                            index=True)
+    source_id: Mapped[Optional[int]] = mapped_column(ForeignKey("pipeline_executions.id", ondelete="SET NULL"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
