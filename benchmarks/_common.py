@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import re
+import resource
 import subprocess
 import sys
+import time
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 BENCH = Path(__file__).resolve().parent
 RESULTS = BENCH / "RESULTS.md"
@@ -67,3 +69,13 @@ def cpu_model(default: str = "?") -> str:
     except OSError:
         pass
     return default
+
+
+def timed(run: Callable[..., Any], *args: Any) -> tuple[float, float]:
+    """(wall seconds, CPU seconds user+sys of finished child processes) of ``run(*args)``, which runs one."""
+    r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t = time.perf_counter()
+    run(*args)
+    elapsed = time.perf_counter() - t
+    r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return elapsed, (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)

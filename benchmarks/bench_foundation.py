@@ -27,7 +27,6 @@ import json
 import os
 import platform
 import re
-import resource
 import shutil
 import statistics
 import subprocess
@@ -36,6 +35,7 @@ import time
 from pathlib import Path
 
 from _common import cpu_model, ensure_mlflow, write_section
+from _common import timed as timed_call
 
 REPO = Path(__file__).resolve().parents[1]
 WORK = REPO / "benchmarks" / ".work"
@@ -78,12 +78,7 @@ def wall(cmd: list[str], cwd: Path | None = None) -> float:
 
 def timed(cmd: list[str], cwd: Path | None = None) -> tuple[float, float]:
     """(wall seconds, CPU seconds user+sys) of one subprocess run."""
-    r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
-    t = time.perf_counter()
-    run(cmd, cwd)
-    elapsed = time.perf_counter() - t
-    r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return elapsed, (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
+    return timed_call(run, cmd, cwd)
 
 
 def cpu_pressure() -> float:

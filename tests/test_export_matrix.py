@@ -23,6 +23,12 @@ fails if that regresses (8 of the tree cases did, before the fix).
 
 Exact probability ties (a forest whose votes split evenly) are resolved differently by the two runtimes;
 on fresh rows a label counts as agreeing when its scikit-learn probability ties the maximum.
+
+LightGBM and XGBoost (``boosters.BOOSTERS``, converted by onnxmltools) run the same checks for each task
+(binary with -1/1 labels, which XGBoost cannot take unencoded; multiclass with text labels; regression)
+and each categorical encoding (one-hot; native, ordinal codes inside the graph), on the mixed frame with
+NaNs and an unseen category, plus the parity check on the training rows. ``test_parity_check_catches...``
+shows the held-out check failing on a graph that does not match its pipeline.
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ import pandas as pd
 import pytest
 
 from mlopsctl.errors import InvalidInputError, TrainingError
-from mlopsctl.training import estimators, export
+from mlopsctl.training import boosters, estimators, export
 from mlopsctl.training.train import TrainSpec, prepare, train
 
 SMOOTH_ATOL = 1e-5  # probabilities (classification) / relative to the largest prediction (regression)
@@ -155,15 +161,15 @@ def _cases():
                 yield pytest.param(task, path, data, marks=marks, id=f"{short}-{data}")
 
 
-def _train(path: str, data: str, task: str):
+def _train(path: str, data: str, task: str, frame: pd.DataFrame | None = None, **spec_kw):
     from threadpoolctl import threadpool_limits
 
-    spec = TrainSpec(model=path, params=dict(PARAMS.get(path.rsplit(".", 1)[1], {})), target="target",
-                     task=task, seed=0, reference_rows=50)
+    spec_kw.setdefault("params", dict(PARAMS.get(path.rsplit(".", 1)[1], {})))
+    spec = TrainSpec(model=path, target="target", task=task, seed=0, reference_rows=50, **spec_kw)
     # One OpenMP thread: HistGradientBoosting's many tiny parallel regions can spin for seconds on a
     # small shared VM; threads do not change what is learned.
     with threadpool_limits(limits=1, user_api="openmp"):
-        return train(prepare(training_frame(data, task), spec))
+        return train(prepare(training_frame(data, task) if frame is None else frame, spec))
 
 
 def _onnx_outputs(result, frame: pd.DataFrame) -> tuple[dict[str, np.ndarray], pd.DataFrame]:
@@ -200,8 +206,12 @@ def test_export_parity(task: str, path: str, data: str) -> None:
     assert p.passed, p
 
     # 2. fresh rows through a fresh session
-    got, X = _onnx_outputs(result, fresh_rows(data, task))
-    tree = short in TREE_MODELS
+    _assert_fresh_parity(result, task, fresh_rows(data, task), tree=short in TREE_MODELS)
+
+
+def _assert_fresh_parity(result, task: str, rows: pd.DataFrame, tree: bool) -> None:
+    """Rows the model never saw, through a fresh InferenceSession, against the fitted pipeline."""
+    got, X = _onnx_outputs(result, rows)
     if task == "classification":
         ref = np.asarray(result.pipeline.predict_proba(X), dtype=np.float64)
         ref_labels = np.asarray(result.pipeline.predict(X))
@@ -236,6 +246,91 @@ def test_matrix_includes_hist_gradient_boosting() -> None:
     ids = {p.id for p in _cases()}
     assert {"HistGradientBoostingClassifier-breast_cancer", "HistGradientBoostingClassifier-mixed",
             "HistGradientBoostingRegressor-diabetes", "HistGradientBoostingRegressor-mixed"} <= ids
+
+
+# ---- LightGBM and XGBoost: each task x each categorical encoding ------------------------------------------
+
+BOOSTER_TASKS = {"binary": "classification", "multiclass": "classification", "regression": "regression"}
+BOOSTER_TREES = 40
+
+
+@functools.cache
+def booster_frame(kind: str) -> pd.DataFrame:
+    """The mixed frame (NaNs in numeric and categorical columns); binary labels are -1/1, multiclass labels
+    text, so XGBoost's 0..K-1 encoding is exercised both ways."""
+    df = mixed(600, seed=1, task=BOOSTER_TASKS[kind]).copy()
+    if kind == "binary":
+        df["target"] = np.where(df["target"] == "high", 1, -1)
+    return df
+
+
+def _booster_cases():
+    for kind, task in BOOSTER_TASKS.items():
+        for path in boosters.BOOSTERS[task]:
+            for categorical in ("onehot", "native"):
+                yield pytest.param(kind, path, categorical, id=f"{path.rsplit('.', 1)[1]}-{kind}-{categorical}")
+
+
+@pytest.mark.parametrize(("kind", "path", "categorical"), list(_booster_cases()))
+def test_booster_export_parity(kind: str, path: str, categorical: str) -> None:
+    task = BOOSTER_TASKS[kind]
+    frame = booster_frame(kind)
+    result = _train(path, "mixed", task, frame=frame, params={"n_estimators": BOOSTER_TREES}, categorical=categorical)
+    assert result.model_class == path
+    assert result.model_info["categorical"] == categorical
+    encoder = result.pipeline.named_steps["preprocess"].named_transformers_["categorical"].steps[-1][1]
+    assert type(encoder).__name__ == ("OrdinalEncoder" if categorical == "native" else "OneHotEncoder")
+    n_classes = frame["target"].nunique() if kind == "multiclass" else 1
+    assert result.model_info["n_trees"] == BOOSTER_TREES * n_classes == export.tree_count(result.onnx_bytes)
+    if task == "classification":
+        assert sorted(result.contract.classes) == sorted(frame["target"].unique().tolist())
+
+    # held-out rows and training rows, as train() checked them
+    p = result.parity
+    assert p.rows == result.n_test and p.training is not None and p.training.rows == result.n_train
+    for checked in (p, p.training):
+        if task == "classification":
+            assert checked.label_agreement >= export.MIN_LABEL_AGREEMENT, checked
+            assert checked.max_abs_diff <= export.MAX_PROBA_DIFF, checked
+        else:
+            assert checked.relative_max_diff <= export.MAX_REL_REGRESSION_DIFF, checked
+        assert checked.passed
+    assert p.passed
+
+    # fresh rows (2 % with a category never seen in training) through a fresh session
+    _assert_fresh_parity(result, task, fresh_rows("mixed", task), tree=True)
+
+
+def _heldout_features(result) -> pd.DataFrame:
+    rows = result.heldout.drop(columns=result.contract.target)
+    return pd.DataFrame(result.contract.normalize({c: rows[c] for c in result.contract.feature_names}))
+
+
+def test_parity_check_catches_a_graph_that_does_not_match_its_pipeline() -> None:
+    """The held-out check is what guards against wrong conversions (onnxmltools #708, #728): a graph of
+    another model, or this model's graph with one tree's leaves wrong, must fail it."""
+    import onnx
+
+    frame = booster_frame("multiclass")
+    a = _train("lightgbm.LGBMClassifier", "mixed", "classification", frame=frame, params={"n_estimators": 40})
+    b = _train("lightgbm.LGBMClassifier", "mixed", "classification", frame=frame,
+               params={"n_estimators": 40, "num_leaves": 4, "learning_rate": 0.3})
+    X = _heldout_features(a)
+    assert export.parity_check(a.pipeline, a.onnx_bytes, a.contract, X).passed
+
+    mismatched = export.parity_check(a.pipeline, b.onnx_bytes, a.contract, X)
+    assert not mismatched.passed
+    assert mismatched.max_abs_diff > export.MAX_PROBA_DIFF, mismatched
+
+    model = onnx.load_from_string(a.onnx_bytes)
+    (node,) = [n for n in model.graph.node if n.op_type == "TreeEnsembleClassifier"]
+    attrs = {at.name: at for at in node.attribute}
+    tree_ids, weights = list(attrs["class_treeids"].ints), list(attrs["class_weights"].floats)
+    attrs["class_weights"].ClearField("floats")  # tree 0's leaves, as a faulty converter might write them
+    attrs["class_weights"].floats.extend(w * 20 if t == 0 else w for t, w in zip(tree_ids, weights))
+    corrupted = export.parity_check(a.pipeline, model.SerializeToString(), a.contract, X)
+    assert not corrupted.passed
+    assert corrupted.max_abs_diff > export.MAX_PROBA_DIFF, corrupted
 
 
 # ---- failing fast, before any fitting -----------------------------------------------------------------

@@ -60,6 +60,11 @@ class TrainSettings:
     experiment: str = _opt("default", "experiment that runs are recorded under")
     reference_rows: int = _opt(1000, "training rows kept in the contract as the monitoring reference")
     max_categories: int = _opt(50, "a categorical column is one-hot encoded on at most this many of its most frequent values")
+    categorical: str = _opt("auto", "how categorical columns reach the model: one-hot, or native (LightGBM/XGBoost split on "
+                                    "category codes); auto: native for LightGBM/XGBoost, one-hot otherwise",
+                            choices=("auto", "onehot", "native"))
+    early_stopping_rounds: int = _opt(0, "LightGBM/XGBoost: stop boosting after this many rounds without improvement on a "
+                                         "validation slice of the training split (0: off)")
 
 
 @dataclass(frozen=True)
@@ -412,6 +417,8 @@ def _check_ranges(s: Settings) -> None:
         raise ConfigError(f"train.test_size must be between 0 and 1 (exclusive), got {s.train.test_size}.")
     if s.train.max_categories < 1:
         raise ConfigError(f"train.max_categories must be at least 1, got {s.train.max_categories}.")
+    if s.train.early_stopping_rounds < 0:
+        raise ConfigError(f"train.early_stopping_rounds must be 0 (off) or more, got {s.train.early_stopping_rounds}.")
     if s.train.reference_rows < 0:
         raise ConfigError(f"train.reference_rows must be 0 or more, got {s.train.reference_rows}.")
     if not 0 < s.serve.port < 65536:

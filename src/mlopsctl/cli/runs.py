@@ -12,6 +12,7 @@ from mlopsctl.cli._errors import reports_errors
 app = typer.Typer(help="Inspect and compare training runs.", no_args_is_help=True)
 
 SHOWN_METRICS = ("roc_auc", "accuracy", "f1_macro", "log_loss", "r2", "rmse", "mae")
+SHOWN_IMPORTANCE = 15  # columns in `runs show`'s importance table (--json has them all)
 
 
 @app.command("list")
@@ -45,7 +46,7 @@ def show(
     run: Annotated[str, typer.Argument(help="Run id or name.")],
     json_: JsonFlag = False,
 ) -> None:
-    """Show one run: params, metrics, dataset, parity, environment and artifacts.
+    """Show one run: params, metrics, dataset, parity, feature importance (LightGBM, XGBoost) and artifacts.
 
     Example: mlopsctl runs show 3
     """
@@ -64,8 +65,16 @@ def show(
     c.print(table("Metrics", ["metric", "value"], r["metrics"].items()))
     c.print(table("Params", ["param", "value"], r["params"].items()))
     if r["parity"]:
-        c.print(table("ONNX parity", ["check", "value"],
-                      [(k, v) for k, v in r["parity"].items() if k != "bounds"]))
+        training = r["parity"].get("training") or {}
+        c.print(table("ONNX parity", ["check", "held-out rows", "training rows"],
+                      [(k, v, training.get(k, "")) for k, v in r["parity"].items() if k not in ("bounds", "training")]))
+    importance = (r.get("feature_importance") or {}).get("columns")
+    if importance:
+        shown = importance[:SHOWN_IMPORTANCE]
+        title = "Feature importance (total gain)" + (
+            f", top {len(shown)} of {len(importance)} columns" if len(importance) > len(shown) else "")
+        c.print(table(title, ["column", "gain", "share"],
+                      [(i["column"], i["gain"], f"{100 * i['share']:.1f} %") for i in shown]))
     c.print(table("Artifacts", ["name", "size", "sha256"], [(a["name"], a["size"], a["sha256"][:16]) for a in r["artifacts"]]))
 
 

@@ -7,6 +7,7 @@ point at them, and each group of rows is committed in one short transaction.
 from __future__ import annotations
 
 import io
+import json
 import platform
 import subprocess
 from dataclasses import dataclass
@@ -26,16 +27,18 @@ from mlopsctl.store.db import Store
 
 ONNX_MEDIA = "application/onnx"
 JSON_MEDIA = "application/json"
+IMPORTANCE = "feature_importance.json"  # a booster's total gain per column (training.boosters.gain_importance)
 
 
-def environment() -> dict[str, str]:
+def environment(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """Versions a run depends on; ``extra``: more libraries the model needs (a booster's, with onnxmltools)."""
     env = {"python": platform.python_version(), "mlopsctl": __version__}
     for dist in ("scikit-learn", "skl2onnx", "onnxruntime", "onnx", "numpy", "pandas"):
         try:
             env[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
             env[dist] = "not installed"
-    return env
+    return {**env, **(extra or {})}
 
 
 def git_commit(directory: Path) -> str | None:
@@ -123,6 +126,7 @@ def train_and_track(
         task=settings.data.task, test_size=settings.train.test_size, seed=settings.train.seed,
         reference_rows=settings.train.reference_rows, source=str(path.name),
         exclude=tuple(settings.data.exclude), max_categories=settings.train.max_categories,
+        categorical=settings.train.categorical, early_stopping_rounds=settings.train.early_stopping_rounds,
     )
     prepared = training.prepare(df, spec)
     for line in prepared.notices:
@@ -133,7 +137,7 @@ def train_and_track(
         run = tracking.create_run(
             s, experiment or settings.train.experiment, run_name, dataset_version_id=dv_id, task=prepared.task,
             model_class=settings.train.model, seed=spec.seed, git_commit=git_commit(settings.project_dir),
-            environment=environment(),
+            environment=environment(training.library_versions(prepared)),
         )
         run_id = run.id
         if prepared.notices:
@@ -148,17 +152,20 @@ def train_and_track(
         heldout = io.BytesIO()
         result.heldout.to_parquet(heldout, index=False)
         heldout_sha = arts.put_bytes(heldout.getvalue())
+        extra = {"heldout.parquet": (heldout_sha, len(heldout.getvalue()), "application/vnd.apache.parquet")}
+        if result.importance is not None:
+            blob = json.dumps(result.importance).encode()
+            extra[IMPORTANCE] = (arts.put_bytes(blob), len(blob), JSON_MEDIA)
         with store.session() as s:
             r = s.get(tracking.Run, run_id)
             r.model_class = result.model_class
             tracking.log_params(s, run_id, {f"model.{k}": v for k, v in result.params.items()})
             tracking.log_params(s, run_id, {"target": spec.target, "task": result.task, "test_size": spec.test_size,
                                             "seed": spec.seed, "n_train": result.n_train, "n_test": result.n_test,
-                                            "rows_without_target": result.dropped})
+                                            "rows_without_target": result.dropped, **result.model_info})
             tracking.log_metrics(s, run_id, result.metrics)
             tracking.set_tags(s, run_id, {f"timing.{k}": f"{v:.3f}" for k, v in result.timings.items()})
-            record_model(s, run_id, files, jsonable(result.parity.to_dict()),
-                         {"heldout.parquet": (heldout_sha, len(heldout.getvalue()), "application/vnd.apache.parquet")})
+            record_model(s, run_id, files, jsonable(result.parity.to_dict()), extra)
             tracking.finish_run(s, run_id)
             training_event(s, run_id, "trained", f"run {run_id} finished: " + ", ".join(
                 f"{k}={v:.4f}" for k, v in sorted(result.metrics.items())), result.metrics)
@@ -178,10 +185,18 @@ def list_runs(settings: Settings, experiment: str | None = None, limit: int = 10
 
 
 def show_run(settings: Settings, ref: str) -> dict[str, Any]:
+    """The run's record; with the feature importance it stored (LightGBM, XGBoost), if any."""
     from mlopsctl import tracking
 
     with open_project(settings).store.read() as s:
-        return tracking.run_detail(s, tracking.get_run(s, ref))
+        view = tracking.run_detail(s, tracking.get_run(s, ref))
+    for a in view["artifacts"]:
+        if a["name"] == IMPORTANCE:
+            try:
+                view["feature_importance"] = json.loads(open_project(settings).artifacts.get_bytes(a["sha256"]))
+            except NotFoundError:  # blob gone from the artifact store: the rest of the record still shows
+                view["feature_importance"] = None
+    return view
 
 
 def compare_runs(settings: Settings, refs: list[str]) -> dict[str, Any]:

@@ -7,6 +7,7 @@ from typing import Any
 
 from mlopsctl.contract import MISSING_CATEGORY, Contract
 from mlopsctl.errors import InvalidInputError, TrainingError
+from mlopsctl.training import boosters
 
 # The matrix tested in tests/test_export_matrix.py. Other estimators with a skl2onnx converter are
 # accepted too (the parity check then tells how well they export); those without one fail fast.
@@ -34,7 +35,9 @@ TESTED_ESTIMATORS = {
     ),
 }
 
-_SHORT_NAMES = {path.rsplit(".", 1)[1]: path for paths in TESTED_ESTIMATORS.values() for path in paths}
+# LightGBM and XGBoost (optional extras) are tested in the same matrix, with each categorical encoding.
+_SHORT_NAMES = {path.rsplit(".", 1)[1]: path for table in (TESTED_ESTIMATORS, boosters.BOOSTERS)
+                for paths in table.values() for path in paths}
 AUTO = {"classification": "sklearn.ensemble.RandomForestClassifier",
         "regression": "sklearn.ensemble.RandomForestRegressor"}
 
@@ -46,7 +49,7 @@ def resolve_model(path: str, task: str) -> str:
 
 def supported_list(task: str | None = None) -> str:
     tasks = [task] if task in TESTED_ESTIMATORS else list(TESTED_ESTIMATORS)
-    return ", ".join(p.rsplit(".", 1)[1] for t in tasks for p in TESTED_ESTIMATORS[t])
+    return ", ".join(p.rsplit(".", 1)[1] for t in tasks for p in (*TESTED_ESTIMATORS[t], *boosters.BOOSTERS[t]))
 
 
 def resolve_class(path: str) -> type:
@@ -58,6 +61,9 @@ def resolve_class(path: str) -> type:
             f"model {path!r} is not a class path; use e.g. sklearn.ensemble.RandomForestClassifier "
             f"(supported: {supported_list()})."
         )
+    library = boosters.library_of(module_name)
+    if library is not None:
+        boosters.require(library, path)
     try:
         module = importlib.import_module(module_name)
         cls = getattr(module, cls_name)
@@ -99,7 +105,8 @@ def make_estimator(path: str, params: dict[str, Any], task: str, seed: int) -> A
     try:
         est = cls()
         valid = est.get_params(deep=False)
-        unknown = sorted(set(params) - set(valid))
+        native = boosters.native_params(cls)  # LightGBM's own parameter names, beyond its scikit-learn ones
+        unknown = sorted(set(params) - set(valid) - (native or set())) if native is not None else []
         if unknown:
             raise InvalidInputError(
                 f"{name} has no parameter {', '.join(map(repr, unknown))}; valid: {', '.join(sorted(valid))}."
@@ -108,7 +115,7 @@ def make_estimator(path: str, params: dict[str, Any], task: str, seed: int) -> A
             params = {**params, "random_state": seed}
         est.set_params(**params)
         validate = getattr(est, "_validate_params", None)
-        if validate is not None:
+        if validate is not None and hasattr(est, "_parameter_constraints"):
             validate()
     except InvalidInputError:
         raise
@@ -134,6 +141,9 @@ def check_convertible(cls: type, task: str | None = None) -> None:
     """Fail fast, before training, when skl2onnx has no converter for ``cls``."""
     from mlopsctl.training.export import has_converter
 
+    library = boosters.library_of(cls)
+    if library is not None:
+        boosters.register_converters(library)
     if not has_converter(cls):
         raise TrainingError(
             f"{class_path(cls)} cannot be exported to ONNX (skl2onnx has no converter for it); "
@@ -142,39 +152,56 @@ def check_convertible(cls: type, task: str | None = None) -> None:
 
 
 SCALE_INVARIANT_MODULES = ("sklearn.tree.", "sklearn.ensemble._forest", "sklearn.ensemble._gb",
-                           "sklearn.ensemble._hist_gradient_boosting.")
+                           "sklearn.ensemble._hist_gradient_boosting.", "lightgbm.", "xgboost.")
 
 
-def build_pipeline(contract: Contract, estimator: Any, frame: Any = None, max_categories: int = 0):
+def build_pipeline(contract: Contract, estimator: Any, frame: Any = None, max_categories: int = 0,
+                   categorical: str = "onehot"):
     """Preprocessing from the column kinds (impute + scale numeric/boolean, impute + one-hot categorical).
 
     With ``frame`` (the normalized training rows) and ``max_categories``, a categorical column with more
-    values than that is one-hot encoded on its most frequent ones; the others, like categories never seen in
-    training, count as none of them (skl2onnx converts no "infrequent" category of scikit-learn's)."""
+    values than that is encoded on its most frequent ones; the others, like categories never seen in
+    training, count as none of them (skl2onnx converts no "infrequent" category of scikit-learn's).
+
+    LightGBM and XGBoost (see :mod:`boosters`) take numeric columns as they are, NaN included (missing values
+    are a branch of their trees), and with ``categorical="native"`` each categorical column as one ordinal
+    code (an unseen or infrequent category is NaN, i.e. missing) that the booster splits on natively."""
+    import numpy as np
     from sklearn.compose import ColumnTransformer
     from sklearn.impute import SimpleImputer
     from sklearn.pipeline import Pipeline
-    from sklearn.preprocessing import OneHotEncoder, StandardScaler
+    from sklearn.preprocessing import OneHotEncoder, OrdinalEncoder, StandardScaler
 
     numeric = [c.name for c in contract.columns if c.kind in ("numeric", "boolean")]
-    categorical = [c.name for c in contract.columns if c.kind == "categorical"]
+    categorical_columns = [c.name for c in contract.columns if c.kind == "categorical"]
+    booster = boosters.library_of(estimator) is not None
     transformers = []
     if numeric:
-        steps = [("impute", SimpleImputer(strategy="median", keep_empty_features=True))]
-        # Trees are scale-invariant; scaling in float64 (sklearn) vs float32 (ONNX) moves rows across
-        # split thresholds and breaks parity, so tree models get the raw (imputed) values.
-        if not type(estimator).__module__.startswith(SCALE_INVARIANT_MODULES):
-            steps.append(("scale", StandardScaler()))
-        transformers.append(("numeric", Pipeline(steps), numeric))
-    if categorical:
-        categories = onehot_categories(frame, categorical, max_categories) if frame is not None else "auto"
+        if booster:
+            transformers.append(("numeric", "passthrough", numeric))
+        else:
+            steps = [("impute", SimpleImputer(strategy="median", keep_empty_features=True))]
+            # Trees are scale-invariant; scaling in float64 (sklearn) vs float32 (ONNX) moves rows across
+            # split thresholds and breaks parity, so tree models get the raw (imputed) values.
+            if not type(estimator).__module__.startswith(SCALE_INVARIANT_MODULES):
+                steps.append(("scale", StandardScaler()))
+            transformers.append(("numeric", Pipeline(steps), numeric))
+    native = categorical == "native" and bool(categorical_columns)
+    if categorical_columns:
+        categories = onehot_categories(frame, categorical_columns, max_categories) if frame is not None else "auto"
+        encoder = (OrdinalEncoder(categories=categories, handle_unknown="use_encoded_value", unknown_value=np.nan,
+                                  dtype=np.float64) if native
+                   else OneHotEncoder(categories=categories, handle_unknown="ignore", sparse_output=False))
         transformers.append(
             ("categorical", Pipeline([
                 ("impute", SimpleImputer(missing_values=MISSING_CATEGORY, strategy="constant",
                                          fill_value=FILL_CATEGORY)),
-                ("onehot", OneHotEncoder(categories=categories, handle_unknown="ignore", sparse_output=False)),
-            ]), categorical)
+                ("native" if native else "onehot", encoder),
+            ]), categorical_columns)
         )
+    if booster:
+        estimator = boosters.configure(estimator, contract.task,
+                                       (len(numeric), len(categorical_columns)) if native else None)
     return Pipeline([("preprocess", ColumnTransformer(transformers)), ("model", estimator)])
 
 

@@ -17,12 +17,16 @@ import numpy as np
 from mlopsctl.contract import Contract
 from mlopsctl.errors import TrainingError
 from mlopsctl.scoring import Scorer
+from mlopsctl.training import boosters
 
 # Parity bounds. Trees compare float32 thresholds, so a borderline row can flip: we allow a small share
 # of label disagreements and bound the probability error; regression is bounded relative to the target.
 MIN_LABEL_AGREEMENT = 0.99
 MAX_PROBA_DIFF = 0.05
 MAX_REL_REGRESSION_DIFF = 1e-3
+# Training rows checked besides the held-out ones (a seeded sample of them when there are more): rows that
+# sit exactly on a learned split point are where float32 and float64 part ways.
+TRAINING_PARITY_ROWS = 5000
 
 
 @functools.cache
@@ -70,9 +74,18 @@ def export_onnx(pipeline: Any, contract: Contract) -> tuple[bytes, Contract]:
 
     _patch_skl2onnx()
     final = pipeline.steps[-1][1] if hasattr(pipeline, "steps") else pipeline
+    library = boosters.library_of(final)
+    target_opset = None
+    if library is not None:
+        from skl2onnx import get_latest_tested_opset_version
+
+        boosters.register_converters(library)
+        # onnxmltools' converters write the ai.onnx.ml v3 tree operators (v5 replaced them with TreeEnsemble)
+        target_opset = {"": get_latest_tested_opset_version(), "ai.onnx.ml": 3}
     options = {id(final): {"zipmap": False}} if contract.task == "classification" else None
     try:
-        onx = convert_sklearn(pipeline, initial_types=_initial_types(contract), options=options)
+        onx = convert_sklearn(pipeline, initial_types=_initial_types(contract), options=options,
+                              target_opset=target_opset)
     except Exception as e:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise TrainingError(f"ONNX export of {type(final).__name__} failed: {msg[:300]}") from None
@@ -81,6 +94,8 @@ def export_onnx(pipeline: Any, contract: Contract) -> tuple[bytes, Contract]:
         if len(names) < 2:
             raise TrainingError(f"ONNX export of {type(final).__name__} produced no probability output ({names}).")
         outputs = {"label": names[0], "probabilities": names[1]}
+        if library is not None:
+            boosters.label_from_probabilities(onx, names[0], names[1], final.classes_)
     else:
         outputs = {"prediction": names[0]}
     inputs = [i.name for i in onx.graph.input]
@@ -100,15 +115,43 @@ class Parity:
     relative_max_diff: float | None  # regression only
     passed: bool
     numeric_dtype: str
+    training: Parity | None = None  # the same check on training rows; ``passed`` covers both
 
     def to_dict(self) -> dict[str, Any]:
         d = dict(self.__dict__)
+        if self.training is not None:
+            d["training"] = {k: v for k, v in self.training.to_dict().items() if k not in ("bounds", "training")}
         d["bounds"] = (
             {"min_label_agreement": MIN_LABEL_AGREEMENT, "max_proba_diff": MAX_PROBA_DIFF}
             if self.label_agreement is not None
             else {"max_relative_diff": MAX_REL_REGRESSION_DIFF}
         )
         return d
+
+
+def with_training_rows(held_out: Parity, pipeline: Any, model_bytes: bytes, contract: Contract, frame: Any,
+                       seed: int) -> Parity:
+    """``held_out`` with the same check on the training rows ``frame`` (a seeded sample of
+    ``TRAINING_PARITY_ROWS`` when there are more); passed only when both pass."""
+    from dataclasses import replace
+
+    if len(frame) > TRAINING_PARITY_ROWS:
+        frame = frame.sample(TRAINING_PARITY_ROWS, random_state=seed)
+    training = parity_check(pipeline, model_bytes, contract, frame)
+    return replace(held_out, training=training, passed=held_out.passed and training.passed)
+
+
+def tree_count(model_bytes: bytes) -> int | None:
+    """Trees in the graph's tree-ensemble operators; None when it has none (a linear model, k-NN...)."""
+    import onnx
+
+    trees = None
+    for node in onnx.load_from_string(model_bytes).graph.node:
+        if node.op_type.startswith("TreeEnsemble"):
+            attrs = {a.name: a for a in node.attribute}
+            ids = attrs["tree_roots"].ints if "tree_roots" in attrs else set(attrs["nodes_treeids"].ints)
+            trees = (trees or 0) + len(set(ids))
+    return trees
 
 
 def parity_check(pipeline: Any, model_bytes: bytes, contract: Contract, frame: Any) -> Parity:

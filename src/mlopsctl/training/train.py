@@ -18,7 +18,7 @@ from mlopsctl import labels
 from mlopsctl.contract import Contract
 from mlopsctl.data import build_contract, split_target
 from mlopsctl.errors import InvalidInputError
-from mlopsctl.training import estimators, export, metrics
+from mlopsctl.training import boosters, estimators, export, metrics
 
 Progress = Callable[[str], None]
 
@@ -35,6 +35,8 @@ class TrainSpec:
     source: str = "the data"  # how errors name the input (usually its path)
     exclude: tuple[str, ...] = ()  # columns that are not features
     max_categories: int = 50  # one-hot values per categorical column (its most frequent ones)
+    categorical: str = "auto"  # onehot | native (LightGBM, XGBoost) | auto: native for boosters
+    early_stopping_rounds: int = 0  # boosters: stop after this many rounds without improvement (0: off)
 
 
 @dataclass
@@ -52,6 +54,8 @@ class TrainResult:
     heldout: pd.DataFrame  # raw held-out features plus the target column
     timings: dict[str, float]
     dropped: int = 0  # training-file rows without a target value, left out
+    model_info: dict[str, Any] = field(default_factory=dict)  # categorical encoding, trees, best iteration
+    importance: dict[str, Any] | None = None  # boosters: total gain per column (boosters.gain_importance)
 
 
 def _clean_target(y: pd.Series, task: str, label_type: str | None) -> pd.Series:
@@ -119,6 +123,7 @@ class Prepared:
     label_type: str | None = None
     dropped: int = 0  # rows without a target value, left out
     ignored: tuple[str, ...] = ()  # columns left out of the features: data.exclude and dates
+    categorical: str = "onehot"  # train.categorical resolved for this model and data: onehot | native
     notices: list[str] = field(default_factory=list)  # one line each: what training noticed about the data
 
 
@@ -153,22 +158,37 @@ def prepare(df: pd.DataFrame, spec: TrainSpec) -> Prepared:
     X, ignored, notices = _exclude(tf.X, spec)
     if tf.dropped:
         notices.insert(0, f"{tf.dropped} row(s) of {spec.source} have no {spec.target!r} value and are left out.")
+    from mlopsctl.data import column_kind
+
+    has_categorical = any(column_kind(X[c]) == "categorical" for c in X.columns)
+    categorical = boosters.resolve_categorical(spec.categorical, estimator, has_categorical)
+    boosters.check_early_stopping(spec.early_stopping_rounds, estimator)
+    if spec.early_stopping_rounds:
+        boosters.validation_rows(_split(X, y, spec, tf.task)[2], tf.task)
     return Prepared(spec=spec, X=X, y=y, task=tf.task, estimator=estimator, label_type=label_type,
-                    dropped=tf.dropped, ignored=ignored, notices=notices)
+                    dropped=tf.dropped, ignored=ignored, notices=notices, categorical=categorical)
+
+
+def library_versions(prepared: Prepared) -> dict[str, str]:
+    """The versions of the libraries the model needs beyond scikit-learn (a booster's, with onnxmltools)."""
+    return boosters.versions(boosters.library_of(prepared.estimator))
+
+
+def _split(X: pd.DataFrame, y: pd.Series, spec: TrainSpec, task: str) -> list[Any]:
+    """X_train, X_test, y_train, y_test: the held-out split (stratified by class)."""
+    from sklearn.model_selection import train_test_split
+
+    return train_test_split(X, y, test_size=spec.test_size, random_state=spec.seed,
+                            stratify=y if task == "classification" else None)
 
 
 def train(prepared: Prepared, progress: Progress = lambda stage: None) -> TrainResult:
-    from sklearn.model_selection import train_test_split
-
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     progress("prepare")
     spec, estimator, y = prepared.spec, prepared.estimator, prepared.y
     task = prepared.task
-    X_train, X_test, y_train, y_test = train_test_split(
-        prepared.X, y, test_size=spec.test_size, random_state=spec.seed,
-        stratify=y if task == "classification" else None,
-    )
+    X_train, X_test, y_train, y_test = _split(prepared.X, y, spec, task)
     X_train, X_test = X_train.reset_index(drop=True), X_test.reset_index(drop=True)
     y_train, y_test = y_train.reset_index(drop=True), y_test.reset_index(drop=True)
     decode = labels.decoder(prepared.label_type) or (lambda codes: codes)
@@ -177,14 +197,19 @@ def train(prepared: Prepared, progress: Progress = lambda stage: None) -> TrainR
                               label_type=prepared.label_type, reference_rows=spec.reference_rows, seed=spec.seed,
                               ignored=prepared.ignored)
     Xn_train = pd.DataFrame(contract.normalize(X_train))
-    pipeline = estimators.build_pipeline(contract, estimator, Xn_train, spec.max_categories)
+    pipeline = estimators.build_pipeline(contract, estimator, Xn_train, spec.max_categories, prepared.categorical)
     Xn_test = pd.DataFrame(contract.normalize(X_test))
     timings["prepare"] = time.perf_counter() - t0
 
     t = time.perf_counter()
     progress("fit")
+    booster = boosters.library_of(estimator) is not None
     try:
-        pipeline.fit(Xn_train, y_train)
+        if booster:
+            boosters.fit(pipeline, Xn_train, y_train, task=task, early_stopping_rounds=spec.early_stopping_rounds,
+                         seed=spec.seed)
+        else:
+            pipeline.fit(Xn_train, y_train)
     except (ValueError, TypeError) as e:
         from mlopsctl.errors import TrainingError
 
@@ -208,8 +233,19 @@ def train(prepared: Prepared, progress: Progress = lambda stage: None) -> TrainR
 
     t = time.perf_counter()
     progress("parity")
-    parity = export.parity_check(pipeline, onnx_bytes, contract, Xn_test)
+    parity = export.with_training_rows(export.parity_check(pipeline, onnx_bytes, contract, Xn_test),
+                                       pipeline, onnx_bytes, contract, Xn_train, spec.seed)
     timings["parity"] = time.perf_counter() - t
+
+    model_info: dict[str, Any] = {"categorical": prepared.categorical}
+    importance = None
+    if booster:  # what the exported graph holds: trees up to the best iteration
+        n_rounds, best = boosters.rounds(pipeline.steps[-1][1])
+        model_info.update(n_trees=export.tree_count(onnx_bytes), n_rounds=n_rounds,
+                          early_stopping_rounds=spec.early_stopping_rounds)
+        if best is not None:
+            model_info["best_iteration"] = best
+        importance = boosters.gain_importance(pipeline)
 
     heldout = X_test.copy()  # the target in the training file's label type, as the gate will read it
     heldout[spec.target] = contract.decode_labels(y_test.to_numpy()) if task == "classification" else y_test.to_numpy()
@@ -218,4 +254,5 @@ def train(prepared: Prepared, progress: Progress = lambda stage: None) -> TrainR
         task=task, model_class=estimators.class_path(type(estimator)),
         params={k: v for k, v in estimator.get_params(deep=False).items()},
         n_train=len(X_train), n_test=len(X_test), heldout=heldout, timings=timings, dropped=prepared.dropped,
+        model_info=model_info, importance=importance,
     )
