@@ -217,7 +217,7 @@ class Screened:
     notices: list[str]
 
 
-def screen_columns(X: pd.DataFrame, max_categories: int) -> Screened:
+def screen_columns(X: pd.DataFrame, max_categories: int, onehot: bool = True) -> Screened:
     """Find columns that are not good features: dates (left out: ONNX cannot parse them), identifiers (unique
     per row) and free text or very many categories (kept, but said)."""
     import pandas as pd
@@ -245,10 +245,10 @@ def screen_columns(X: pd.DataFrame, max_categories: int) -> Screened:
                            f"learn from it: exclude it with {flag} or data.exclude = [\"{c}\"].")
         elif kind == "categorical" and distinct > max_categories:
             prose = distinct > len(values) / 2 and sample is not None and sample.str.contains(" ").mean() > 0.5
+            encoded = (f"it is one-hot encoded on its {max_categories} most frequent (train.max_categories), the "
+                       "others count as unseen" if onehot else "the booster takes its values as native categories")
             notices.append(f"column {c!r} {'looks like free text' if prose else 'has many values'} ({distinct} "
-                           f"different values in {n} rows); it is one-hot encoded on its {max_categories} most "
-                           f"frequent (train.max_categories), the others count as unseen; exclude it with {flag} "
-                           "if it is not a feature.")
+                           f"different values in {n} rows); {encoded}; exclude it with {flag} if it is not a feature.")
     return Screened(dates, notices)
 
 

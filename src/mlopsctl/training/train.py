@@ -127,7 +127,7 @@ class Prepared:
     notices: list[str] = field(default_factory=list)  # one line each: what training noticed about the data
 
 
-def _exclude(X: pd.DataFrame, spec: TrainSpec) -> tuple[pd.DataFrame, tuple[str, ...], list[str]]:
+def _exclude(X: pd.DataFrame, spec: TrainSpec, categorical: str) -> tuple[pd.DataFrame, tuple[str, ...], list[str]]:
     """X without ``spec.exclude`` and date columns; (X, what was left out, notices)."""
     from mlopsctl.data import screen_columns
 
@@ -138,7 +138,7 @@ def _exclude(X: pd.DataFrame, spec: TrainSpec) -> tuple[pd.DataFrame, tuple[str,
             f"data.exclude names {unknown[0]!r}, which {what}; exclude feature columns only "
             f"({', '.join(map(str, X.columns))}).")
     X = X.drop(columns=list(spec.exclude))
-    screened = screen_columns(X, spec.max_categories)
+    screened = screen_columns(X, spec.max_categories, onehot=categorical == "onehot")
     X = X.drop(columns=screened.dates)
     if X.shape[1] == 0:
         raise InvalidInputError(f"no feature columns are left in {spec.source} after leaving out "
@@ -155,13 +155,13 @@ def prepare(df: pd.DataFrame, spec: TrainSpec) -> Prepared:
     y = _clean_target(tf.y, tf.task, label_type)
     estimator = estimators.make_estimator(spec.model, dict(spec.params), tf.task, spec.seed)
     _check_split(y, tf.task, spec.test_size, spec.source)
-    X, ignored, notices = _exclude(tf.X, spec)
-    if tf.dropped:
-        notices.insert(0, f"{tf.dropped} row(s) of {spec.source} have no {spec.target!r} value and are left out.")
     from mlopsctl.data import column_kind
 
-    has_categorical = any(column_kind(X[c]) == "categorical" for c in X.columns)
+    has_categorical = any(column_kind(tf.X[c]) == "categorical" for c in tf.X.columns if c not in spec.exclude)
     categorical = boosters.resolve_categorical(spec.categorical, estimator, has_categorical)
+    X, ignored, notices = _exclude(tf.X, spec, categorical)
+    if tf.dropped:
+        notices.insert(0, f"{tf.dropped} row(s) of {spec.source} have no {spec.target!r} value and are left out.")
     boosters.check_early_stopping(spec.early_stopping_rounds, estimator)
     if spec.early_stopping_rounds:
         boosters.validation_rows(_split(X, y, spec, tf.task)[2], tf.task)
