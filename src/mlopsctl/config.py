@@ -115,6 +115,13 @@ class MonitorSettings:
     min_labels: int = _opt(50, "fewest labelled predictions for a drift-triggered retrain")
 
 
+@dataclass(frozen=True)
+class UiSettings:
+    host: str = _opt("127.0.0.1", "address the dashboard binds (any other than loopback needs ui.token)")
+    port: int = _opt(5000, "port the dashboard binds")
+    token: str = _opt("", "token that enables promote and rollback in the dashboard (and guards reading it off the loopback); empty: read-only")
+
+
 SECTIONS: dict[str, type] = {
     "store": StoreSettings,
     "data": DataSettings,
@@ -123,6 +130,7 @@ SECTIONS: dict[str, type] = {
     "serve": ServeSettings,
     "watch": WatchSettings,
     "monitor": MonitorSettings,
+    "ui": UiSettings,
 }
 
 
@@ -137,6 +145,7 @@ class Settings:
     serve: ServeSettings = field(default_factory=ServeSettings)
     watch: WatchSettings = field(default_factory=WatchSettings)
     monitor: MonitorSettings = field(default_factory=MonitorSettings)
+    ui: UiSettings = field(default_factory=UiSettings)
 
     def resolve(self, value: str | os.PathLike) -> Path:
         """A path from the config or a flag, made absolute against the project directory."""
@@ -323,6 +332,8 @@ def _check_ranges(s: Settings) -> None:
         raise ConfigError(f"train.reference_rows must be 0 or more, got {s.train.reference_rows}.")
     if not 0 < s.serve.port < 65536:
         raise ConfigError(f"serve.port must be between 1 and 65535, got {s.serve.port}.")
+    if not 0 < s.ui.port < 65536:
+        raise ConfigError(f"ui.port must be between 1 and 65535, got {s.ui.port}.")
     if s.serve.workers < 1:
         raise ConfigError(f"serve.workers must be at least 1, got {s.serve.workers}.")
     if not 1 <= s.serve.threads <= 64:
