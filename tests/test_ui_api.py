@@ -356,3 +356,19 @@ def test_reading_pages_loads_no_scikit_learn_skl2onnx_joblib_or_training(ui_temp
                          text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout.strip().splitlines()[-1]) == []
+
+
+def test_the_wheel_ships_the_templates_and_static_files(tmp_path):
+    """hatch packages src/mlopsctl whole: every template and vendored file of the dashboard is in the wheel."""
+    import zipfile
+
+    root = Path(__file__).resolve().parents[1]
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                            str(tmp_path), str(root)], capture_output=True, text=True, timeout=300)
+    assert built.returncode == 0, built.stderr
+    (wheel,) = tmp_path.glob("mlopsctl-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    ui = root / "src" / "mlopsctl" / "ui"
+    shipped = {f"mlopsctl/ui/{p.relative_to(ui).as_posix()}" for p in ui.rglob("*")
+               if p.is_file() and p.suffix in (".html", ".css", ".js", ".svg")}
+    assert len(shipped) >= 16 and shipped <= names
