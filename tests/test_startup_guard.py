@@ -53,6 +53,7 @@ def probe(argv: list[str] | None, cwd) -> dict:
     ["runs", "--help"],
     ["data", "add", "--help"],
     ["init", "--help"],
+    ["ui", "--help"],
 ])
 def test_cli_import_and_help_load_no_heavy_library(tmp_path, argv):
     out = probe(argv, tmp_path)

@@ -372,3 +372,27 @@ def test_the_wheel_ships_the_templates_and_static_files(tmp_path):
     shipped = {f"mlopsctl/ui/{p.relative_to(ui).as_posix()}" for p in ui.rglob("*")
                if p.is_file() and p.suffix in (".html", ".css", ".js", ".svg")}
     assert len(shipped) >= 16 and shipped <= names
+
+
+def test_stored_nan_and_infinities_never_reach_the_json(ui_copy):
+    """Event payloads and version metrics are JSON columns that can hold NaN (Python writes it); every API
+    answer must still be strict JSON."""
+    from mlopsctl import registry
+    from mlopsctl.config import load_settings
+    from mlopsctl.project import open_project
+
+    store = open_project(load_settings({}, {}, ui_copy)).store
+    with store.session() as s:
+        registry.add_event(s, "custom", "a NaN payload", model=MODEL, payload={"auc": float("nan"), "x": float("inf")})
+    with sqlite3.connect(ui_copy / ".mlops" / "mlops.db") as conn:
+        conn.execute("UPDATE model_versions SET metrics = '{\"roc_auc\": NaN}' WHERE version = 3")
+    client = client_for(ui_copy)
+
+    def strict(path: str):
+        resp = client.get(path)
+        assert resp.status_code == 200, path
+        return json.loads(resp.data, parse_constant=lambda c: pytest.fail(f"{path} answered {c}"))
+
+    assert strict("/api/events?kind=custom")["events"][0]["payload"] == {"auc": None, "x": None}
+    assert strict(f"/api/models/{MODEL}")["versions"][2]["metrics"] == {"roc_auc": None}
+    assert client.get(f"/models/{MODEL}").status_code == 200

@@ -10,7 +10,7 @@ from typing import Any
 
 from sqlalchemy import or_, select
 
-from mlopsctl.common import iso
+from mlopsctl.common import iso, jsonable
 from mlopsctl.config import Settings
 from mlopsctl.errors import InvalidInputError
 from mlopsctl.project import open_project
@@ -57,9 +57,9 @@ def search_events(settings: Settings, *, kind: str | None = None, model: str | N
         models = sorted(m for m in s.scalars(select(Event.model).distinct()).all() if m)
     more = len(found) > n
     events = [_event_view(e) for e in found[:n]]
-    return {"events": events, "kinds": kinds, "models": models, "kind": kind or "", "model": model or "",
-            "q": q or "", "run_id": str(run_id or ""), "limit": n,
-            "next_before": events[-1]["id"] if more and events else None}
+    return jsonable({"events": events, "kinds": kinds, "models": models, "kind": kind or "", "model": model or "",
+                     "q": q or "", "run_id": str(run_id or ""), "limit": n,
+                     "next_before": events[-1]["id"] if more and events else None})
 
 
 def watch_activity(settings: Settings, *, limit: Any = 50) -> dict[str, Any]:
@@ -77,7 +77,7 @@ def watch_activity(settings: Settings, *, limit: Any = 50) -> dict[str, Any]:
             for job_id, name in s.execute(select(WatchedFile.job_id, WatchedFile.name)
                                           .where(WatchedFile.job_id.in_([j.id for j in jobs])).order_by(WatchedFile.id)):
                 files_of.setdefault(job_id, []).append(name)
-    return {
+    return jsonable({
         "folder": str(settings.resolve(settings.watch.path)),
         "quarantine": str(settings.resolve(settings.watch.quarantine)),
         "jobs": [{"id": j.id, "trigger": j.trigger, "status": j.status, "decision": j.decision, "run_id": j.run_id,
@@ -86,7 +86,7 @@ def watch_activity(settings: Settings, *, limit: Any = 50) -> dict[str, Any]:
                   "updated_at": iso(j.updated_at)} for j in jobs],
         "quarantined": [_file_view(f) for f in rejected],
         "files": [_file_view(f) for f in recent],
-    }
+    })
 
 
 def _file_view(f: WatchedFile) -> dict[str, Any]:

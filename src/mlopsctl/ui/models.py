@@ -8,6 +8,7 @@ from typing import Any
 
 from flask import Blueprint, flash, jsonify, redirect, request
 
+from mlopsctl.common import jsonable
 from mlopsctl.errors import InvalidInputError
 from mlopsctl.services import activity, models
 from mlopsctl.ui.app import page, settings, wants_json
@@ -24,7 +25,7 @@ def models_list() -> dict[str, Any]:
 @page(bp, "/models/<name>", "model.html")
 def model_detail(name: str) -> dict[str, Any]:
     s = settings()
-    data = models.show_model(s, name)
+    data = jsonable(models.show_model(s, name))  # stored reports may hold NaN: JSON has no such number
     data["runs"] = {str(k): v for k, v in activity.model_runs(s, data["versions"]).items()}
     data["events"] = models.list_events(s, name, limit=50)[::-1]
     data["default_alias"] = s.registry.alias
