@@ -35,7 +35,6 @@ import json
 import os
 import platform
 import random
-import re
 import socket
 import statistics
 import subprocess

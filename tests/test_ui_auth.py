@@ -11,7 +11,6 @@ import subprocess
 import sys
 import time
 import urllib.request
-from pathlib import Path
 
 import pytest
 from ui_project import MODEL, TOKEN, client_for, ui_copy, ui_template  # noqa: F401

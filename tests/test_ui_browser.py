@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
-from ui_project import MODEL, SWEEP_RUNS, TOKEN, copy_project, settings_for, ui_template  # noqa: F401
+from ui_project import MODEL, TOKEN, copy_project, settings_for, ui_template  # noqa: F401
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-dev-shm-usage",

@@ -1,9 +1,9 @@
 """Use cases of the dashboard's runs pages: search runs (filter, sort, page) and compare many runs at once.
 
 Everything is done in SQL so that a store of 10,000 runs x 20 metrics x 20 params answers a page in a few
-tens of milliseconds: the page's runs are chosen by the database (a metric's latest value, a param's value
-or a run attribute, as a correlated subquery per run on the ``(run_id, key, step)`` index), and only those
-runs' values are read back. A metric's value is its latest one, as everywhere else (highest step, then the
+tens of milliseconds: the page's runs are chosen by the database (a metric's latest value as a correlated
+subquery on the ``(run_id, key, step)`` index, each param or tag key as one outer join on its primary key,
+or a run attribute), and only those runs' values are read back. A metric's value is its latest one, as everywhere else (highest step, then the
 latest timestamp, then the latest row: :func:`mlopsctl.tracking.latest_metrics`).
 
 Filters are a small language, close to MLflow's search syntax::
