@@ -57,6 +57,7 @@ def probe(argv: list[str] | None, cwd) -> dict:
     ["db", "upgrade", "--help"],
     ["pipeline", "run", "--help"],
     ["report", "--help"],
+    ["ui", "--help"],
 ])
 def test_cli_import_and_help_load_no_heavy_library(tmp_path, argv):
     out = probe(argv, tmp_path)

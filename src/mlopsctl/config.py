@@ -123,6 +123,13 @@ class MonitorSettings:
 
 
 @dataclass(frozen=True)
+class UiSettings:
+    host: str = _opt("127.0.0.1", "address the dashboard binds (any other than loopback needs ui.token)")
+    port: int = _opt(5000, "port the dashboard binds")
+    token: str = _opt("", "token that enables promote and rollback in the dashboard (and guards reading it off the loopback); empty: read-only")
+
+
+@dataclass(frozen=True)
 class PipelineSettings:
     steps: dict = _opt({}, "the pipeline's steps, one table each: [pipeline.steps.NAME] (keys: STEP_KEYS)")
 
@@ -135,6 +142,7 @@ SECTIONS: dict[str, type] = {
     "serve": ServeSettings,
     "watch": WatchSettings,
     "monitor": MonitorSettings,
+    "ui": UiSettings,
     "pipeline": PipelineSettings,
 }
 
@@ -150,6 +158,7 @@ class Settings:
     serve: ServeSettings = field(default_factory=ServeSettings)
     watch: WatchSettings = field(default_factory=WatchSettings)
     monitor: MonitorSettings = field(default_factory=MonitorSettings)
+    ui: UiSettings = field(default_factory=UiSettings)
     pipeline: PipelineSettings = field(default_factory=PipelineSettings)
 
     def resolve(self, value: str | os.PathLike) -> Path:
@@ -423,6 +432,8 @@ def _check_ranges(s: Settings) -> None:
         raise ConfigError(f"train.reference_rows must be 0 or more, got {s.train.reference_rows}.")
     if not 0 < s.serve.port < 65536:
         raise ConfigError(f"serve.port must be between 1 and 65535, got {s.serve.port}.")
+    if not 0 < s.ui.port < 65536:
+        raise ConfigError(f"ui.port must be between 1 and 65535, got {s.ui.port}.")
     if s.serve.workers < 1:
         raise ConfigError(f"serve.workers must be at least 1, got {s.serve.workers}.")
     if not 1 <= s.serve.threads <= 64:

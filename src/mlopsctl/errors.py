@@ -44,6 +44,13 @@ class Unauthorized(MlopsError):
     http_status = 401
 
 
+class Forbidden(MlopsError):
+    """An authenticated request the server refuses: a form without its CSRF token, a write while writes are off."""
+
+    exit_code = 2
+    http_status = 403
+
+
 class NotFoundError(MlopsError, LookupError):
     exit_code = 3
     http_status = 404

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from mlopsctl._version import __version__
-from mlopsctl.cli import data, db, export, monitor, pipeline, predict, project, registry, runs, serve, train, watch
+from mlopsctl.cli import data, db, export, monitor, pipeline, predict, project, registry, runs, serve, train, ui, watch
 
 app = typer.Typer(
     name="mlopsctl",
@@ -55,6 +55,7 @@ predict.register(app)
 serve.register(app)
 export.register(app)
 watch.register(app)
+ui.register(app)
 app.add_typer(runs.app, name="runs")
 app.add_typer(registry.models_app, name="models")
 app.add_typer(monitor.app, name="monitor")

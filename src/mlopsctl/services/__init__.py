@@ -5,4 +5,7 @@
 - :mod:`~mlopsctl.services.runs`: train and track a run; list, show, compare runs
 - :mod:`~mlopsctl.services.models`: register, promote, roll back; models and the audit trail
 - :mod:`~mlopsctl.services.gate`: the quality gate a promotion passes
+- :mod:`~mlopsctl.services.browse`: the dashboard's runs: search (filter, sort, page in SQL), compare many
+- :mod:`~mlopsctl.services.activity`: the dashboard's audit trail, watcher jobs and quarantined files
+- :mod:`~mlopsctl.services.monitor_history`: the dashboard's monitoring: request volume and latency, drift checks
 """
