@@ -402,7 +402,7 @@ def test_mlops_toml_example_shows_every_pipeline_step_key_with_its_doc():
     """Each key a [pipeline.steps.NAME] table takes is used by some step of the example, under its doc line."""
     import tomllib
 
-    from mlopsctl.config import STEP_KEYS
+    from mlopsctl.config_checks import STEP_KEYS
 
     text = (Path(__file__).resolve().parents[1] / ".mlops.toml.example").read_text()
     steps = tomllib.loads(text)["pipeline"]["steps"]

@@ -54,7 +54,7 @@ def test_a_token_or_allow_unauthenticated_lets_serve_go_on(empty_project, cli, a
 
 
 def test_check_exposure_is_one_function_for_every_listening_command():
-    from mlopsctl.config import check_exposure
+    from mlopsctl.config_checks import check_exposure
     from mlopsctl.errors import ConfigError
 
     assert check_exposure("127.0.0.1", "", False) is None

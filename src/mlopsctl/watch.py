@@ -22,7 +22,8 @@ from typing import Any, Callable, Protocol
 
 from mlopsctl.artifacts import sha256_file
 from mlopsctl.common import DATA_SUFFIXES
-from mlopsctl.config import Settings, parse_duration, with_overrides
+from mlopsctl.config import Settings, with_overrides
+from mlopsctl.config_checks import parse_duration
 from mlopsctl.errors import ConflictError, MlopsError, StoreError
 
 log = logging.getLogger("mlopsctl.watch")

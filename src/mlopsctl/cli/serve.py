@@ -48,7 +48,7 @@ def register(app: typer.Typer) -> None:
 
           curl -s localhost:8080/predict -d '{"records": [{"tenure_months": 3, "plan": "basic"}]}'
         """
-        from mlopsctl.config import check_exposure
+        from mlopsctl.config_checks import check_exposure
         from mlopsctl.serving import server
 
         settings = settings_from(ctx, **{"serve.host": host, "serve.port": port, "serve.workers": workers,

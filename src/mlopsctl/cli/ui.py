@@ -40,7 +40,7 @@ def register(app: typer.Typer) -> None:
 
           curl -s 'localhost:5000/api/runs?sort=metrics.roc_auc&per_page=5'
         """
-        from mlopsctl.config import check_exposure
+        from mlopsctl.config_checks import check_exposure
         from mlopsctl.ui import server
 
         settings = settings_from(ctx, **{"ui.host": host, "ui.port": port})

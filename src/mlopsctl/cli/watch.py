@@ -48,7 +48,7 @@ def register(app: typer.Typer) -> None:
 
         triggers = []
         if on_drift:
-            from mlopsctl.config import parse_duration
+            from mlopsctl.config_checks import parse_duration
             from mlopsctl.monitoring.service import DriftTrigger
 
             ref = f"{settings.registry.model_name}@{settings.registry.alias}"

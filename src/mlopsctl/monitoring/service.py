@@ -13,7 +13,8 @@ import numpy as np
 
 from mlopsctl import labels
 from mlopsctl.common import jsonable, readable_by_all
-from mlopsctl.config import Settings, parse_duration
+from mlopsctl.config import Settings
+from mlopsctl.config_checks import parse_duration
 from mlopsctl.contract import MISSING_CATEGORY, Contract
 from mlopsctl.errors import InvalidInputError, NotFoundError
 from mlopsctl.monitoring.drift import DriftReport, column_drift, dataset_drift

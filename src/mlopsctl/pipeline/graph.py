@@ -1,4 +1,4 @@
-"""The pipeline as a DAG: steps from ``[pipeline.steps.NAME]`` (already checked by :func:`config.check_steps`),
+"""The pipeline as a DAG: steps from ``[pipeline.steps.NAME]`` (already checked by :func:`config_checks.check_steps`),
 edges from ``needs`` and from one step's outputs feeding another's deps. A cycle, a step that is not there,
 two steps writing one output and a built-in step without the step it consumes are one-line ConfigErrors
 naming the steps."""
@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from mlopsctl.config import Settings, step_kind
+from mlopsctl.config import Settings
+from mlopsctl.config_checks import step_kind
 from mlopsctl.errors import ConfigError, NotFoundError
 
 # the built-in steps that consume another step's product, and the kind of step that makes it

@@ -16,7 +16,8 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.functions import FunctionElement
 
 from mlopsctl.common import iso, jsonable
-from mlopsctl.config import Settings, parse_duration
+from mlopsctl.config import Settings
+from mlopsctl.config_checks import parse_duration
 from mlopsctl.contract import Contract
 from mlopsctl.errors import ConfigError, InvalidInputError
 from mlopsctl.predlog_format import index_pending

@@ -19,7 +19,8 @@ from markupsafe import Markup
 from werkzeug.exceptions import HTTPException
 
 from mlopsctl._version import __version__
-from mlopsctl.config import Settings, is_loopback
+from mlopsctl.config import Settings
+from mlopsctl.config_checks import is_loopback
 from mlopsctl.errors import MlopsError
 
 log = logging.getLogger("mlopsctl.ui")
