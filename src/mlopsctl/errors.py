@@ -89,3 +89,12 @@ class CorruptArtifactError(MlopsError):
 
     exit_code = 7
     http_status = 500
+
+
+class StepNotFinished(Exception):
+    """Inside a pipeline run: a step that did not finish, with its command's return code (None for a built-in
+    step) and its last line of output. The runner records it as the step's failure; it never leaves the run."""
+
+    def __init__(self, message: str, returncode: int | None = None):
+        super().__init__(message)
+        self.message, self.returncode = message, returncode
