@@ -112,29 +112,47 @@ def build(settings: Settings) -> Pipeline:
             "this project has no pipeline steps; declare them in .mlops.toml as [pipeline.steps.NAME] tables "
             "(see .mlops.toml.example)."
         )
-    steps: dict[str, Step] = {}
-    for name, body in raw.items():
-        where = f"pipeline step {name!r}"
-        kind = step_kind(body)
-        own = {k: body[k] for k in BUILTIN_SETTINGS if k in body}
-        deps = [_norm(d) for d in body.get("deps", [])]
-        outs = [_inside(settings.project_dir, where, o, "output") for o in body.get("outs", [])]
-        if kind in ("train", "tune"):
-            deps.insert(0, _norm(own.get("data", settings.data.path)))
-        if kind == "evaluate":
-            if "data" in own:
-                deps.insert(0, _norm(own["data"]))
-            if "metrics" in own:
-                outs.append(_inside(settings.project_dir, where, own["metrics"], "metrics file"))
-        for d in deps:
-            for o in outs:
-                if overlaps(d, o):
-                    raise ConfigError(f"{where} reads its own output {o!r} (dep {d!r}); a step cannot depend on "
-                                      "what it writes.")
-        steps[name] = Step(name=name, kind=kind, cmd=body.get("cmd"), deps=tuple(dict.fromkeys(deps)),
-                           outs=tuple(outs), params=dict(body.get("params", {})), needs=tuple(body.get("needs", [])),
-                           always=bool(body.get("always", False)), settings=own)
+    steps = {name: _step(settings, name, body) for name, body in raw.items()}
+    _check_names_and_writers(steps)
+    edges: dict[str, list[str]] = {}
+    for name, step in steps.items():
+        ups = list(step.needs)
+        for d in step.deps:
+            for other, o in steps.items():
+                if other != name and other not in ups and any(overlaps(d, out) for out in o.outs):
+                    ups.append(other)
+        edges[name] = ups
+    order = _topological(list(steps), edges)
+    final = {name: Step(**{**steps[name].__dict__, "upstream": tuple(n for n in order if n in edges[name]),
+                           "source": _source(steps, name)}) for name in order}
+    return Pipeline(steps=final, order=tuple(order))
 
+
+def _step(settings: Settings, name: str, body: dict[str, Any]) -> Step:
+    """One step from its table: the deps and outs its kind implies added to the declared ones."""
+    where = f"pipeline step {name!r}"
+    kind = step_kind(body)
+    own = {k: body[k] for k in BUILTIN_SETTINGS if k in body}
+    deps = [_norm(d) for d in body.get("deps", [])]
+    outs = [_inside(settings.project_dir, where, o, "output") for o in body.get("outs", [])]
+    if kind in ("train", "tune"):
+        deps.insert(0, _norm(own.get("data", settings.data.path)))
+    if kind == "evaluate":
+        if "data" in own:
+            deps.insert(0, _norm(own["data"]))
+        if "metrics" in own:
+            outs.append(_inside(settings.project_dir, where, own["metrics"], "metrics file"))
+    for d in deps:
+        for o in outs:
+            if overlaps(d, o):
+                raise ConfigError(f"{where} reads its own output {o!r} (dep {d!r}); a step cannot depend on "
+                                  "what it writes.")
+    return Step(name=name, kind=kind, cmd=body.get("cmd"), deps=tuple(dict.fromkeys(deps)), outs=tuple(outs),
+                params=dict(body.get("params", {})), needs=tuple(body.get("needs", [])),
+                always=bool(body.get("always", False)), settings=own)
+
+
+def _check_names_and_writers(steps: dict[str, Step]) -> None:
     for name, step in steps.items():
         for n in step.needs:
             if n not in steps:
@@ -152,33 +170,21 @@ def build(settings: Settings) -> Pipeline:
                         raise ConfigError(f"pipeline steps {a!r} and {b!r} both write {both!r}; an output must have "
                                           "one writer.")
 
-    edges: dict[str, list[str]] = {}
-    for name, step in steps.items():
-        ups = list(step.needs)
-        for d in step.deps:
-            for other, o in steps.items():
-                if other != name and other not in ups and any(overlaps(d, out) for out in o.outs):
-                    ups.append(other)
-        edges[name] = ups
 
-    order = _topological(names, edges)
-    final: dict[str, Step] = {}
-    for name in order:
-        step = steps[name]
-        source = None
-        if step.kind in CONSUMES:
-            want = CONSUMES[step.kind]
-            cands = [n for n in step.needs if steps[n].kind == want]
-            if len(cands) != 1:
-                found = "none" if not cands else ", ".join(cands)
-                raise ConfigError(
-                    f"pipeline step {name!r} (uses = \"{step.kind}\") needs exactly one uses = \"{want}\" step in its "
-                    f"needs (found {found}); add it, as in needs = [\"{cands[0] if cands else want}\"]."
-                )
-            source = cands[0]
-        ups = tuple(n for n in order if n in edges[name])
-        final[name] = Step(**{**step.__dict__, "upstream": ups, "source": source})
-    return Pipeline(steps=final, order=tuple(order))
+def _source(steps: dict[str, Step], name: str) -> str | None:
+    """The one step whose product a register/promote/evaluate step consumes (its train or register step)."""
+    step = steps[name]
+    if step.kind not in CONSUMES:
+        return None
+    want = CONSUMES[step.kind]
+    cands = [n for n in step.needs if steps[n].kind == want]
+    if len(cands) != 1:
+        found = "none" if not cands else ", ".join(cands)
+        raise ConfigError(
+            f"pipeline step {name!r} (uses = \"{step.kind}\") needs exactly one uses = \"{want}\" step in its "
+            f"needs (found {found}); add it, as in needs = [\"{cands[0] if cands else want}\"]."
+        )
+    return cands[0]
 
 
 def _topological(names: list[str], edges: dict[str, list[str]]) -> list[str]:
