@@ -6,10 +6,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -183,70 +184,31 @@ def _split(X: pd.DataFrame, y: pd.Series, spec: TrainSpec, task: str) -> list[An
 
 
 def train(prepared: Prepared, progress: Progress = lambda stage: None) -> TrainResult:
+    """Split, fit, evaluate on the held-out split, export to ONNX and check parity, each stage timed."""
     timings: dict[str, float] = {}
-    t0 = time.perf_counter()
-    progress("prepare")
-    spec, estimator, y = prepared.spec, prepared.estimator, prepared.y
-    task = prepared.task
-    X_train, X_test, y_train, y_test = _split(prepared.X, y, spec, task)
-    X_train, X_test = X_train.reset_index(drop=True), X_test.reset_index(drop=True)
-    y_train, y_test = y_train.reset_index(drop=True), y_test.reset_index(drop=True)
-    decode = labels.decoder(prepared.label_type) or (lambda codes: codes)
-    classes = decode(np.array(sorted(y_train.unique().tolist()))) if task == "classification" else None
-    contract = build_contract(X_train, y_train, target=spec.target, task=task, classes=classes,
-                              label_type=prepared.label_type, reference_rows=spec.reference_rows, seed=spec.seed,
-                              ignored=prepared.ignored)
-    Xn_train = pd.DataFrame(contract.normalize(X_train))
-    pipeline = estimators.build_pipeline(contract, estimator, Xn_train, spec.max_categories, prepared.categorical)
-    Xn_test = pd.DataFrame(contract.normalize(X_test))
-    timings["prepare"] = time.perf_counter() - t0
-
-    t = time.perf_counter()
-    progress("fit")
+    spec, estimator, task = prepared.spec, prepared.estimator, prepared.task
+    with _stage("prepare", progress, timings):
+        X_train, X_test, y_train, y_test = (part.reset_index(drop=True)
+                                            for part in _split(prepared.X, prepared.y, spec, task))
+        decode = labels.decoder(prepared.label_type) or (lambda codes: codes)
+        classes = decode(np.array(sorted(y_train.unique().tolist()))) if task == "classification" else None
+        contract = build_contract(X_train, y_train, target=spec.target, task=task, classes=classes,
+                                  label_type=prepared.label_type, reference_rows=spec.reference_rows,
+                                  seed=spec.seed, ignored=prepared.ignored)
+        Xn_train = pd.DataFrame(contract.normalize(X_train))
+        pipeline = estimators.build_pipeline(contract, estimator, Xn_train, spec.max_categories, prepared.categorical)
+        Xn_test = pd.DataFrame(contract.normalize(X_test))
     booster = boosters.library_of(estimator) is not None
-    try:
-        if booster:
-            boosters.fit(pipeline, Xn_train, y_train, task=task, early_stopping_rounds=spec.early_stopping_rounds,
-                         seed=spec.seed)
-        else:
-            pipeline.fit(Xn_train, y_train)
-    except (ValueError, TypeError) as e:
-        from mlopsctl.errors import TrainingError
-
-        raise TrainingError(f"fitting {type(estimator).__name__} failed: {str(e).splitlines()[0]}") from None
-    timings["fit"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    progress("evaluate")
-    if task == "classification":
-        proba = pipeline.predict_proba(Xn_test)
-        predicted = pipeline.classes_[np.argmax(proba, axis=1)]
-        scores = metrics.classification_metrics(y_test, predicted, proba, pipeline.classes_)
-    else:
-        scores = metrics.regression_metrics(y_test, pipeline.predict(Xn_test))
-    timings["evaluate"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    progress("export")
-    onnx_bytes, contract = export.export_onnx(pipeline, contract)
-    timings["export"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    progress("parity")
-    parity = export.with_training_rows(export.parity_check(pipeline, onnx_bytes, contract, Xn_test),
-                                       pipeline, onnx_bytes, contract, Xn_train, spec.seed)
-    timings["parity"] = time.perf_counter() - t
-
-    model_info: dict[str, Any] = {"categorical": prepared.categorical}
-    importance = None
-    if booster:  # what the exported graph holds: trees up to the best iteration
-        n_rounds, best = boosters.rounds(pipeline.steps[-1][1])
-        model_info.update(n_trees=export.tree_count(onnx_bytes), n_rounds=n_rounds,
-                          early_stopping_rounds=spec.early_stopping_rounds)
-        if best is not None:
-            model_info["best_iteration"] = best
-        importance = boosters.gain_importance(pipeline)
-
+    with _stage("fit", progress, timings):
+        _fit(pipeline, Xn_train, y_train, prepared, booster)
+    with _stage("evaluate", progress, timings):
+        scores = _evaluate(pipeline, Xn_test, y_test, task)
+    with _stage("export", progress, timings):
+        onnx_bytes, contract = export.export_onnx(pipeline, contract)
+    with _stage("parity", progress, timings):
+        parity = export.with_training_rows(export.parity_check(pipeline, onnx_bytes, contract, Xn_test),
+                                           pipeline, onnx_bytes, contract, Xn_train, spec.seed)
+    model_info, importance = _model_info(pipeline, onnx_bytes, prepared, booster)
     heldout = X_test.copy()  # the target in the training file's label type, as the gate will read it
     heldout[spec.target] = contract.decode_labels(y_test.to_numpy()) if task == "classification" else y_test.to_numpy()
     return TrainResult(
@@ -256,3 +218,46 @@ def train(prepared: Prepared, progress: Progress = lambda stage: None) -> TrainR
         n_train=len(X_train), n_test=len(X_test), heldout=heldout, timings=timings, dropped=prepared.dropped,
         model_info=model_info, importance=importance,
     )
+
+
+@contextlib.contextmanager
+def _stage(name: str, progress: Progress, timings: dict[str, float]) -> Iterator[None]:
+    progress(name)
+    t = time.perf_counter()
+    yield
+    timings[name] = time.perf_counter() - t
+
+
+def _fit(pipeline: Any, X: pd.DataFrame, y: pd.Series, prepared: Prepared, booster: bool) -> None:
+    try:
+        if booster:
+            boosters.fit(pipeline, X, y, task=prepared.task, early_stopping_rounds=prepared.spec.early_stopping_rounds,
+                         seed=prepared.spec.seed)
+        else:
+            pipeline.fit(X, y)
+    except (ValueError, TypeError) as e:
+        from mlopsctl.errors import TrainingError
+
+        raise TrainingError(f"fitting {type(prepared.estimator).__name__} failed: {str(e).splitlines()[0]}") from None
+
+
+def _evaluate(pipeline: Any, X: pd.DataFrame, y: pd.Series, task: str) -> dict[str, float]:
+    if task == "classification":
+        proba = pipeline.predict_proba(X)
+        predicted = pipeline.classes_[np.argmax(proba, axis=1)]
+        return metrics.classification_metrics(y, predicted, proba, pipeline.classes_)
+    return metrics.regression_metrics(y, pipeline.predict(X))
+
+
+def _model_info(pipeline: Any, onnx_bytes: bytes, prepared: Prepared, booster: bool) -> tuple[dict[str, Any], Any]:
+    """How categories were encoded and, for a booster, what the exported graph holds (trees up to the best
+    iteration) and its gain importance."""
+    model_info: dict[str, Any] = {"categorical": prepared.categorical}
+    if not booster:
+        return model_info, None
+    n_rounds, best = boosters.rounds(pipeline.steps[-1][1])
+    model_info.update(n_trees=export.tree_count(onnx_bytes), n_rounds=n_rounds,
+                      early_stopping_rounds=prepared.spec.early_stopping_rounds)
+    if best is not None:
+        model_info["best_iteration"] = best
+    return model_info, boosters.gain_importance(pipeline)
