@@ -176,13 +176,13 @@ def _outcome(contract: Contract, records: list[dict[str, Any]], converted: bool,
     return (d.n_rows, norm, checked.errors, checked.warnings, checked.bad_rows.tolist(), block)
 
 
-def _typed(contract: Contract, body: bytes, keys: tuple[str, ...] = ("records",), alone: bool = False) -> Any:
+def _typed(contract: Contract, body: bytes, envelope: Any = None) -> Any:
     """The typed decoder's answer through the entry point, or None when it declined the body."""
-    from mlopsctl.serving.records import RecordsDecoder
+    from mlopsctl.serving.records import PREDICT, RecordsDecoder
 
     declined = object()
     try:
-        decoded = RecordsDecoder(contract).decode(body, keys, lambda decoder, parsed: declined, alone=alone)
+        decoded = RecordsDecoder(contract).decode(body, envelope or PREDICT, lambda decoder, parsed: declined)
     except InvalidInputError:  # declined, and not JSON: parse_json said why
         return None
     return None if decoded is declined else decoded
@@ -262,14 +262,15 @@ def test_mlflow_bodies_are_typed_only_when_the_records_key_is_alone(contract):
     about other members, ``params`` and LLM keys included, are the general path's)."""
     import orjson
 
+    from mlopsctl.serving.records import MLFLOW
+
     records = _records(_data(2))
-    keys = ("dataframe_records", "instances")
-    for key in keys:
-        decoded = _typed(contract, orjson.dumps({key: records}), keys, alone=True)
+    for key in ("dataframe_records", "instances"):
+        decoded = _typed(contract, orjson.dumps({key: records}), MLFLOW)
         assert decoded is not None and _outcome(contract, records, True, {}, decoded) == _outcome(contract, records, True, {})
     for body in ({"dataframe_records": records, "params": {}}, {"dataframe_records": records, "instances": records},
                  {"dataframe_records": records, "prompt": "hi"}, {"instances": [[1, 2, 3, 4, 5]]}, {"dataframe_records": []}):
-        assert _typed(contract, orjson.dumps(body), keys, alone=True) is None, list(body)
+        assert _typed(contract, orjson.dumps(body), MLFLOW) is None, list(body)
     assert _typed(contract, orjson.dumps({"records": records, "params": {}})) is not None  # /predict ignores others
 
 

@@ -12,7 +12,7 @@ from mlopsctl._version import __version__
 from mlopsctl.errors import InvalidInputError, UnsupportedMediaType
 from mlopsctl.serving.http import json_response, read_body, release_after, request_id
 from mlopsctl.serving.inference import infer
-from mlopsctl.serving.records import Decoded, RecordsDecoder
+from mlopsctl.serving.records import MLFLOW, Decoded, RecordsDecoder
 from mlopsctl.serving.state import state
 
 bp = Blueprint("mlflow", __name__)
@@ -59,11 +59,6 @@ def _rows_to_columns(rows: Any, names: list[str], what: str) -> Decoded:
         if len(r) != len(names):
             raise InvalidInputError(f"{what}[{i}] has {len(r)} values; the model takes {len(names)}: {', '.join(names)}.")
     return Decoded({n: [r[j] for r in rows] for j, n in enumerate(names)}, len(rows), keep=rows)
-
-
-# the members the typed records decoder reads, from a body that holds nothing else: MLflow's rules about any
-# other body (two input members, "params", LLM keys) are the general path's, below
-RECORDS_KEYS = ("dataframe_records", "instances")
 
 
 def _columns_from_json(decoder: RecordsDecoder, body: Any) -> Decoded:
@@ -142,7 +137,7 @@ def invocations() -> Response:
     decoder = served.records
     raw = read_body(st.body_limit)
     if media == "application/json":
-        decoded = decoder.decode(raw, RECORDS_KEYS, _columns_from_json, alone=True)
+        decoded = decoder.decode(raw, MLFLOW, _columns_from_json)
     else:
         decoded = _columns_from_table(raw, media)
     result = infer(st, served, decoded.columns, decoded.n_rows, "invocations", request_id, block=decoded.block)

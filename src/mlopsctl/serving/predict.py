@@ -26,14 +26,13 @@ from mlopsctl.serving.http import (
     request_id_from, token_ok,
 )
 from mlopsctl.serving.inference import Inference, infer
-from mlopsctl.serving.records import Decoded, RecordsDecoder
+from mlopsctl.serving.records import PREDICT, Decoded, RecordsDecoder
 from mlopsctl.serving.state import ServerState
 
 log = logging.getLogger("mlopsctl.serve")
 
 PATH = "/predict"
 METHODS = ("OPTIONS", "POST")
-KEYS = ("records",)
 TOKEN_MESSAGE = "missing or wrong bearer token; send 'Authorization: Bearer <serve.token>'."
 _STATUS = {code: f"{code} {HTTP_STATUS_CODES[code].upper()}" for code in (200, 400, 401, 405, 413, 500)}
 
@@ -76,7 +75,7 @@ class PredictRoute:
             return 200, [("Content-Type", "text/html; charset=utf-8"), ("Allow", ", ".join(METHODS)),
                          ("Content-Length", "0")], []
         served = st.model
-        decoded = served.records.decode(_read_body(environ, st.body_limit), KEYS, _general)
+        decoded = served.records.decode(_read_body(environ, st.body_limit), PREDICT, _general)
         result = infer(st, served, decoded.columns, decoded.n_rows, "predict", rid, block=decoded.block)
         data = dump_json(predict_body(result, rid))
         headers = [("Content-Type", "application/json"), ("Content-Length", str(len(data))), ("X-Request-ID", rid)]

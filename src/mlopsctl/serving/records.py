@@ -41,6 +41,23 @@ class Decoded:
     keep: Any = None  # the parsed input: the caller frees it after answering (release_after)
 
 
+@dataclass(frozen=True, eq=False)
+class Envelope:
+    """Where a JSON body holds its records: under one of ``keys``. ``alone``: the typed decoder takes the
+    body only when that key is its only member; else other members are ignored."""
+
+    keys: tuple[str, ...]
+    alone: bool = False
+
+
+# /predict: {"records": [...]}; other members are ignored, as its general path ignores them
+PREDICT = Envelope(("records",))
+# /invocations: MLflow's records inputs, typed only alone (the rules about any other body, two input members,
+# "params" or LLM keys, are the general path's)
+MLFLOW = Envelope(("dataframe_records", "instances"), alone=True)
+ENVELOPES = (PREDICT, MLFLOW)  # compiled with each decoder: no request pays for it
+
+
 def numeric_block(rows: Iterable[Any], n_rows: int, get: Callable[[Any], Any], names: tuple[str, ...]) -> np.ndarray:
     """``names``' values of ``rows`` (``get(row)`` gives a row's values in ``names`` order: a tuple, or the
     value itself for one name) as the rows of one C-contiguous float64 ``[k, N]`` block. The conversion is
@@ -65,7 +82,7 @@ class RecordsDecoder:
             "Row", [(field[c.name], (str | None) if c.kind == "categorical" else (float | bool | None))
                     for c in contract.columns],
             rename={f: name for name, f in field.items()}, forbid_unknown_fields=True, gc=False)
-        self._bodies: dict[tuple[tuple[str, ...], bool], Callable[[bytes], Any]] = {}
+        self._bodies = {envelope: self._body_decoder(envelope) for envelope in ENVELOPES}
         self._errors = (msgspec.DecodeError, ValueError, RecursionError)  # ValueError: invalid UTF-8
         self._typed_numeric: Callable[[Any], Any] | None = None
         if len(self.numeric) > 1 and len(self.numeric) == len(self.names):  # all numeric: fields in block order
@@ -77,13 +94,11 @@ class RecordsDecoder:
         self._record_numeric = itemgetter(*self.numeric) if self.numeric else None
         self._categorical = [c.name for c in contract.columns if c.kind == "categorical"]
 
-    def decode(self, raw: bytes, keys: tuple[str, ...], general: Callable[[RecordsDecoder, Any], Decoded], *,
-               alone: bool = False) -> Decoded:
-        """The records of a body ``{key: [records]}`` for one of ``keys``, typed first; when the typed
-        decoder declines, ``general(self, parsed JSON)``. ``alone``: the typed decoder takes the body only when
-        that key is its only member (the route's general path words the rules about the others); else other
-        members are ignored, as the general path ignores them."""
-        typed = self._typed(raw, keys, alone)
+    def decode(self, raw: bytes, envelope: Envelope, general: Callable[[RecordsDecoder, Any], Decoded]) -> Decoded:
+        """The records of a body shaped as ``envelope`` (:data:`PREDICT`, :data:`MLFLOW`), typed first; when
+        the typed decoder declines, ``general(self, the body parsed as JSON)``: the route's general path, which
+        finds the records (or another input) in whatever arrived and words what is wrong."""
+        typed = self._typed(raw, envelope)
         return typed if typed is not None else general(self, parse_json(raw))
 
     def records(self, records: Any, what: str) -> Decoded:
@@ -112,14 +127,12 @@ class RecordsDecoder:
                 columns[k] = [r.get(k) for r in records]
         return Decoded(columns, len(records), block, records)
 
-    def _typed(self, raw: bytes, keys: tuple[str, ...], alone: bool) -> Decoded | None:
-        decode = self._bodies.get((keys, alone))
-        if decode is None:
-            decode = self._bodies[(keys, alone)] = self._body_decoder(keys, alone)
+    def _typed(self, raw: bytes, envelope: Envelope) -> Decoded | None:
         try:
-            body = decode(raw)
+            body = self._bodies[envelope](raw)
         except self._errors:
             return None
+        keys = envelope.keys
         if len(keys) == 1:
             rows = getattr(body, keys[0])
         else:
@@ -131,11 +144,11 @@ class RecordsDecoder:
         return Decoded(self._in_order(block, {name: list(map(get, rows)) for name, get in self._typed_categorical}),
                        len(rows), block, rows)
 
-    def _body_decoder(self, keys: tuple[str, ...], alone: bool) -> Callable[[bytes], Any]:
+    def _body_decoder(self, envelope: Envelope) -> Callable[[bytes], Any]:
         import msgspec
 
-        body = msgspec.defstruct("Body", [(k, list[self._row] | None, None) for k in keys],
-                                 forbid_unknown_fields=alone)
+        body = msgspec.defstruct("Body", [(k, list[self._row] | None, None) for k in envelope.keys],
+                                 forbid_unknown_fields=envelope.alone)
         return msgspec.json.Decoder(body).decode
 
     def _in_order(self, block: np.ndarray | None, other: dict[str, Any]) -> dict[str, Any]:
