@@ -138,7 +138,8 @@ def latency(settings, run_id: int, calls: int) -> dict[str, float]:
     samples = []
     for i in range(calls + 200):
         one = row.iloc[[i % len(row)]]
-        feeds = contract.feeds(contract.check({c: one[c].to_numpy() for c in contract.feature_names}))
+        checked = contract.check({c: one[c].to_numpy() for c in contract.feature_names})
+        feeds = contract.onnx_feeds(checked.normalized, checked.block)
         t = time.perf_counter_ns()
         scorer.run_feeds(feeds)
         if i >= 200:  # after a warm-up

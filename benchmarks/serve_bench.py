@@ -555,9 +555,9 @@ open(prof_out, "w").write(f"cProfile of {n} in-process POST /predict (validation
 
 # ---- hot-path micro-measurements of today's code (CPU per call, min of 3 repetitions) ----
 import numpy as np, orjson
-from mlopsctl.serving.core import records_to_columns
+from mlopsctl.contract_check import check
 from mlopsctl.predlog_format import encode_columns
-from mlopsctl.serving.core import new_request_id
+from mlopsctl.serving.http import new_request_id
 
 def cpu_us(f, k):
     for _ in range(max(1, k // 10)):
@@ -579,8 +579,9 @@ recs1 = orjson.loads(body)["records"]
 recs_big = [dict(recs1[0]) for _ in range(10_000)]
 
 def feeds(records, **policies):
-    cols, _ = records_to_columns(records, names)
-    return c.feeds(c.check(cols, max_errors=5, **policies))
+    d = served.records.records(records, "records")
+    checked = check(c, d.columns, block=d.block, max_errors=5, **policies)
+    return c.onnx_feeds(checked.normalized, checked.block)
 
 default = dict(unknown_category=serve.unknown_category, extra_columns=serve.extra_columns,
                unseen_nulls=serve.unseen_nulls, out_of_range=serve.out_of_range, range_tolerance=serve.range_tolerance)
@@ -593,9 +594,9 @@ hot = {"validation_1row": {"default": cpu_us(lambda: feeds(recs1, **default), 30
 store = app_full.extensions["mlopsctl"].holder.project.store
 writer = PredictionLog(store)
 writer.close()
-cols1, _ = records_to_columns(recs1, names)
-chk1 = c.check(cols1, **default)
-out1 = served.scorer.run_feeds(c.feeds(chk1))
+d1 = served.records.records(recs1, "records")
+chk1 = check(c, d1.columns, block=d1.block, **default)
+out1 = served.scorer.run_feeds(c.onnx_feeds(chk1.normalized, chk1.block))
 def batch(b):
     return [make_record(new_request_id(), served.name, served.version, "predict", 1.0, chk1.normalized, out1, 1,
                         block=chk1.block, block_columns=chk1.block_columns) for _ in range(b)]
@@ -765,7 +766,7 @@ def render(args, m: dict, mlflow_note: str, res: dict) -> str:
     hot = inproc["hot"]
     v1, vb, lw = hot["validation_1row"], hot["validation_10k_ms"], hot["log_write_us"]
     prow = ["| what | CPU |", "|---|---|",
-            f"| records → checked feeds, 1 row (`records_to_columns` + `Contract.check` + `Contract.feeds`) | "
+            f"| records → checked feeds, 1 row (`RecordsDecoder.records` + `contract_check.check` + `Contract.onnx_feeds`) | "
             f"{v1['default']:.0f} µs with the default policies, {v1['cheapest']:.0f} µs with the cheapest |",
             f"| the same, 10,000 rows | {vb['default']:.1f} ms default, {vb['cheapest']:.1f} ms cheapest |",
             "| `PredictionLog._write` per record (with building the records), one transaction of 1 / 100 / 1,000 "
@@ -833,11 +834,9 @@ def render(args, m: dict, mlflow_note: str, res: dict) -> str:
                  f"{var['bare']['cpu_min_us']:.0f} | {1 - var['bare']['cpu_min_us'] / var['full']['cpu_min_us']:.1%} |")
     micro = inproc["micro"]
     # profile: the functions that matter, cumulative µs per request
-    keys = ["full_dispatch_request", "(predict)", "(infer)", "(check)", "(run)", "InferenceSession.run", "(run_with",
-            "(records_to_columns)", "(_predict_body)", "(json_response)", "(submit)", "(request_id)",
-            "(new_request_id)", "(_finish)", "(_start)", "(request_done)", "(rows_scored)", "(feeds)",
-            "(_numeric_block)", "(run_feeds)", "(onnx_feeds)", "(_as_float)",
-            "(parse_json)", "(model)", "(state)"]
+    keys = ["(__call__)", "(_answer)", "(infer)", "(check)", "(run)", "InferenceSession.run", "(run_with",
+            "(decode)", "(_typed)", "(records)", "(predict_body)", "(submit)", "(new_request_id)", "(request_done)",
+            "(rows_scored)", "(_numbers)", "(run_feeds)", "(onnx_feeds)", "(_as_float)", "(parse_json)", "(model)"]
     prof_rows = []
     for r in inproc["profile"]:
         if any(k in r["fn"] for k in keys) and len(prof_rows) < 24:

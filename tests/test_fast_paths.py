@@ -1,12 +1,14 @@
-"""The serving hot path's fast code (issues 4 and 6) against the general code it shortcuts.
+"""The serving hot path (issues 4 and 6; one path each since issue 15).
 
-* ``Contract.check``'s vectorised path (every numeric/boolean column as one float64 block, two vectorised
-  masks) gives exactly what the per-column path gives, and hands anything flagged to the per-column path,
-  which words the messages.
-* Records become the numeric columns in one conversion (``records_to_columns(..., numeric=...)``), and
-  ``RecordsDecoder`` parses bodies inside its strict types straight into rows; what the contract then
-  decides is exactly what it decides on the plain per-column lists, and the decoder leaves every unusual
-  body (malformed, wrong types, missing or extra keys) to the general path.
+* The contract checker builds the numeric and boolean columns into one float64 block, in one numpy call
+  when every value converts and column by column otherwise (numeric text, booleans as words, the values
+  that do not convert marked); either way it normalizes alike, and it words whatever a rule flags with the
+  row and the column. A block the caller passes (``block=``) is taken as is.
+* The records decoder: its general path (``RecordsDecoder.records``) converts the numeric columns of parsed
+  records into that block, and what the contract then decides is exactly what it decides on plain
+  per-column lists; its entry point (``RecordsDecoder.decode``) parses bodies inside its strict types
+  straight into typed rows, decides alike, and leaves every unusual body (malformed, wrong types, missing
+  or extra keys; for MLflow any other member) to the route's general path.
 * ``PredictionLog`` writes in time windows (one transaction for a burst), ``flush`` cuts the window short,
   the per-request index rows written with multi-row INSERTs read back through SQLAlchemy unchanged, and
   records with and without a checked block share a batch.
@@ -24,6 +26,7 @@ import numpy as np
 import pytest
 
 from mlopsctl.contract import ColumnSpec, Contract
+from mlopsctl.contract_check import check
 from mlopsctl.errors import InvalidInputError
 from mlopsctl.predlog_format import read_requests
 from mlopsctl.store.db import open_store
@@ -53,29 +56,45 @@ def _data(seed: int = 0) -> dict[str, list[Any]]:
 POLICIES = dict(unknown_category="reject", extra_columns="reject", unseen_nulls="reject", out_of_range="reject")
 
 
-def test_vectorised_check_equals_the_per_column_path(contract):
+def _same(a: np.ndarray, b: np.ndarray) -> bool:
+    return a.dtype == b.dtype and a.shape == b.shape and (
+        a.tolist() == b.tolist() if a.dtype == object else bool(np.array_equal(a, b, equal_nan=True)))
+
+
+def test_the_block_built_at_once_equals_the_one_built_column_by_column(contract):
     data = _data()
-    fast = contract.check(data, **POLICIES)
-    # the same values, with the booleans as words: the block cannot be built, so every column goes the
-    # per-column way (pandas parses the words)
-    slow = contract.check({**data, "flag": ["yes" if v else "no" for v in data["flag"]]}, **POLICIES)
-    assert fast.block is not None and slow.block is None
-    assert fast.errors == slow.errors == [] and fast.warnings == slow.warnings == []
-    assert fast.block_columns == ("x", "gappy", "flag", "free")
-    assert list(fast.normalized) == list(slow.normalized) == contract.feature_names  # column order kept
+    at_once = contract.check(data, **POLICIES)
+    # the same values, with the booleans as words: the block cannot be built in one call, so every numeric
+    # column is converted on its own (pandas parses the words) and the columns are stacked
+    by_column = contract.check({**data, "flag": ["yes" if v else "no" for v in data["flag"]]}, **POLICIES)
+    assert at_once.errors == by_column.errors == [] and at_once.warnings == by_column.warnings == []
+    assert at_once.block_columns == by_column.block_columns == ("x", "gappy", "flag", "free")
+    assert _same(at_once.block, by_column.block) and at_once.block.shape == (4, N)
+    assert list(at_once.normalized) == list(by_column.normalized) == contract.feature_names  # column order kept
     for name in contract.feature_names:
-        a, b = fast.normalized[name], slow.normalized[name]
-        assert a.dtype == b.dtype and a.shape == b.shape == (N,), name
-        if a.dtype == object:
-            assert a.tolist() == b.tolist()
-        else:
-            np.testing.assert_array_equal(a, b)
-    assert np.isnan(fast.normalized["gappy"][0]) and fast.normalized["plan"][2] == ""
-    feeds, reference = contract.feeds(fast), contract.onnx_feeds(slow.normalized)
+        a, b = at_once.normalized[name], by_column.normalized[name]
+        assert _same(a, b) and a.shape == (N,), name
+    assert np.isnan(at_once.normalized["gappy"][0]) and at_once.normalized["plan"][2] == ""
+    # one feed builder: from the block in one conversion, or column by column; the same feeds
+    feeds, reference = contract.onnx_feeds(at_once.normalized, at_once.block), contract.onnx_feeds(by_column.normalized)
     assert list(feeds) == list(reference)
     for name, arr in feeds.items():
         assert arr.shape == (N, 1) and arr.dtype == reference[name].dtype and arr.flags.c_contiguous, name
         np.testing.assert_array_equal(arr, reference[name])
+
+
+def test_a_block_passed_by_the_caller_is_taken_as_is(contract):
+    data = _data()
+    built = contract.check(data)
+    given = check(contract, data, block=built.block.copy())
+    assert _same(given.block, built.block) and given.errors == [] and given.block_columns == built.block_columns
+    for name in contract.feature_names:
+        assert _same(given.normalized[name], built.normalized[name]), name
+    # the block decides, not the lists beside it (the server's decoders build both from the same values)
+    data_x = {**data, "x": ["ignored"] * N}
+    assert contract.check(data_x).errors and not check(contract, data_x, block=built.block).errors
+    with pytest.raises(ValueError, match=r"block must be float64 \[4, N\]"):
+        check(contract, data, block=built.block[:3])
 
 
 @pytest.mark.parametrize("value, row, policy, expect", [
@@ -85,17 +104,17 @@ def test_vectorised_check_equals_the_per_column_path(contract):
     (None, 6, dict(unseen_nulls="reject"), ("error", "x", "is null, but it had no nulls in training")),
     ("abc", 2, {}, ("error", "x", "must be numeric, got 'abc'")),
 ])
-def test_anything_flagged_is_worded_by_the_per_column_path(contract, value, row, policy, expect):
+def test_anything_flagged_is_worded_with_its_row_and_column(contract, value, row, policy, expect):
     data = _data()
     data["x"][row] = value
     checked = contract.check(data, **policy)
     kind, column, words = expect
     found = checked.warnings if kind == "warning" else checked.errors
-    assert checked.block is None
     assert [(e.row, e.column) for e in found] == [(row, column)]
     assert words in found[0].message
     if kind == "error":
         assert checked.bad_rows.tolist() == [i == row for i in range(N)]
+    assert _same(checked.block[0], checked.normalized["x"])  # the flagged column is still the block's row
 
 
 def test_range_edges_are_the_per_column_rule(contract):
@@ -104,19 +123,19 @@ def test_range_edges_are_the_per_column_rule(contract):
         data = _data()
         data["x"][0] = value
         checked = contract.check(data, out_of_range="flag", range_tolerance=0.5)
-        assert (checked.block is None, len(checked.warnings)) == (flagged, int(flagged)), value
+        assert len(checked.warnings) == int(flagged), value
 
 
-def test_nulls_allowed_where_training_had_them_and_accept_policies_keep_the_fast_path(contract):
+def test_nulls_allowed_where_training_had_them_and_accept_policies_flag_nothing(contract):
     data = _data()
     data["x"][1] = None  # x had no nulls in training; accepted under the default policy
     data["x"][2] = 1e9  # far out of range; accepted under the default policy
     checked = contract.check(data)
-    assert checked.block is not None and checked.errors == []
+    assert checked.block is not None and checked.errors == [] and checked.warnings == []
     assert np.isnan(checked.normalized["x"][1]) and checked.normalized["x"][2] == 1e9
 
 
-def test_ragged_or_nested_columns_take_the_per_column_path(contract):
+def test_ragged_or_nested_columns(contract):
     for short in ("x", "plan"):  # a numeric column (the block cannot be built) and a categorical one
         data = _data()
         data[short] = data[short][:-1]  # one value short
@@ -125,26 +144,48 @@ def test_ragged_or_nested_columns_take_the_per_column_path(contract):
     data = _data()
     data["x"][4] = [1.0, 2.0]
     checked = contract.check(data)
-    assert checked.block is None and (checked.errors[0].row, checked.errors[0].column) == (4, "x")
+    assert (checked.errors[0].row, checked.errors[0].column) == (4, "x") and len(checked.errors) == 1
+    # lengths are compared before any rule marks a row: a short column is named as short even when values
+    # are flagged in it and beside it (their masks, of different lengths, never meet)
+    data = _data()
+    data["x"][0], data["free"] = "abc", ["abc", *data["free"][1:-1]]
+    with pytest.raises(InvalidInputError, match=f"columns of different lengths: 'free' has {N - 1}"):
+        contract.check(data, **POLICIES)
 
 
 def _records(data: dict[str, list[Any]]) -> list[dict[str, Any]]:
     return [{k: data[k][i] for k in data} for i in range(len(next(iter(data.values()))))]
 
 
-def _outcome(contract: Contract, records: list[dict[str, Any]], fast: bool, policies: dict,
-             decoded: tuple | None = None) -> Any:
-    from mlopsctl.serving.core import records_to_columns
+def _outcome(contract: Contract, records: list[dict[str, Any]], converted: bool, policies: dict,
+             decoded: Any = None) -> Any:
+    """What the contract decides on the general path's columns (``converted``: with their block; else the
+    same columns as plain lists, converted by the check), or on ``decoded``."""
+    from mlopsctl.serving.records import RecordsDecoder
 
     try:
-        columns, n = decoded or records_to_columns(records, contract.feature_names,
-                                                   numeric=contract.numeric_names if fast else ())
-        checked = contract.check(columns, **policies)
+        d = decoded or RecordsDecoder(contract).records(records, "records")
+        columns, block = d.columns, d.block
+        if not converted:
+            columns, block = {k: [r.get(k) for r in records] for k in d.columns}, None
+        checked = check(contract, columns, block=block, **policies)
     except InvalidInputError as e:
         return ("raised", str(e))
     norm = {k: [None if isinstance(v, float) and v != v else v for v in a.tolist()] for k, a in checked.normalized.items()}
-    block = None if checked.block is None else checked.block.tolist()
-    return (n, norm, checked.errors, checked.warnings, checked.bad_rows.tolist(), str(block))
+    block = None if checked.block is None else str(checked.block.tolist())
+    return (d.n_rows, norm, checked.errors, checked.warnings, checked.bad_rows.tolist(), block)
+
+
+def _typed(contract: Contract, body: bytes, envelope: Any = None) -> Any:
+    """The typed decoder's answer through the entry point, or None when it declined the body."""
+    from mlopsctl.serving.records import PREDICT, RecordsDecoder
+
+    declined = object()
+    try:
+        decoded = RecordsDecoder(contract).decode(body, envelope or PREDICT, lambda decoder, parsed: declined)
+    except InvalidInputError:  # declined, and not JSON: parse_json said why
+        return None
+    return None if decoded is declined else decoded
 
 
 def _variant(name: str) -> list[dict[str, Any]]:
@@ -171,37 +212,35 @@ def _variant(name: str) -> list[dict[str, Any]]:
                                      "a nested value", "far out of range", "a record without a column",
                                      "an extra column in one record"])
 @pytest.mark.parametrize("policies", [{}, POLICIES, dict(out_of_range="flag")], ids=["defaults", "strict", "flag"])
-def test_records_fast_conversion_decides_like_the_per_column_lists(contract, variant, policies):
+def test_records_conversion_decides_like_the_per_column_lists(contract, variant, policies):
     import orjson
 
-    from mlopsctl.serving.records import RecordsDecoder
-
     records = _variant(variant)
-    fast, slow = _outcome(contract, records, True, policies), _outcome(contract, records, False, policies)
-    assert fast == slow
+    converted, lists = _outcome(contract, records, True, policies), _outcome(contract, records, False, policies)
+    assert converted == lists
     # the typed decoder takes only bodies inside its strict types; what it takes, the contract decides alike
-    decoded = RecordsDecoder(contract).columns(orjson.dumps({"records": records, "id": "ignored"}))
+    decoded = _typed(contract, orjson.dumps({"records": records, "id": "ignored"}))
     typed = variant in ("clean", "null in a column without nulls", "far out of range")
     assert (decoded is not None) == typed
     if decoded is not None:
-        assert _outcome(contract, records, True, policies, decoded[:2]) == slow
-        assert len(decoded[2]) == N  # the decoded rows, handed back so the caller frees them after answering
+        assert _outcome(contract, records, True, policies, decoded) == lists
+        assert len(decoded.keep) == N  # the decoded rows, handed back so the caller frees them after answering
     if variant == "clean":
-        from mlopsctl.serving.core import records_to_columns
+        from mlopsctl.serving.records import RecordsDecoder
 
-        columns, _ = records_to_columns(records, contract.feature_names, numeric=contract.numeric_names)
-        assert [type(columns[k]).__name__ for k in contract.feature_names] == ["ndarray"] * 3 + ["list", "ndarray"]
-        assert fast[0] == N and fast[5] != "None"  # the block path ran on the converted columns
+        d = RecordsDecoder(contract).records(records, "records")
+        assert [type(d.columns[k]).__name__ for k in contract.feature_names] == ["ndarray"] * 3 + ["list", "ndarray"]
+        assert d.block.shape == (4, N) and converted[0] == N  # converted in one pass
 
 
-def test_records_fast_conversion_single_numeric_column():
-    from mlopsctl.serving.core import records_to_columns
+def test_records_conversion_single_numeric_column():
+    from mlopsctl.serving.records import RecordsDecoder
 
     one = Contract(target="y", task="regression", columns=(ColumnSpec("v", "numeric", "float64"),
                                                            ColumnSpec("c", "categorical", "object")))
-    columns, n = records_to_columns([{"v": 1, "c": "a"}, {"v": None, "c": "b"}], one.feature_names,
-                                    numeric=one.numeric_names)
-    assert n == 2 and columns["v"].tolist()[0] == 1.0 and np.isnan(columns["v"][1]) and columns["c"] == ["a", "b"]
+    d = RecordsDecoder(one).records([{"v": 1, "c": "a"}, {"v": None, "c": "b"}], "records")
+    assert d.n_rows == 2 and d.columns["v"].tolist()[0] == 1.0 and np.isnan(d.columns["v"][1])
+    assert d.columns["c"] == ["a", "b"] and d.block.shape == (1, 2)
 
 
 @pytest.mark.parametrize("body", [
@@ -215,22 +254,36 @@ def test_records_fast_conversion_single_numeric_column():
     b'{"records": [' + b"[" * 5000 + b"]" * 5000 + b"]}",
 ])
 def test_records_decoder_leaves_anything_unusual_to_the_general_path(contract, body):
-    from mlopsctl.serving.records import RecordsDecoder
+    assert _typed(contract, body) is None
 
-    assert RecordsDecoder(contract).columns(body) is None
+
+def test_mlflow_bodies_are_typed_only_when_the_records_key_is_alone(contract):
+    """/invocations: ``dataframe_records`` or records-shaped ``instances``, and nothing else (MLflow's rules
+    about other members, ``params`` and LLM keys included, are the general path's)."""
+    import orjson
+
+    from mlopsctl.serving.records import MLFLOW
+
+    records = _records(_data(2))
+    for key in ("dataframe_records", "instances"):
+        decoded = _typed(contract, orjson.dumps({key: records}), MLFLOW)
+        assert decoded is not None and _outcome(contract, records, True, {}, decoded) == _outcome(contract, records, True, {})
+    for body in ({"dataframe_records": records, "params": {}}, {"dataframe_records": records, "instances": records},
+                 {"dataframe_records": records, "prompt": "hi"}, {"instances": [[1, 2, 3, 4, 5]]}, {"dataframe_records": []}):
+        assert _typed(contract, orjson.dumps(body), MLFLOW) is None, list(body)
+    assert _typed(contract, orjson.dumps({"records": records, "params": {}})) is not None  # /predict ignores others
 
 
 def test_records_decoder_columns_in_contract_order_with_odd_column_names():
     import orjson
 
-    from mlopsctl.serving.records import RecordsDecoder
-
     odd = Contract(target="y", task="regression", columns=(
         ColumnSpec("mean radius", "numeric", "float64"), ColumnSpec("plané", "categorical", "object"),
         ColumnSpec("f0", "boolean", "bool")))  # a column named like the decoder's own field names
     rows = [{"f0": True, "plané": "a", "mean radius": 2}, {"plané": None, "mean radius": None, "f0": False}]
-    columns, n, _rows = RecordsDecoder(odd).columns(orjson.dumps({"records": rows}))
-    assert n == 2 and list(columns) == ["mean radius", "plané", "f0"]
+    decoded = _typed(odd, orjson.dumps({"records": rows}))
+    columns = decoded.columns
+    assert decoded.n_rows == 2 and list(columns) == ["mean radius", "plané", "f0"]
     assert columns["mean radius"][0] == 2.0 and np.isnan(columns["mean radius"][1])
     assert columns["plané"] == ["a", None] and columns["f0"].tolist() == [1.0, 0.0]
 
@@ -239,20 +292,20 @@ def test_records_decoder_all_numeric_contract_matches_the_general_path():
     """All columns numeric or boolean: the decoder reads each row as a tuple (its fields in block order)."""
     import orjson
 
-    from mlopsctl.serving.core import records_to_columns
     from mlopsctl.serving.records import RecordsDecoder
 
     nums = Contract(target="y", task="regression", columns=(
         ColumnSpec("b", "numeric", "float64"), ColumnSpec("a", "boolean", "bool"), ColumnSpec("c", "numeric", "int64")))
     rows = [{"c": 3, "a": True, "b": 0.5}, {"a": False, "b": None, "c": -2}, {"b": 1e300, "c": 7, "a": None}]
-    columns, n, _rows = RecordsDecoder(nums).columns(orjson.dumps({"records": rows}))
-    general, m = records_to_columns(rows, nums.feature_names)
-    assert n == m == 3 and list(columns) == ["b", "a", "c"]
+    decoded = _typed(nums, orjson.dumps({"records": rows}))
+    general = RecordsDecoder(nums).records(rows, "records")
+    assert decoded.n_rows == general.n_rows == 3 and list(decoded.columns) == list(general.columns) == ["b", "a", "c"]
+    assert _same(decoded.block, general.block)
     for name in nums.feature_names:
-        np.testing.assert_array_equal(columns[name], np.array(general[name], dtype=np.float64))
-    checked = nums.check(columns)
-    feeds, reference = nums.feeds(checked), nums.onnx_feeds(checked.normalized)  # all-numeric: block rows in order
-    assert checked.block is not None and list(feeds) == list(reference) == ["b", "a", "c"]
+        np.testing.assert_array_equal(decoded.columns[name], np.array([r[name] for r in rows], dtype=np.float64))
+    checked = check(nums, decoded.columns, block=decoded.block)
+    feeds, reference = nums.onnx_feeds(checked.normalized, checked.block), nums.onnx_feeds(checked.normalized)
+    assert list(feeds) == list(reference) == ["b", "a", "c"]  # all-numeric: the block rows in order
     for name, arr in feeds.items():
         assert arr.shape == (3, 1) and arr.dtype == reference[name].dtype
         np.testing.assert_array_equal(arr, reference[name])
@@ -264,20 +317,22 @@ def test_release_after_keeps_a_big_requests_input_until_the_answer_is_closed():
 
     from flask import Response
 
-    from mlopsctl.serving.core import RELEASE_AFTER_ROWS, release_after
+    from mlopsctl.serving.http import RELEASE_AFTER_ROWS, KeepUntilClosed, release_after
 
     class Parsed:
         pass
 
-    big, small = Parsed(), Parsed()
-    refs = weakref.ref(big), weakref.ref(small)
+    big, small, raw = Parsed(), Parsed(), Parsed()
+    refs = weakref.ref(big), weakref.ref(small), weakref.ref(raw)
     response = release_after(Response(b"{}"), RELEASE_AFTER_ROWS, big)
     release_after(Response(b"{}"), RELEASE_AFTER_ROWS - 1, small)
-    del big, small
+    body = KeepUntilClosed([b"{}"], raw)  # the same for /predict's raw WSGI answer
+    del big, small, raw
     gc.collect()
-    assert refs[0]() is not None and refs[1]() is None  # the big one waits for the answer to be sent
+    assert refs[0]() is not None and refs[1]() is None and refs[2]() is not None  # the big ones wait
     response.close()  # what the WSGI server does after writing the last byte
-    assert refs[0]() is None
+    body.close()
+    assert refs[0]() is None and refs[2]() is None and body == [b"{}"]
 
 
 # ---- the prediction-log writer ---------------------------------------------------------------------------
@@ -287,12 +342,13 @@ def store(tmp_path: Path):
     return open_store(f"sqlite:///{tmp_path / 'log.db'}")
 
 
-def _record(contract: Contract, checked, rid: str) -> dict[str, Any]:
+def _record(contract: Contract, checked, rid: str, *, with_block: bool = True) -> dict[str, Any]:
     n = len(checked.bad_rows)
     outputs = {"label": np.array(["a", "b"] * (n // 2) + ["a"] * (n % 2), dtype=object),
                "probabilities": np.tile(np.array([[0.25, 0.75]], dtype=np.float32), (n, 1))}
+    block, block_columns = (checked.block, checked.block_columns) if with_block else (None, ())
     return dict(request_id=rid, model="m", version=1, endpoint="predict", latency_ms=1.5, inputs=checked.normalized,
-                outputs=outputs, n_rows=n, block=checked.block, block_columns=checked.block_columns)
+                outputs=outputs, n_rows=n, block=block, block_columns=block_columns)
 
 
 def test_a_burst_is_one_transaction_and_flush_cuts_the_window_short(store, contract):
@@ -436,11 +492,10 @@ def test_records_with_and_without_a_block_share_a_batch(store, contract):
     data = _data(1)
     fast = contract.check(data)
     slow = contract.check({**data, "flag": ["true" if v else "false" for v in data["flag"]]})
-    assert fast.block is not None and slow.block is None
     log = PredictionLog(store, flush_interval=30.0)
-    try:
-        for rid, checked in (("fast-1", fast), ("slow", slow), ("fast-2", fast)):
-            assert log.submit(**_record(contract, checked, rid))
+    try:  # "slow": its columns one by one, as for a contract without numeric columns
+        for rid, checked, with_block in (("fast-1", fast, True), ("slow", slow, False), ("fast-2", fast, True)):
+            assert log.submit(**_record(contract, checked, rid, with_block=with_block))
         assert log.flush(timeout=60)
     finally:
         log.close()
@@ -474,7 +529,7 @@ def test_close_writes_what_is_queued(store, contract):
 # ---- request ids -------------------------------------------------------------------------------------------
 
 def test_request_ids_are_hex_unique_and_time_ordered():
-    from mlopsctl.serving.core import new_request_id
+    from mlopsctl.serving.http import new_request_id
 
     ids = []
     for _ in range(5):

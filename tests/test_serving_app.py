@@ -745,7 +745,7 @@ def test_failed_reload_keeps_serving_and_says_why(projects, make_app, bc_row):
     assert r.get_json()["version"] == 1
 
 
-# ---- the /predict fast path ---------------------------------------------------------------------------------
+# ---- /predict on the raw WSGI environ -------------------------------------------------------------------------
 
 def _wsgi(wsgi_app: Any, body: bytes | None, headers: dict[str, str] | None = None, method: str = "POST",
           path: str = "/predict", length: bool = True) -> tuple[str, dict[str, str], bytes]:
@@ -773,60 +773,107 @@ def _wsgi(wsgi_app: Any, body: bytes | None, headers: dict[str, str] | None = No
     return got["status"], got["headers"], data
 
 
-def _fast_path_cases(projects) -> list[tuple[str, bytes | None, dict[str, str], bool]]:
+def _predict_cases(projects) -> list[tuple[str, bytes, int, Any]]:
     bc = training_records(projects["bc"], BC_TARGET, 3)
     far = {**bc[0], "mean_radius": 1e6}
-    return [  # (what, body, headers, answered by the fast path)
-        ("one row", json.dumps({"records": bc[:1]}).encode(), {}, True),
-        ("three rows", json.dumps({"records": bc}).encode(), {}, True),
-        ("flagged far outside the training range", json.dumps({"records": [far]}).encode(), {}, True),
+    names = ", ".join(_names(projects))
+    return [  # (what, body, status, rows predicted or the error's message)
+        ("one row", json.dumps({"records": bc[:1]}).encode(), 200, 1),
+        ("three rows", json.dumps({"records": bc}).encode(), 200, 3),
+        ("flagged far outside the training range", json.dumps({"records": [far]}).encode(), 200, 1),
         ("a missing column", json.dumps({"records": [{k: v for k, v in bc[0].items() if k != "mean_area"}]}).encode(),
-         {}, False),
-        ("an extra column", json.dumps({"records": [{**bc[0], "zip": 1}]}).encode(), {}, False),
-        ("no rows", b'{"records": []}', {}, False),
-        ("a string for a number", json.dumps({"records": [{**bc[0], "mean_area": "big"}]}).encode(), {}, False),
-        ("malformed JSON", b'{"records": [', {}, False),
-        ("binary junk", bytes(range(256)), {}, False),
-        ("an empty body", b"", {}, False),
-        ("a JSON list", b"[1, 2]", {}, False),
+         400, f"missing column 'mean_area' in records[0]; the model needs {names}."),
+        ("an extra column", json.dumps({"records": [{**bc[0], "zip": 1}]}).encode(), 400,
+         f"unexpected column(s) 'zip'; the model takes {names}."),
+        ("no rows", b'{"records": []}', 400, "the request holds no rows; send at least one."),
+        ("a string for a number", json.dumps({"records": [{**bc[0], "mean_area": "big"}]}).encode(), 400,
+         "column 'mean_area' must be numeric, got 'big' at row 0."),
+        ("malformed JSON", b'{"records": [', 400,
+         "the request body is not valid JSON (unexpected end of data: line 1 column 14 (char 13))."),
+        ("binary junk", bytes(range(256)), 400, "the request body is not valid JSON ("),
+        ("an empty body", b"", 400, "the request body is empty; send a JSON object."),
+        ("a JSON list", b"[1, 2]", 400, 'send {"records": [{"column": value, ...}, ...]}.'),
     ]
 
 
-def test_the_fast_path_answers_exactly_as_flask_does(projects, make_app):
-    """Every case through the fast path and through the Flask app alone, with the same request id: the same
-    status, headers and bytes. Valid requests are answered by the fast path, everything else by Flask."""
+def test_predict_answers_every_request_itself(projects, make_app):
+    """/predict runs on the raw WSGI environ, in front of Flask: valid requests and every kind of bad one get
+    the status line, headers and JSON of mlopsctl's other routes; the scores are the ONNX graph's."""
     app = make_app("bc", log_predictions=False)
-    fast = app.wsgi_app
-    flask_only = fast.wsgi_app
-    for what, body, headers, answered in _fast_path_cases(projects):
-        before = fast.answered
-        h = {"X-Request-ID": f"same-{len(what)}", **headers}
-        got_fast = _wsgi(fast, body, h)
-        got_flask = _wsgi(flask_only, body, h)
-        assert got_fast == got_flask, what
-        assert fast.answered - before == int(answered), what
-        status = int(got_fast[0].split()[0])
-        assert (status == 200) == answered and status < 500, what
-        assert got_fast[1]["Content-Type"] == "application/json", what
-        assert json.loads(got_fast[2])["request_id"] == h["X-Request-ID"], what
+    sess = _onnx_session(projects["bc"], "bc", 1)
+    for what, body, status, expected in _predict_cases(projects):
+        rid = f"same-{len(what)}"
+        line, headers, data = _wsgi(app.wsgi_app, body, {"X-Request-ID": rid})
+        assert line == {200: "200 OK", 400: "400 BAD REQUEST"}[status], what
+        assert headers == {"Content-Type": "application/json", "Content-Length": str(len(data)), "X-Request-ID": rid}, what
+        got = json.loads(data)
+        if status == 200:
+            records = json.loads(body)["records"]
+            label, proba = sess.run(["label", "probabilities"], _feeds(sess, records))
+            assert (got["request_id"], got["model"], got["version"]) == (rid, "bc", 1), what
+            assert got["predictions"] == [str(x) for x in label.ravel()] and len(got["predictions"]) == expected, what
+            np.testing.assert_allclose([[p["benign"], p["malignant"]] for p in got["probabilities"]], proba, atol=1e-6)
+            assert len(got.get("warnings", [])) == int(what.startswith("flagged")), what
+        elif what == "binary junk":  # orjson words the byte it stopped at
+            assert got["message"].startswith(expected) and got == _err(got["message"], rid=rid), what
+        else:
+            assert got == _err(expected, rid=rid), what
 
 
-def test_the_fast_path_leaves_other_requests_to_flask(projects, make_app, bc_row):
+def test_predict_checks_token_method_and_body_limit_itself(projects, make_app, bc_row):
     app = make_app("bc", log_predictions=False, token="s3cret", max_body_mb=0.001)
-    fast = app.wsgi_app
+    wsgi = app.wsgi_app
     one = json.dumps({"records": [bc_row]}).encode()
-    auth = {"Authorization": "Bearer s3cret"}
-    assert _wsgi(fast, one, auth)[0] == "200 OK" and fast.answered == 1
-    status, _, data = _wsgi(fast, one, {"Authorization": "Bearer wrong"})
-    assert status.startswith("401") and json.loads(data)["message"] == TOKEN_MSG
-    assert _wsgi(fast, one, {})[0].startswith("401")
+    auth = {"Authorization": "Bearer s3cret", "X-Request-ID": "t-1"}
+    assert _wsgi(wsgi, one, auth)[0] == "200 OK"
+    for headers in ({"Authorization": "Bearer wrong", "X-Request-ID": "t-1"}, {"X-Request-ID": "t-1"}):
+        status, got, data = _wsgi(wsgi, one, headers)
+        assert (status, got["WWW-Authenticate"], got["X-Request-ID"]) == ("401 UNAUTHORIZED", "Bearer", "t-1")
+        assert json.loads(data) == _err(TOKEN_MSG, "Unauthorized")
+    too_big = _err("the request body is larger than 0.001 MiB (serve.max_body_mb).", "RequestEntityTooLarge")
     big = json.dumps({"records": [bc_row] * 10}).encode()  # over the 1 kB body limit
-    assert _wsgi(fast, big, auth)[0].startswith("413")
-    status, _, data = _wsgi(fast, one, auth, length=False)  # no Content-Length: Flask reads the stream
+    for length in (True, False):  # by Content-Length, and for a chunked body once 1 kB has arrived
+        status, _, data = _wsgi(wsgi, big, auth, length=length)
+        assert status == "413 REQUEST ENTITY TOO LARGE" and json.loads(data) == too_big
+    status, _, data = _wsgi(wsgi, one, auth, length=False)  # a chunked body within the limit
     assert status == "200 OK" and json.loads(data)["predictions"]
-    assert _wsgi(fast, one, auth, method="PUT")[0].startswith("405")
-    assert _wsgi(fast, None, auth, method="GET", path="/v2/health/ready")[0] == "200 OK"
-    assert fast.answered == 1  # none of these was the fast path's
-    # the fast path counts what Flask's hooks count
-    metrics = _wsgi(fast, None, auth, method="GET", path="/metrics")[2].decode()
-    assert re.search(r'mlops_requests_total\{endpoint="predict",status="200"\} 2\.0', metrics), metrics[:2000]
+    status, got, data = _wsgi(wsgi, one, auth, method="PUT")  # the token is not asked: no route takes PUT
+    assert status == "405 METHOD NOT ALLOWED"
+    assert got == {"Content-Type": "application/json", "Content-Length": str(len(data)), "X-Request-ID": "t-1"}
+    assert json.loads(data) == _err("PUT is not allowed on /predict; allowed: OPTIONS, POST.", "MethodNotAllowed")
+    status, got, data = _wsgi(wsgi, None, {"X-Request-ID": "t-1"}, method="HEAD")  # as Flask: no body, its length
+    assert (status, data, got["Content-Length"]) == ("405 METHOD NOT ALLOWED", b"", str(len(json.dumps(_err(
+        "HEAD is not allowed on /predict; allowed: OPTIONS, POST.", "MethodNotAllowed"), separators=(",", ":")))))
+    assert _wsgi(wsgi, None, {}, method="OPTIONS")[0] == "401 UNAUTHORIZED"
+    assert _wsgi(wsgi, None, auth, method="OPTIONS") == (
+        "200 OK", {"Content-Type": "text/html; charset=utf-8", "Allow": "OPTIONS, POST", "Content-Length": "0"}, b"")
+    assert _wsgi(wsgi, None, auth, method="GET", path="/v2/health/ready")[0] == "200 OK"  # other paths: Flask
+    # counted as Flask's hooks count the other routes (a 405 is "unmatched", as for a path no route takes)
+    samples = _metrics(app.test_client(), Authorization="Bearer s3cret")
+    for (endpoint, status), count in {("predict", "200"): 3, ("predict", "401"): 3, ("predict", "413"): 2,
+                                      ("unmatched", "405"): 2}.items():
+        assert _value(samples, "mlops_requests_total", endpoint=endpoint, status=status) == count, (endpoint, status)
+    assert _value(samples, "mlops_request_seconds_count", endpoint="predict") == 8
+    for kind, count in {"Unauthorized": 3, "RequestEntityTooLarge": 2, "MethodNotAllowed": 2}.items():
+        assert _value(samples, "mlops_errors_total", kind=kind) == count, kind
+
+
+def test_an_unexpected_error_in_predict_is_a_json_500_and_the_server_keeps_serving(make_app, bc_row, caplog,
+                                                                                   monkeypatch):
+    app = make_app("bc", log_predictions=False)
+    scorer = app.extensions["mlopsctl"].model.scorer
+    one = json.dumps({"records": [bc_row]}).encode()
+
+    def broken(feeds):
+        raise RuntimeError("the session broke")
+
+    with monkeypatch.context() as m:  # a fault inside ONNX Runtime, say
+        m.setattr(scorer, "run_feeds", broken)
+        status, headers, data = _wsgi(app.wsgi_app, one, {"X-Request-ID": "t-1"})
+    assert status == "500 INTERNAL SERVER ERROR" and headers["X-Request-ID"] == "t-1"
+    assert json.loads(data) == _err("internal server error; see the server log.", "InternalError")
+    assert "unexpected error on /predict" in caplog.text and "the session broke" in caplog.text
+    assert _wsgi(app.wsgi_app, one, {"X-Request-ID": "t-2"})[0] == "200 OK"
+    samples = _metrics(app.test_client())
+    assert _value(samples, "mlops_errors_total", kind="internal") == 1.0
+    assert _value(samples, "mlops_requests_total", endpoint="predict", status="500") == 1.0

@@ -198,9 +198,9 @@ class Scorer:
         self._outputs = list(contract.outputs.values())
         self._keys = tuple(contract.outputs)
         self._decode = contract.decode_labels if contract.label_type in ("boolean", "float") else None
-        # InferenceSession.run re-checks the feed names in Python on every call (8 of its 31 µs on a 30-input
-        # model, one row) before calling its C++ session. Feeds built from the contract always match the
-        # graph (a mismatch still fails in C++, as a RuntimeError), so CPU sessions call that session
+        # InferenceSession.run re-checks the feed names in Python on every call, a large share of a one-row
+        # call on a wide model, before calling its C++ session. Feeds built from the contract always match
+        # the graph (a mismatch still fails in C++, as a RuntimeError), so CPU sessions call that session
         # directly; other providers keep the wrapper, whose EP-failure fallback they may need.
         cpp = getattr(self.session, "_sess", None)
         self._direct = cpp.run if cpp is not None and self.provider == CPU else None
@@ -230,7 +230,7 @@ class Scorer:
         return self.run_feeds(self.contract.onnx_feeds(normalized))
 
     def run_feeds(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Outputs for ready feeds (:meth:`Contract.feeds`), class labels in the training file's type."""
+        """Outputs for ready feeds (:meth:`Contract.onnx_feeds`), class labels in the training file's type."""
         if self._direct is not None:
             out = dict(zip(self._keys, self._direct(self._outputs, feeds, None)))
         else:

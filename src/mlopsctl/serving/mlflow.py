@@ -10,9 +10,10 @@ from flask import Blueprint, Response, request
 
 from mlopsctl._version import __version__
 from mlopsctl.errors import InvalidInputError, UnsupportedMediaType
-from mlopsctl.serving.core import (
-    infer, json_response, parse_json, read_body, records_to_columns, release_after, state,
-)
+from mlopsctl.serving.http import json_response, read_body, release_after, request_id
+from mlopsctl.serving.inference import infer
+from mlopsctl.serving.records import MLFLOW, Decoded, RecordsDecoder
+from mlopsctl.serving.state import state
 
 bp = Blueprint("mlflow", __name__)
 
@@ -51,16 +52,18 @@ def _media_type() -> str:
     return media
 
 
-def _rows_to_columns(rows: Any, names: list[str], what: str) -> tuple[dict[str, Any], int]:
+def _rows_to_columns(rows: Any, names: list[str], what: str) -> Decoded:
     if not isinstance(rows, list) or not all(isinstance(r, list) for r in rows):
         raise InvalidInputError(f"{what} must be a list of rows (lists).")
     for i, r in enumerate(rows):
         if len(r) != len(names):
             raise InvalidInputError(f"{what}[{i}] has {len(r)} values; the model takes {len(names)}: {', '.join(names)}.")
-    return {n: [r[j] for r in rows] for j, n in enumerate(names)}, len(rows)
+    return Decoded({n: [r[j] for r in rows] for j, n in enumerate(names)}, len(rows), keep=rows)
 
 
-def _columns_from_json(body: Any, names: list[str], numeric: tuple[str, ...] = ()) -> tuple[dict[str, Any], int]:
+def _columns_from_json(decoder: RecordsDecoder, body: Any) -> Decoded:
+    """The general path of a JSON body, whatever the typed decoder declined."""
+    names = decoder.names
     if not isinstance(body, dict):
         raise InvalidInputError(
             "the input must be a JSON dictionary with exactly one of the input fields "
@@ -84,21 +87,21 @@ def _columns_from_json(body: Any, names: list[str], numeric: tuple[str, ...] = (
             raise InvalidInputError("dataframe_split.columns has duplicate names.")
         return _rows_to_columns(value["data"], cols, "dataframe_split.data")
     if key == "dataframe_records":
-        return records_to_columns(value, names, "dataframe_records", numeric)
+        return decoder.records(value, "dataframe_records")
     if key == "instances":
         if isinstance(value, list) and value and all(isinstance(r, dict) for r in value):
-            return records_to_columns(value, names, "instances", numeric)
+            return decoder.records(value, "instances")
         return _rows_to_columns(value, names, "instances")
     # inputs: {"col": [...]} (columnar) or [[...], ...] (rows in the model's column order)
     if isinstance(value, dict):
         lengths = {len(v) if isinstance(v, list) else -1 for v in value.values()}
         if -1 in lengths or len(lengths) != 1:
             raise InvalidInputError("inputs as an object must map each column to a list, all of the same length.")
-        return dict(value), lengths.pop()
+        return Decoded(dict(value), lengths.pop(), keep=value)
     return _rows_to_columns(value, names, "inputs")
 
 
-def _columns_from_table(raw: bytes, media: str) -> tuple[dict[str, Any], int]:
+def _columns_from_table(raw: bytes, media: str) -> Decoded:
     import pyarrow as pa
 
     if not raw:
@@ -123,22 +126,22 @@ def _columns_from_table(raw: bytes, media: str) -> tuple[dict[str, Any], int]:
         if pa.types.is_temporal(col.type):
             col = col.cast(pa.string())
         cols[n] = col.to_numpy(zero_copy_only=False)
-    return cols, table.num_rows
+    return Decoded(cols, table.num_rows)
 
 
 @bp.post("/invocations")
 def invocations() -> Response:
     media = _media_type()
-    contract = state().model.contract
-    names = contract.feature_names
-    raw = read_body()
-    parsed = None
+    st = state()
+    served = st.model  # one snapshot for the whole request, even if the alias moves meanwhile
+    decoder = served.records
+    raw = read_body(st.body_limit)
     if media == "application/json":
-        parsed = parse_json(raw)
-        columns, n = _columns_from_json(parsed, names, contract.numeric_names)
+        decoded = decoder.decode(raw, MLFLOW, _columns_from_json)
     else:
-        columns, n = _columns_from_table(raw, media)
-    result = infer(columns, n, "invocations")
+        decoded = _columns_from_table(raw, media)
+    result = infer(st, served, decoded.columns, decoded.n_rows, "invocations", request_id, block=decoded.block)
     out = result.outputs
     preds = out["label"] if "label" in out else np.asarray(out["prediction"]).ravel()
-    return release_after(json_response({"predictions": np.asarray(preds).ravel().tolist()}), n, parsed, columns)
+    return release_after(json_response({"predictions": np.asarray(preds).ravel().tolist()}), decoded.n_rows,
+                         decoded.keep, decoded.columns)

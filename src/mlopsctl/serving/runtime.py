@@ -44,7 +44,7 @@ class ServedModel:
     scorer: Scorer
     provider: str
     loaded_at: float
-    records: RecordsDecoder  # the typed fast path for /predict bodies
+    records: RecordsDecoder  # records into columns, for /predict and /invocations
     inputs: list[dict[str, Any]] = field(default_factory=list)  # V2 metadata, from the real ONNX graph
     outputs: list[dict[str, Any]] = field(default_factory=list)
     column_by_input: dict[str, str] = field(default_factory=dict)

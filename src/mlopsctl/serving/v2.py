@@ -22,9 +22,11 @@ from flask import Blueprint, Response, request
 
 from mlopsctl._version import __version__
 from mlopsctl.errors import InvalidInputError, NotFoundError
-from mlopsctl.serving.core import infer, json_response, parse_json, read_body, request_id, state
-from mlopsctl.serving.records import Columns
+from mlopsctl.serving.http import json_response, parse_json, read_body, request_id
+from mlopsctl.serving.inference import infer
+from mlopsctl.serving.records import Decoded
 from mlopsctl.serving.runtime import NUMERIC, ServedModel
+from mlopsctl.serving.state import state
 
 bp = Blueprint("v2", __name__, url_prefix="/v2")
 
@@ -73,7 +75,7 @@ def model_ready(name: str, version: str | None = None) -> Response:
 # ---- infer --------------------------------------------------------------------------------------------
 
 def _split_body() -> tuple[dict[str, Any], bytes]:
-    raw = read_body()
+    raw = read_body(state().body_limit)
     header_len = request.headers.get(HEADER)
     if header_len is None:
         body = parse_json(raw)
@@ -164,9 +166,9 @@ def _is_single_tensor(inp: Any, served: ServedModel) -> bool:
             and (shape[1] != 1 or not isinstance(name, str) or name not in served.column_by_input))
 
 
-def _single_tensor(inp: dict[str, Any], blobs: bytes, served: ServedModel) -> tuple[Columns, int]:
+def _single_tensor(inp: dict[str, Any], blobs: bytes, served: ServedModel) -> Decoded:
     """The columns of one ``[N, F]`` tensor, taken as the features in contract order, as the float64
-    ``[F, N]`` block the contract's check uses as is. A model with categorical columns takes none."""
+    ``[F, N]`` block the contract's check takes as is. A model with categorical columns takes none."""
     contract = served.contract
     if not served.all_numeric:
         categorical = ", ".join(c.name for c in contract.columns if c.kind == "categorical")
@@ -184,12 +186,10 @@ def _single_tensor(inp: dict[str, Any], blobs: bytes, served: ServedModel) -> tu
         raise InvalidInputError(f"input {name!r} has {width} column(s); a single [N, F] tensor needs {len(names)}, "
                                 f"the features in this order: {', '.join(names)}.")
     block = np.ascontiguousarray(values.reshape(n_rows, width).T, dtype=np.float64)
-    columns = Columns(zip(names, block))
-    columns.block, columns.block_names = block, names
-    return columns, n_rows
+    return Decoded(dict(zip(names, block)), n_rows, block)
 
 
-def _per_column(inputs: list[Any], blobs: bytes, served: ServedModel) -> tuple[dict[str, Any], int]:
+def _per_column(inputs: list[Any], blobs: bytes, served: ServedModel) -> Decoded:
     """The columns of one ``[N, 1]`` (or ``[N]``) input per column, named by the column's ONNX input name."""
     columns: dict[str, Any] = {}
     offset, n_rows = 0, None
@@ -202,7 +202,7 @@ def _per_column(inputs: list[Any], blobs: bytes, served: ServedModel) -> tuple[d
             raise InvalidInputError(f"input {iname!r} has {len(values)} rows but the others have {n_rows}.")
         n_rows = len(values)
         columns[column] = values
-    return columns, n_rows or 0
+    return Decoded(columns, n_rows or 0)
 
 
 @bp.post("/models/<name>/infer")
@@ -216,10 +216,11 @@ def model_infer(name: str, version: str | None = None) -> Response:
     if not isinstance(inputs, list) or not inputs:
         raise InvalidInputError("the inference request needs a non-empty 'inputs' list.")
     if len(inputs) == 1 and _is_single_tensor(inputs[0], served):
-        columns, n_rows = _single_tensor(inputs[0], blobs, served)
+        decoded = _single_tensor(inputs[0], blobs, served)
     else:
-        columns, n_rows = _per_column(inputs, blobs, served)
-    result = infer(columns, n_rows, "v2")
+        decoded = _per_column(inputs, blobs, served)
+    st = state()
+    result = infer(st, served, decoded.columns, decoded.n_rows, "v2", request_id, block=decoded.block)
     req_params = body.get("parameters") if isinstance(body.get("parameters"), dict) else {}
     binary_all = bool(req_params.get("binary_data_output"))
     wanted = body.get("outputs")
