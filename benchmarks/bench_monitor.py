@@ -297,7 +297,7 @@ def section(res: dict[str, Any], runs: int, load: tuple[float, float], argv: lis
         "| part: wall median (CPU median), s | 1 row per request | 100 rows per request |",
         "|---|---|---|",
         f"| window load: SQLite read + Arrow IPC decode of the logged batches (`load_window`) | {wc((pr, 'load'))} | {wc((ba, 'load'))} |",
-        f"| columns to arrays (`_as_drift_input`, reference + current) | {wc((pr, 'prepare'))} | {wc((ba, 'prepare'))} |",
+        f"| columns to arrays (`as_drift_input`, reference + current) | {wc((pr, 'prepare'))} | {wc((ba, 'prepare'))} |",
         f"| statistics alone (`dataset_drift`, 50 columns) | {wc((pr, 'stats'))} | {wc((ba, 'stats'))} |",
         f"| whole `drift` (also resolve, prediction drift, record) | {wc((pr, 'drift'))} | {wc((ba, 'drift'))} |",
         f"| first `drift` call in the process (imports, cold caches), wall | {res[(pr, 'cold')]:.3f} "
