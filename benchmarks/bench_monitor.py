@@ -16,11 +16,11 @@ records of 1 row, the worst case) and requests of 100 rows (1,000 records). 5,00
 Timed, in process (the store and the model files are real; nothing is mocked), median of N runs after one
 warm-up run (the cold first call, with its imports, is reported too):
 
-* ``monitoring.service.drift(settings, "bench@production")``: the whole ``mlopsctl monitor drift`` work —
+* ``monitoring.checks.drift(settings, "bench@production")``: the whole ``mlopsctl monitor drift`` work —
   resolve the version, read and decode the window from SQLite, the per-column statistics, the prediction
   drift (scoring the reference sample) and recording the result — and its parts: the window load alone
   (``load_window``) and the statistics alone (``dataset_drift`` on the decoded columns);
-* ``monitoring.service.write_report(...)``: the HTML report (drift with histograms, live metrics, history);
+* ``monitoring.report.write_report(...)``: the HTML report (drift with histograms, live metrics, history);
 * one ``mlopsctl monitor drift --json`` subprocess (whole process, start-up included), for reference.
 
 A second version trained with ``train.reference_rows = 5000`` gives the large regime (Wasserstein /
@@ -136,7 +136,7 @@ def log_predictions(project: Path, version: int, frame: Any, rows_per_request: i
     import numpy as np
 
     from mlopsctl.config import load_settings
-    from mlopsctl.monitoring import service
+    from mlopsctl.monitoring import window as mw
     from mlopsctl.scoring import Scorer
     from mlopsctl.predlog_format import index_pending
     from mlopsctl.serving.predlog import PredictionLog, make_record
@@ -144,7 +144,7 @@ def log_predictions(project: Path, version: int, frame: Any, rows_per_request: i
     from mlopsctl.store.models import Feedback
 
     s = load_settings({}, {}, project)
-    store, _, loaded = service.resolve(s, f"{MODEL}/{version}")
+    store, _, loaded = mw.resolve(s, f"{MODEL}/{version}")
     contract = loaded.contract
     checked = contract.check({c: frame[c].tolist() for c in contract.feature_names})
     assert not checked.errors, checked.errors[:1]
@@ -197,7 +197,8 @@ def timed(fn: Callable[[], Any], runs: int) -> tuple[float, list[float], Any, fl
 
 def measure(projects: dict[str, Path], runs: int, say: Callable[[str], None]) -> dict[str, Any]:
     from mlopsctl.config import load_settings
-    from mlopsctl.monitoring import service
+    from mlopsctl.monitoring import checks, report
+    from mlopsctl.monitoring import window as mw
     from mlopsctl.monitoring.drift import dataset_drift
     from mlopsctl.store import db
 
@@ -206,33 +207,33 @@ def measure(projects: dict[str, Path], runs: int, say: Callable[[str], None]) ->
         s = load_settings({}, {}, project)
         ref = f"{MODEL}@production"
         t = time.perf_counter()
-        first = service.drift(s, ref)
+        first = checks.drift(s, ref)
         res[(layout, "cold")] = time.perf_counter() - t
         assert first["window"]["rows"] == LOGGED_ROWS and len(first["columns"]) == N_NUMERIC + N_CATEGORICAL
         res[(layout, "drifted")] = (len(first["drifted_columns"]), first["drifted"])
-        res[(layout, "drift")] = timed(lambda: service.drift(s, ref), runs)
-        store, _, loaded = service.resolve(s, ref)
+        res[(layout, "drift")] = timed(lambda: checks.drift(s, ref), runs)
+        store, _, loaded = mw.resolve(s, ref)
         contract = loaded.contract
-        res[(layout, "load")] = timed(lambda: service.load_window(store, MODEL, 1, contract, since="24h"), runs)
+        res[(layout, "load")] = timed(lambda: mw.load_window(store, MODEL, 1, contract, since="24h"), runs)
         window = res[(layout, "load")][2]
-        reference = service._as_drift_input(contract, service.reference_columns(contract))
-        current = service._as_drift_input(contract, window.columns)
-        res[(layout, "prepare")] = timed(lambda: (service._as_drift_input(contract, service.reference_columns(contract)),
-                                                  service._as_drift_input(contract, window.columns)), runs)
+        reference = mw.as_drift_input(contract, mw.reference_columns(contract))
+        current = mw.as_drift_input(contract, window.columns)
+        res[(layout, "prepare")] = timed(lambda: (mw.as_drift_input(contract, mw.reference_columns(contract)),
+                                                  mw.as_drift_input(contract, window.columns)), runs)
         res[(layout, "stats")] = timed(lambda: dataset_drift(contract, reference, current), runs)
         out = WORK / f"report-{layout}.html"
-        res[(layout, "report")] = timed(lambda: service.write_report(s, ref, out), runs)
+        res[(layout, "report")] = timed(lambda: report.write_report(s, ref, out), runs)
         res[(layout, "report_bytes")] = out.stat().st_size
         say(f"{layout}: drift {res[(layout, 'drift')][0]:.3f} s (load {res[(layout, 'load')][0]:.3f}, prepare "
             f"{res[(layout, 'prepare')][0]:.3f}, statistics {res[(layout, 'stats')][0]:.3f}); report "
             f"{res[(layout, 'report')][0]:.3f} s")
         if layout == "per-request":
             ref2 = f"{MODEL}/2"
-            out2 = service.drift(s, ref2)
+            out2 = checks.drift(s, ref2)
             assert out2["reference_rows"] == 5000 and out2["window"]["rows"] == LOGGED_ROWS
             res[("large", "methods")] = sorted({c["method"] for c in out2["columns"]})
             res[("large", "drifted")] = (len(out2["drifted_columns"]), out2["drifted"])
-            res[("large", "drift")] = timed(lambda: service.drift(s, ref2), runs)
+            res[("large", "drift")] = timed(lambda: checks.drift(s, ref2), runs)
             say(f"large regime (5,000-row reference): drift {res[('large', 'drift')][0]:.3f} s")
         db.close_all()
     # the CLI as a user runs it, whole process (start-up and imports included)
@@ -284,11 +285,11 @@ def section(res: dict[str, Any], runs: int, load: tuple[float, float], argv: lis
         f"Produced by `{cmd}` (from the repo root; it rewrites this section) on {now}: {machine()}.", "",
         "| target | goal | wall, median (CPU) | result (wall) |",
         "|---|---|---|---|",
-        f"| drift, 50 columns × 100,000 logged rows, 1 row per request (`service.drift`, end to end in process) "
+        f"| drift, 50 columns × 100,000 logged rows, 1 row per request (`checks.drift`, end to end in process) "
         f"| ≤ {TARGET_DRIFT_S:g} s | {wc((pr, 'drift'))} s | {ok(res[(pr, 'drift')][0], TARGET_DRIFT_S)} |",
         f"| drift, the same rows logged as requests of 100 rows | ≤ {TARGET_DRIFT_S:g} s | {wc((ba, 'drift'))} s "
         f"| {ok(res[(ba, 'drift')][0], TARGET_DRIFT_S)} |",
-        f"| report generation (`service.write_report`), 1 row per request | ≤ {TARGET_REPORT_S:g} s "
+        f"| report generation (`report.write_report`), 1 row per request | ≤ {TARGET_REPORT_S:g} s "
         f"| {wc((pr, 'report'))} s | {ok(res[(pr, 'report')][0], TARGET_REPORT_S)} |",
         f"| report generation, requests of 100 rows | ≤ {TARGET_REPORT_S:g} s | {wc((ba, 'report'))} s "
         f"| {ok(res[(ba, 'report')][0], TARGET_REPORT_S)} |",
@@ -296,7 +297,7 @@ def section(res: dict[str, Any], runs: int, load: tuple[float, float], argv: lis
         "| part: wall median (CPU median), s | 1 row per request | 100 rows per request |",
         "|---|---|---|",
         f"| window load: SQLite read + Arrow IPC decode of the logged batches (`load_window`) | {wc((pr, 'load'))} | {wc((ba, 'load'))} |",
-        f"| columns to arrays (`_as_drift_input`, reference + current) | {wc((pr, 'prepare'))} | {wc((ba, 'prepare'))} |",
+        f"| columns to arrays (`as_drift_input`, reference + current) | {wc((pr, 'prepare'))} | {wc((ba, 'prepare'))} |",
         f"| statistics alone (`dataset_drift`, 50 columns) | {wc((pr, 'stats'))} | {wc((ba, 'stats'))} |",
         f"| whole `drift` (also resolve, prediction drift, record) | {wc((pr, 'drift'))} | {wc((ba, 'drift'))} |",
         f"| first `drift` call in the process (imports, cold caches), wall | {res[(pr, 'cold')]:.3f} "

@@ -190,9 +190,9 @@ def test_data_add_and_watch_read_dialect_files(proj: Path):
     # reads the file's stored bytes (as it does for training) into the same rows
     w = Watcher(load_settings({}, {}, proj), say=lambda line: None)
     src, _ = dialect_file(w.folder, "semicolon")
-    assert w.validate(src) == (True, None, ROWS)
-    sha = w.arts.put_file(src)
-    pd.testing.assert_frame_equal(w._read_blob(sha, ".csv"), data.read_table(proj / "data" / "train.csv"))
+    assert w.intake.validate(src) == (True, None, ROWS)
+    sha = w.retrain.arts.put_file(src)
+    pd.testing.assert_frame_equal(w.retrain._read_blob(sha, ".csv"), data.read_table(proj / "data" / "train.csv"))
 
 
 # ---- the delimiter --------------------------------------------------------------------------------------

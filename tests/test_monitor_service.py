@@ -397,12 +397,21 @@ def _truth(df, target: str) -> list[str]:
 
 
 def _expected_quality(bodies: list[dict[str, Any]], truth: list[str], positive: str) -> dict[str, float]:
-    from sklearn.metrics import roc_auc_score
+    from sklearn.metrics import f1_score, log_loss, roc_auc_score
 
     pred = [b["predictions"][0] for b in bodies]
     proba = [b["probabilities"][0][positive] for b in bodies]
+    classes = sorted(bodies[0]["probabilities"][0])
     return {"accuracy": float(np.mean([a == b for a, b in zip(pred, truth)])),
+            "f1_macro": float(f1_score(truth, pred, average="macro")),
+            "log_loss": float(log_loss(truth, [[b["probabilities"][0][c] for c in classes] for b in bodies],
+                                       labels=classes)),
             "roc_auc": float(roc_auc_score([t == positive for t in truth], proba))}
+
+
+def _approx(expected: dict[str, float], rows: int) -> dict[str, Any]:
+    """What live metrics report for a version: its labelled rows and the training metrics, computed here."""
+    return {"rows": rows, **{k: pytest.approx(v) for k, v in expected.items()}}
 
 
 def test_feedback_joins_labels_reports_unknown_and_duplicate_ids(copy_of, serve, cli) -> None:
@@ -424,10 +433,10 @@ def test_feedback_joins_labels_reports_unknown_and_duplicate_ids(copy_of, serve,
         "labels": 43, "matched": 40, "unknown": 2, "unknown_ids": ["ghost", "r-9999"], "duplicates_in_file": 1,
         "replaced": 0}
     live = out["live"]
-    assert (live["model"], live["version"], live["metric"], live["labelled_rows"]) == (BC, 1, "accuracy", 40)
+    # the primary metric is the gate's (train.metric = auto: roc_auc for a classification)
+    assert (live["model"], live["version"], live["metric"], live["labelled_rows"]) == (BC, 1, "roc_auc", 40)
     expected = _expected_quality(bodies[:40], truth[:40], positive="malignant")
-    assert live["per_version"] == {"1": {"rows": 40, "accuracy": pytest.approx(expected["accuracy"]),
-                                         "roc_auc": pytest.approx(expected["roc_auc"])}}
+    assert live["per_version"] == {"1": _approx(expected, 40)}
     [point] = live["series"]
     assert (point["version"], point["rows"]) == (1, 40)
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d", point["start"])
@@ -519,9 +528,7 @@ def test_live_metrics_per_version_and_metrics_gauges(copy_of, serve, cli) -> Non
     assert (live["version"], live["labelled_rows"]) == (2, 120)
     e1 = _expected_quality(v1, truth[:60], "malignant")
     e2 = _expected_quality(v2, truth[60:], "malignant")
-    assert live["per_version"] == {
-        "1": {"rows": 60, "accuracy": pytest.approx(e1["accuracy"]), "roc_auc": pytest.approx(e1["roc_auc"])},
-        "2": {"rows": 60, "accuracy": pytest.approx(e2["accuracy"]), "roc_auc": pytest.approx(e2["roc_auc"])}}
+    assert live["per_version"] == {"1": _approx(e1, 60), "2": _approx(e2, 60)}
     assert sorted((s["version"], s["rows"]) for s in live["series"]) == [(1, 60), (2, 60)]
 
     # per time window: v1's first 30 labelled predictions two days back, in their own daily bucket
@@ -535,14 +542,74 @@ def test_live_metrics_per_version_and_metrics_gauges(copy_of, serve, cli) -> Non
 
     # /metrics: the latest live metric of the served version, then the latest drift share
     gauges = server.metrics()
-    assert gauges[("mlops_live_metric", (("metric", "accuracy"), ("model", BC), ("version", "2")))] == \
-        pytest.approx(e2["accuracy"])
+    assert gauges[("mlops_live_metric", (("metric", "roc_auc"), ("model", BC), ("version", "2")))] == \
+        pytest.approx(e2["roc_auc"])
     assert not [k for k in gauges if k[0] == "mlops_drift_share"]
     drift = json.loads(cli("monitor", "drift", f"{BC}@production", "--json",
                            env={"MLOPS_MONITOR_MIN_ROWS": "50"}).stdout)
     assert (drift["version"], drift["window"]["rows"]) == (2, 60)
     gauges = server.metrics()
     assert gauges[("mlops_drift_share", (("model", BC), ("version", "2")))] == pytest.approx(drift["drift_share"])
+
+
+def test_live_metrics_with_a_label_the_model_cannot_have_and_a_configured_metric(copy_of, serve, cli) -> None:
+    """A label that is none of the model's classes is a miss for accuracy and left out of the metrics that need
+    its probability; train.metric picks the primary metric (the gate's), which /metrics then carries."""
+    p = copy_of("bc")
+    server = serve(p, f"{BC}@production")
+    df = frame(p).sample(n=20, random_state=21).reset_index(drop=True)
+    bodies = send(server, records(df, BC_TARGET), batch=1, prefix="u")
+    truth = _truth(df, BC_TARGET)
+    rows = [(f"u-{i:04d}", truth[i]) for i in range(19)] + [("u-0019", "not sure")]
+    result = cli("monitor", "feedback", write_labels(p / "labels.csv", rows), "--model", f"{BC}@production", "--json",
+                 env={"MLOPS_TRAIN_METRIC": "accuracy"})
+    assert result.exit_code == 0, result.stderr
+    live = json.loads(result.stdout)["live"]
+    assert (live["metric"], live["labelled_rows"]) == ("accuracy", 20)
+    hits = sum(b["predictions"][0] == t for b, t in zip(bodies[:19], truth[:19]))
+    known = _expected_quality(bodies[:19], truth[:19], positive="malignant")
+    assert live["per_version"] == {"1": {**_approx(known, 20), "accuracy": pytest.approx(hits / 20)}}
+    gauges = server.metrics()
+    assert gauges[("mlops_live_metric", (("metric", "accuracy"), ("model", BC), ("version", "1")))] == \
+        pytest.approx(hits / 20)
+
+
+def test_live_metrics_of_labels_of_one_class_leave_roc_auc_undefined(copy_of, serve, cli) -> None:
+    p = copy_of("bc")
+    server = serve(p, f"{BC}@production")
+    df = frame(p)
+    df = df[df[BC_TARGET] == "benign"].sample(n=15, random_state=2).reset_index(drop=True)
+    bodies = send(server, records(df, BC_TARGET), batch=1, prefix="o")
+    out = json.loads(cli("monitor", "feedback", write_labels(p / "labels.csv", [(f"o-{i:04d}", "benign") for i in range(15)]),
+                         "--model", f"{BC}@production", "--json").stdout)
+    live = out["live"]
+    assert live["metric"] == "roc_auc"
+    accuracy = float(np.mean([b["predictions"][0] == "benign" for b in bodies]))
+    assert live["per_version"]["1"]["roc_auc"] is None
+    assert live["per_version"]["1"]["accuracy"] == pytest.approx(accuracy)
+    assert not [k for k in server.metrics() if k[0] == "mlops_live_metric"]  # nothing defined to record
+
+
+def test_report_loads_the_version_once_and_scores_its_reference_once(copy_of, serve, cli, monkeypatch,
+                                                                     tmp_path: Path) -> None:
+    from mlopsctl.config import load_settings
+    from mlopsctl.monitoring.report import write_report
+    from mlopsctl.project import Project
+    from mlopsctl.scoring import Scorer
+
+    p = copy_of("bc")
+    server = serve(p, f"{BC}@production")
+    df = frame(p).sample(n=30, random_state=8).reset_index(drop=True)
+    send(server, records(df, BC_TARGET), batch=1, prefix="w")
+    loads, scored = [], []
+    load_model, run = Project.load_model, Scorer.run
+    monkeypatch.setattr(Project, "load_model", lambda self, ref, alias=None: loads.append(ref) or load_model(self, ref, alias))
+    monkeypatch.setattr(Scorer, "run", lambda self, normalized: scored.append(len(next(iter(normalized.values()))))
+                        or run(self, normalized))
+    out = write_report(load_settings({}, {}, p), f"{BC}@production", tmp_path / "r.html")
+    assert (out["version"], out["rows"]) == (1, 30)
+    assert loads == [f"{BC}@production"]
+    assert scored == [len(reference_of(p, BC)["mean_radius"])]  # the reference sample, once
 
 
 # ---- the HTML report ----------------------------------------------------------------------------------------

@@ -162,11 +162,42 @@ def test_a_second_drift_retrain_queues_only_labels_not_yet_used(proj: Path, cli)
     assert [c["version"] for c in checks] == [1, 2] and "DRIFT over 150 rows" in checks[1]["message"]
     second = events(proj, "drift_retrain")[1]["message"]
     assert ": 150 labelled rows queued for retraining as drift-" in second, second
+    # the bookmark (the newest label queued) is state of its own, not an event's payload
+    con = sqlite3.connect(proj / ".mlops" / "mlops.db")
+    try:
+        marks = con.execute("SELECT model, version, value, details FROM monitor_results WHERE kind = 'drift_queued' "
+                            "ORDER BY id").fetchall()
+        payloads = con.execute("SELECT payload FROM events WHERE kind = 'drift_retrain'").fetchall()
+    finally:
+        con.close()
+    assert [(m, v, value, json.loads(d)) for m, v, value, d in marks] == [
+        (MODEL, 1, 150.0, {"last_feedback_id": 150}), (MODEL, 2, 300.0, {"last_feedback_id": 300})]
+    assert [json.loads(p) for (p,) in payloads] == [{}, {}]
+
+
+def test_the_drift_bookmark_of_an_older_store_is_still_honoured(proj: Path) -> None:
+    """A store written before the bookmark had its own row kept it in the drift_retrain event's payload; the
+    next drift retrain starts after it, and from then on after its own row."""
+    from mlopsctl.config import load_settings
+    from mlopsctl.monitoring import feedback
+    from mlopsctl.project import open_project
+    from mlopsctl.registry import add_event
+
+    store = open_project(load_settings({}, {}, proj)).store
+    assert feedback.queued_feedback_id(store, MODEL) == 0
+    with store.session() as s:
+        add_event(s, "drift_retrain", "drift in x: 40 labelled rows queued", model=MODEL, version=1,
+                  payload={"last_feedback_id": 40})
+        add_event(s, "drift_retrain", "another model", model="other", version=1, payload={"last_feedback_id": 99})
+    assert feedback.queued_feedback_id(store, MODEL) == 40
+    feedback.mark_queued(store, MODEL, 1, "drift in x: 10 labelled rows queued", 50)
+    assert feedback.queued_feedback_id(store, MODEL) == 50
+    assert feedback.queued_feedback_id(store, "other") == 99
 
 
 def test_drift_without_enough_labels_does_not_retrain(proj: Path, cli) -> None:
     from mlopsctl.config import load_settings
-    from mlopsctl.monitoring.service import DriftTrigger
+    from mlopsctl.watch import DriftTrigger
     from mlopsctl.watch import Watcher
 
     df, ids = serve_traffic(proj, 150, factor=1.5)
@@ -205,7 +236,7 @@ def test_drift_without_enough_labels_does_not_retrain(proj: Path, cli) -> None:
 
 def test_no_drift_no_retrain_and_too_little_traffic_is_skipped(proj: Path, cli) -> None:
     from mlopsctl.config import load_settings
-    from mlopsctl.monitoring.service import DriftTrigger
+    from mlopsctl.watch import DriftTrigger
     from mlopsctl.watch import Watcher
 
     settings = load_settings({}, FAST, proj)

@@ -179,7 +179,7 @@ def test_monitoring_reads_the_prediction_log_feedback_and_drift_checks(api, ui_t
     assert check["share"] == pytest.approx(len(check["drifted_columns"]) / 30)
     assert len(body["drift"]["columns"]) == 30 and set(check["drifted_columns"]) <= set(body["drift"]["columns"])
     live = body["live"]
-    assert live["metric"] == "accuracy" and live["labelled_rows"] == 150
+    assert live["metric"] == "roc_auc" and live["labelled_rows"] == 150
     assert live["per_version"]["1"]["rows"] == 150
     assert live["per_version"]["1"]["accuracy"] == pytest.approx(_batch_accuracy(ui_template, 150))
 

@@ -105,6 +105,13 @@ def versions(project: Path) -> list[int]:
     return [v for (v,) in q(project, "SELECT version FROM model_versions ORDER BY version")]
 
 
+def set_job(project: Path, job_id: int, **fields: Any) -> None:
+    """What a stage of the job commits (the state a crash right after it leaves)."""
+    with contextlib.closing(sqlite3.connect(project / ".mlops" / "mlops.db", timeout=30)) as con, con:
+        con.execute(f"UPDATE watch_jobs SET {', '.join(f'{k} = ?' for k in fields)} WHERE id = ?",
+                    (*fields.values(), job_id))
+
+
 def jobs(project: Path) -> list[tuple]:
     return q(project, "SELECT id, trigger, status, decision, run_id, model_version FROM watch_jobs ORDER BY id")
 
@@ -298,11 +305,11 @@ BAD_NAMES = ["missing.csv", "no-label.csv", "extra.csv", "types.csv", "target-ty
 def test_validate_accepts_files_matching_the_contract(proj: Path):
     w, _ = make_watcher(proj)
     df = fresh_rows(proj, 40, 3)
-    assert w.validate(drop(df, w.folder / "ok.csv")) == (True, None, 40)
-    assert w.validate(drop(df, w.folder / "ok.parquet")) == (True, None, 40)
+    assert w.intake.validate(drop(df, w.folder / "ok.csv")) == (True, None, 40)
+    assert w.intake.validate(drop(df, w.folder / "ok.parquet")) == (True, None, 40)
     # a few nulls, within max_null_increase, and rows in another column order are fine
     df.loc[:3, "mean_radius"] = None
-    assert w.validate(drop(df[list(reversed(df.columns))], w.folder / "ok2.csv")) == (True, None, 40)
+    assert w.intake.validate(drop(df[list(reversed(df.columns))], w.folder / "ok2.csv")) == (True, None, 40)
 
 
 @pytest.mark.parametrize("name", BAD_NAMES)
@@ -311,8 +318,53 @@ def test_validate_rejects_with_the_exact_reason(proj: Path, name: str):
     write, reason = _bad_files(proj)[name]
     path = w.folder / name
     write(path)
-    ok, got, _rows = w.validate(path)
+    ok, got, _rows = w.intake.validate(path)
     assert (ok, got) == (False, reason.format(path=path))
+
+
+ODD = {"size (cm)": ("numeric", 0.0), "v.2": ("numeric", 0.25), "ünï code": ("categorical", 0.0),
+       "flag": ("boolean", 0.0), "label": ("numeric", 0.34)}
+
+
+def _odd_rows(n: int = 12, **changes: Any):
+    """n rows matching ODD (the label column: integer classes read back as floats, with a gap)."""
+    import pandas as pd
+
+    df = pd.DataFrame({"size (cm)": [float(i) for i in range(n)], "v.2": [None if i % 4 == 0 else i for i in range(n)],
+                       "ünï code": (["α", "β", "γ"] * n)[:n], "flag": [i % 2 == 0 for i in range(n)],
+                       "label": ([1.0, 2.0, None] * n)[:n]})
+    return df.assign(**changes)
+
+
+@pytest.mark.parametrize("frame, classes, reason", [
+    (_odd_rows(), {"1", "2"}, None),  # 1.0 and 2.0 are the classes "1" and "2"
+    (_odd_rows()[["label", "flag", "ünï code", "v.2", "size (cm)"]], {"1", "2"}, None),  # another column order
+    (_odd_rows(), None, None),  # regression: no class check
+    (_odd_rows(label=[1.0, 3.0, 2.0] * 4), {"1", "2"},
+     "target 'label' has class(es) '3' never seen in training (known: 1, 2); retrain by hand to add a class"),
+    (_odd_rows(label=[True, False, True] * 4), {"True", "False"}, None),  # boolean labels as text
+    (_odd_rows(flag=[0, 1] * 6), {"1", "2"}, "column 'flag' is numeric, but the training data has it boolean"),
+    (_odd_rows().assign(**{"size (cm)": [True, False] * 6}), {"1", "2"}, None),  # ... but booleans are numbers
+    (_odd_rows().rename(columns={"v.2": "v 2"}), {"1", "2"},
+     "missing column(s) v.2; expected size (cm), v.2, ünï code, flag, label"),
+    (_odd_rows().assign(**{"id.x": range(12)}), {"1", "2"},
+     "unexpected column(s) id.x; expected size (cm), v.2, ünï code, flag, label"),
+    (_odd_rows(label=[None] * 12), {"1", "2"}, "target column 'label' has no values"),
+    (_odd_rows(9), {"1", "2"}, "9 rows, fewer than watch.min_rows = 10"),
+    (_odd_rows().assign(**{"v.2": [None] * 6 + [1.0] * 6}), {"1", "2"},
+     "column 'v.2' is 50% null, above the training data's 25% + watch.max_null_increase 20%"),
+    (_odd_rows().assign(**{"ünï code": [None] * 12}), {"1", "2"},
+     "column 'ünï code' is 100% null, above the training data's 0% + watch.max_null_increase 20%"),
+    (_odd_rows().assign(**{"size (cm)": ["x"] * 12}), {"1", "2"},
+     "column 'size (cm)' is categorical, but the training data has it numeric"),
+])
+def test_validate_new_rows_on_odd_shapes(frame, classes, reason):
+    """The data layer's check of new rows, without a store: odd column names, integer classes that a CSV gap
+    turned into floats, boolean labels and columns, all-null columns."""
+    from mlopsctl import data
+
+    assert data.validate_new_rows(frame, ODD, target="label", classes=classes, min_rows=10,
+                                  max_null_increase=0.2) == reason
 
 
 # ---- run_once flows -----------------------------------------------------------------------------------
@@ -345,9 +397,46 @@ def test_a_good_file_makes_exactly_one_new_version_and_a_promotion(proj: Path):
                             "rows": 30, "target": TARGET}
     assert (gate["holder"]["version"], gate["passed"], gate["decision"]) == (1, True, "promoted")
     assert [q(proj, "SELECT status FROM runs WHERE id = 2")[0][0]] == ["FINISHED"]
-    for fragment in ("file seen: batch-1.csv", "validated[/] batch-1.csv: 150 rows", "trained run 2: accuracy=",
-                     f"registered {MODEL}/2", f"promoted[/] {MODEL}/2 to @production: gate passed"):
+    for fragment in ("file seen: batch-1.csv", "validated batch-1.csv: 150 rows", "trained run 2: accuracy=",
+                     f"registered {MODEL}/2", f"promoted {MODEL}/2 to @production: gate passed"):
         assert log.has(fragment), (fragment, log)
+    assert not [line for line in log if re.search(r"\[/?[a-z ]*\]", line)], log  # plain text, no rich markup
+
+
+def test_a_job_reads_each_file_once_and_records_its_dataset_once(proj: Path, monkeypatch: pytest.MonkeyPatch):
+    """Counted with spies that call the real functions: the new file (at intake), its stored bytes (the job's
+    new rows, for training and the gate), the current training data (validation and the job's data) and the
+    job's own data file are each parsed once, and the job's data set is recorded once (not again by the run)."""
+    from collections import Counter
+
+    from mlopsctl import data
+    from mlopsctl.services import datasets, runs
+
+    reads: Counter[str] = Counter()
+    recorded: list[int] = []
+    read_table, record_dataset = data.read_table, datasets.record_dataset
+
+    def counting_read(path, **kw):
+        reads[Path(path).name] += 1
+        return read_table(path, **kw)
+
+    def counting_record(*args, **kw):
+        out = record_dataset(*args, **kw)
+        recorded.append(out[2])
+        return out
+
+    monkeypatch.setattr(data, "read_table", counting_read)
+    monkeypatch.setattr(datasets, "record_dataset", counting_record)
+    monkeypatch.setattr(runs, "record_dataset", counting_record)
+    drop(fresh_rows(proj, 150, 1), proj / "data" / "incoming" / "batch-1.csv")
+    w, _ = make_watcher(proj)
+    [o] = w.run_once()
+    assert (o.decision, o.version) == ("promoted", 2)
+    [(train_sha,)] = q(proj, "SELECT file_sha256 FROM dataset_versions WHERE version = 1")
+    [(new_sha,)] = q(proj, "SELECT sha256 FROM watched_files")
+    assert reads == {"batch-1.csv": 1, train_sha[2:]: 1, new_sha[2:]: 1, "job-1.parquet": 1}, reads
+    assert recorded == [q(proj, "SELECT dataset_version_id FROM watch_jobs")[0][0]]
+    assert q(proj, "SELECT dataset_version_id FROM runs WHERE id = 2") == [(recorded[0],)]
 
 
 def test_a_worse_model_is_rejected_by_the_gate_and_the_alias_stays(proj: Path):
@@ -367,7 +456,7 @@ def test_a_worse_model_is_rejected_by_the_gate_and_the_alias_stays(proj: Path):
     assert gate["candidate"]["score"] < gate["holder"]["score"]
     assert q(proj, "SELECT count(*) FROM events WHERE kind = 'rejected' AND version = 2") == [(1,)]
     assert q(proj, "SELECT count(*) FROM alias_history") == [(1,)]  # only the initial promotion of version 1
-    assert log.has(f"gate rejected[/] {MODEL}/2")
+    assert log.has(f"gate rejected {MODEL}/2")
 
 
 def test_bad_and_junk_files_are_quarantined_with_reasons_and_the_loop_goes_on(proj: Path):
@@ -390,7 +479,7 @@ def test_bad_and_junk_files_are_quarantined_with_reasons_and_the_loop_goes_on(pr
             ("rejected", reason, None)]
         assert q(proj, "SELECT count(*) FROM events WHERE kind = 'file_rejected' AND message = ?",
                  f"{name} quarantined: {reason}") == [(1,)]
-        assert log.has(f"rejected[/] {name}: ")
+        assert log.has(f"rejected {name}: ")
     assert event_kinds(proj, before) == ["file_rejected", "file_accepted", "file_rejected",  # in name order
                                          "retrain_started", "trained", "registered", "promoted"]
     assert os_listdir(inc) == []
@@ -552,7 +641,7 @@ def test_a_file_validated_before_a_crash_is_not_lost(proj: Path):
     inc = proj / "data" / "incoming"
     path = drop(fresh_rows(proj, 150, 1), inc / "batch-1.csv")
     w, _ = make_watcher(proj)
-    assert w.take_file(path) == 1  # what process_ready does first ... then the process dies
+    assert w.intake.take(path) == 1  # what process_ready does first ... then the process dies
     assert files(proj) == [("batch-1.csv", "accepted", 150, None)]
     w2, _ = make_watcher(proj)
     outcomes = w2.run_once()
@@ -570,12 +659,12 @@ def test_a_crash_between_register_and_the_job_update_does_not_fail_the_resumed_j
     inc = proj / "data" / "incoming"
     path = drop(fresh_rows(proj, 150, 1), inc / "batch-1.csv")
     w, _ = make_watcher(proj)
-    job = w.create_job("files", [w.take_file(path)])
-    data_path, dv_id = w.build_data(job)
-    w._update(job, dataset_version_id=dv_id)
-    run = runs.train_and_track(with_overrides(w.settings, data={"name": w.dataset_name}), data_path=data_path,
+    job = w.retrain.create_job("files", [w.intake.take(path)])
+    data_path, _, dv_id = w.retrain.build_data(job, w.retrain.new_rows(job).train)
+    set_job(proj, job, dataset_version_id=dv_id)
+    run = runs.train_and_track(with_overrides(w.settings, data={"name": w.retrain.dataset_name}), data_path=data_path,
                                    run_name=f"watch-job-{job}", experiment="watch")
-    w._update(job, status="trained", run_id=run["id"])
+    set_job(proj, job, status="trained", run_id=run["id"])
     models.register(w.settings, str(run["id"]), MODEL)  # committed ... then the process dies
     w2, _ = make_watcher(proj)
     [o] = w2.run_once()
@@ -590,9 +679,9 @@ def test_a_run_left_running_by_a_dead_process_is_marked_failed_and_its_job_resum
     inc = proj / "data" / "incoming"
     path = drop(fresh_rows(proj, 150, 1), inc / "batch-1.csv")
     w, _ = make_watcher(proj)
-    job = w.create_job("files", [w.take_file(path)])
-    _, dv_id = w.build_data(job)
-    w._update(job, dataset_version_id=dv_id)
+    job = w.retrain.create_job("files", [w.intake.take(path)])
+    _, _, dv_id = w.retrain.build_data(job, w.retrain.new_rows(job).train)
+    set_job(proj, job, dataset_version_id=dv_id)
     (proj / ".mlops" / "watch" / f"job-{job}.parquet").unlink()  # even the materialized data is gone
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
                           text=True, check=True)
@@ -702,8 +791,10 @@ def test_once_json_exit_0(proj: Path, cli):
 def test_once_exit_0_when_only_junk_or_a_failed_training(proj: Path, cli):
     inc = proj / "data" / "incoming"
     (inc / "junk.parquet").write_bytes(b"PAR1 not a parquet file")
+    (inc / "notes [red]x.csv").write_bytes(b"")
     result = cli("watch", "--once", "--json", env=FAST)
     assert (result.exit_code, json.loads(result.stdout)) == (0, [])
+    assert "rejected notes [red]x.csv: " in result.stderr  # a name is shown as it is, never read as markup
     drop(fresh_rows(proj, 150, 1), inc / "good.csv")
     result = cli("watch", "--once", "--json", env={**FAST, "MLOPS_TRAIN_PARAMS": '{"n_estimators": -1}'})
     assert result.exit_code == 0, (result.stdout, result.stderr)

@@ -286,3 +286,47 @@ def build_contract(
 
 def _plain(v: Any) -> Any:
     return v.item() if hasattr(v, "item") else v
+
+
+def label_texts(series: pd.Series) -> set[str]:
+    """The distinct non-null values of a target column as class labels in text (``1.0`` read from a CSV with
+    gaps is ``"1"``), so that classes from two files compare equal."""
+    return set(labels.coerce(series.dropna().unique(), "string")[0])
+
+
+def validate_new_rows(frame: pd.DataFrame, expected: dict[str, tuple[str, float]], *, target: str,
+                      classes: set[str] | None, min_rows: int, max_null_increase: float) -> str | None:
+    """Why ``frame`` (new rows, e.g. a file dropped for ``mlopsctl watch``) cannot join the training data, or
+    None when it can.
+
+    ``expected`` is the training data's column -> (kind, null rate); ``classes`` its target classes as text
+    (:func:`label_texts`) for a classification, else None. New rows need the same columns (in any order) of
+    the same kinds, a target with values, at least ``min_rows`` rows, null rates at most the training data's
+    plus ``max_null_increase``, and no class the training data never had."""
+    cols = list(map(str, frame.columns))
+    missing = [c for c in expected if c not in cols]
+    if missing:
+        return f"missing column(s) {', '.join(missing)}; expected {', '.join(expected)}"
+    extra = [c for c in cols if c not in expected]
+    if extra:
+        return f"unexpected column(s) {', '.join(extra)}; expected {', '.join(expected)}"
+    if frame[target].isna().all():
+        return f"target column {target!r} has no values"
+    if len(frame) < min_rows:
+        return f"{len(frame)} rows, fewer than watch.min_rows = {min_rows}"
+    for name, (kind, null_rate) in expected.items():
+        s = frame[name]
+        if not s.isna().all():
+            got = column_kind(s)
+            if got != kind and not (kind == "numeric" and got == "boolean"):
+                return f"column {name!r} is {got}, but the training data has it {kind}"
+        rate = float(s.isna().mean())
+        if rate > null_rate + max_null_increase:
+            return (f"column {name!r} is {rate:.0%} null, above the training data's {null_rate:.0%} "
+                    f"+ watch.max_null_increase {max_null_increase:.0%}")
+    if classes is not None:
+        new = sorted(label_texts(frame[target]) - classes)
+        if new:
+            return (f"target {target!r} has class(es) {', '.join(map(repr, new[:10]))} never seen in training "
+                    f"(known: {', '.join(sorted(classes)[:20])}); retrain by hand to add a class")
+    return None

@@ -36,9 +36,9 @@ def drift(
 
       mlopsctl monitor drift churn/3 --last 5000 --json
     """
-    from mlopsctl.monitoring import service
+    from mlopsctl.monitoring import checks
 
-    out = service.drift(settings_from(ctx), model, since=since, last=last)
+    out = checks.drift(settings_from(ctx), model, since=since, last=last)
     if json_:
         print_json(out)
         return
@@ -69,13 +69,13 @@ def feedback(
 
     Example: mlopsctl monitor feedback labels.csv --model churn@production
     """
-    from mlopsctl.monitoring import service
+    from mlopsctl.monitoring import feedback as fb
 
     settings = settings_from(ctx)
-    out = service.add_feedback(settings, cli_path(labels))
+    out = fb.add_feedback(settings, cli_path(labels))
     target = model or f"{settings.registry.model_name}@{settings.registry.alias}"
     try:
-        out["live"] = service.live_metrics(settings, target)
+        out["live"] = fb.live_metrics(settings, target)
     except Exception as e:  # no such model yet: the labels are still recorded
         if model:
             raise
@@ -111,9 +111,9 @@ def report(
 
     Example: mlopsctl monitor report churn@production --output report.html
     """
-    from mlopsctl.monitoring import service
+    from mlopsctl.monitoring.report import write_report
 
-    out = service.write_report(settings_from(ctx), model, cli_path(output), since=since, last=last, bucket=bucket)
+    out = write_report(settings_from(ctx), model, cli_path(output), since=since, last=last, bucket=bucket)
     if json_:
         print_json(out)
         return

@@ -37,19 +37,18 @@ def register(app: typer.Typer) -> None:
 
           mlopsctl watch data/incoming --every 6h
         """
-        from mlopsctl.watch import Watcher, install_signal_handlers
+        from mlopsctl.watch import DriftTrigger, Watcher, install_signal_handlers
 
         settings = settings_from(ctx, **{"watch.path": str(cli_path(path)) if path else None, "watch.every": every,
                                          "watch.mode": mode})
         console = err_console()
 
-        def say(msg: str) -> None:
-            console.print(f"[dim]{_now()}[/] {msg}", highlight=False)
+        def say(line: str) -> None:
+            console.print(f"[dim]{_now()}[/] {_styled(line)}", highlight=False)
 
         triggers = []
         if on_drift:
             from mlopsctl.config_checks import parse_duration
-            from mlopsctl.monitoring.service import DriftTrigger
 
             ref = f"{settings.registry.model_name}@{settings.registry.alias}"
             triggers.append(DriftTrigger(settings, ref, parse_duration(settings.monitor.check_every, "monitor.check_every")))
@@ -71,3 +70,21 @@ def _now() -> str:
     import time
 
     return time.strftime("%H:%M:%S")
+
+
+# How the watcher's plain text lines are shown: the verdict at the start of a line in colour, skips dimmed.
+_TONES = (("validated ", "green"), ("promoted ", "green"), ("rejected ", "red"), ("gate rejected ", "yellow"))
+
+
+def _styled(line: str) -> str:
+    import re
+
+    from rich.markup import escape
+
+    for start, colour in _TONES:
+        if line.startswith(start):
+            return f"[{colour}]{start.strip()}[/] {escape(line[len(start):])}"
+    failed = re.match(r"job \d+ failed", line)
+    if failed:
+        return f"[red]{failed.group()}[/]{escape(line[failed.end():])}"
+    return f"[dim]{escape(line)}[/]" if line.endswith("; skipped") else escape(line)

@@ -232,23 +232,11 @@ def column_drift(name: str, kind: str, reference: Any, current: Any, *, method: 
                  threshold: float | None = None, lo: float | None = None, hi: float | None = None,
                  categories: tuple[str, ...] | None = None) -> ColumnDrift:
     """Drift of one column. ``lo``/``hi`` (numeric) or ``categories`` define "out of contract"."""
-    n_ref_all = len(reference)
-    if kind == "numeric":
-        ref_all = np.asarray(reference, dtype=np.float64)
-        cur_all = np.asarray(current, dtype=np.float64)
-        ref, cur = ref_all[~np.isnan(ref_all)], cur_all[~np.isnan(cur_all)]
-        missing = float(np.isnan(cur_all).mean()) if len(cur_all) else 0.0
-        ooc = float(((cur < lo) | (cur > hi)).sum() / max(len(cur_all), 1)) if lo is not None and hi is not None else 0.0
-    else:
-        ref_all = np.asarray(reference, dtype=object)
-        cur_all = np.asarray(current, dtype=object)
-        rn, cn = _isnull(ref_all), _isnull(cur_all)
-        ref, cur = ref_all[~rn].astype(str), cur_all[~cn].astype(str)
-        missing = float(cn.mean()) if len(cur_all) else 0.0
-        ooc = float(np.isin(cur, list(categories), invert=True).sum() / max(len(cur_all), 1)) if categories else 0.0
+    n_ref_all, n_cur_all = len(reference), len(current)
+    ref, cur, missing, ooc = _present(kind, reference, current, lo, hi, categories)
     if len(ref) == 0 or len(cur) == 0:
         ref_missing = 1.0 - len(ref) / n_ref_all if n_ref_all else 0.0
-        missing_drift = _missing_drift(ref_missing, n_ref_all, missing, len(cur_all))
+        missing_drift = _missing_drift(ref_missing, n_ref_all, missing, n_cur_all)
         return ColumnDrift(name, kind, method or "none", math.nan, threshold or 0.0, missing_drift, math.nan,
                            math.nan, missing, ooc, len(ref), len(cur), {}, ref_missing, missing_drift)
     if kind != "numeric" and method in NUMERIC_ONLY:
@@ -288,10 +276,30 @@ def column_drift(name: str, kind: str, reference: Any, current: Any, *, method: 
         stat = psi
     drifted = stat <= threshold if method == "ks" else stat < threshold if method in P_VALUE_METHODS else stat >= threshold
     ref_missing = 1.0 - len(ref) / n_ref_all if n_ref_all else 0.0
-    missing_drift = _missing_drift(ref_missing, n_ref_all, missing, len(cur_all))
+    missing_drift = _missing_drift(ref_missing, n_ref_all, missing, n_cur_all)
     return ColumnDrift(name, "numeric" if kind == "numeric" else "categorical", method, stat, threshold,
                        bool(drifted or missing_drift), effect, psi, missing, ooc, len(ref), len(cur), histogram,
                        ref_missing, missing_drift)
+
+
+def _present(kind: str, reference: Any, current: Any, lo: float | None, hi: float | None,
+             categories: tuple[str, ...] | None) -> tuple[np.ndarray, np.ndarray, float, float]:
+    """(non-null reference values, non-null current values, the current share of nulls, the current share
+    out of contract): numbers as float64, anything else as text."""
+    if kind == "numeric":
+        ref_all = np.asarray(reference, dtype=np.float64)
+        cur_all = np.asarray(current, dtype=np.float64)
+        ref, cur = ref_all[~np.isnan(ref_all)], cur_all[~np.isnan(cur_all)]
+        missing = float(np.isnan(cur_all).mean()) if len(cur_all) else 0.0
+        ooc = float(((cur < lo) | (cur > hi)).sum() / max(len(cur_all), 1)) if lo is not None and hi is not None else 0.0
+        return ref, cur, missing, ooc
+    ref_all = np.asarray(reference, dtype=object)
+    cur_all = np.asarray(current, dtype=object)
+    rn, cn = _isnull(ref_all), _isnull(cur_all)
+    ref, cur = ref_all[~rn].astype(str), cur_all[~cn].astype(str)
+    missing = float(cn.mean()) if len(cur_all) else 0.0
+    ooc = float(np.isin(cur, list(categories), invert=True).sum() / max(len(cur_all), 1)) if categories else 0.0
+    return ref, cur, missing, ooc
 
 
 def _missing_drift(p_ref: float, n_ref: int, p_cur: float, n_cur: int) -> bool:

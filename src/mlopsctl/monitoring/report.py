@@ -1,13 +1,23 @@
-"""A self-contained HTML monitoring report: inline SVG charts and CSS, nothing fetched when opened."""
+"""The monitoring report (``mlopsctl monitor report``): one self-contained HTML file, inline SVG charts and CSS,
+nothing fetched when opened. :func:`write_report` gathers what it shows (the drift of a window, the live quality
+per version, the promotion history), each computed once; the rest renders it."""
 
 from __future__ import annotations
 
 import html
 import math
+import time
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 from mlopsctl._version import __version__
+from mlopsctl.common import atomic_write
+from mlopsctl.config import Settings
+from mlopsctl.errors import InvalidInputError
+from mlopsctl.monitoring.checks import check
+from mlopsctl.monitoring.feedback import live_quality
+from mlopsctl.monitoring.window import load_window, resolve
 
 REF_COLOR, CUR_COLOR = "#4C78A8", "#F58518"
 SERIES = ["#4C78A8", "#F58518", "#54A24B", "#E45756", "#72B7B2", "#B279A2", "#FF9DA6", "#9D755D"]
@@ -165,3 +175,29 @@ def render(*, model: str, version: int, drift: dict[str, Any], report: Any, live
 <tbody>{hist_rows or '<tr><td colspan="7" class="muted">no alias moves</td></tr>'}</tbody></table>
 </body></html>
 """
+
+
+def write_report(settings: Settings, model_ref: str, output: Path, *, since: str | None = None,
+                 last: int | None = None, bucket: str = "1d") -> dict[str, Any]:
+    """The report of a version (drift of the window, live quality, promotion history) written to ``output``
+    (a temporary file beside it, then renamed)."""
+    from mlopsctl.services import models
+
+    t0 = time.perf_counter()
+    store, _, loaded = resolve(settings, model_ref)
+    window = load_window(store, loaded.name, loaded.version, loaded.contract, since=since or settings.monitor.window,
+                         last=last)
+    if window.n == 0:
+        raise InvalidInputError(f"no logged predictions for {loaded.name}/{loaded.version} in the window; serve some "
+                                "traffic first or widen --since.")
+    report = check(settings, loaded, window)
+    live = live_quality(settings, store, loaded, bucket=bucket, record=False)
+    history = models.show_model(settings, loaded.name)["history"]
+    page = render(model=loaded.name, version=loaded.version, drift=report.to_dict(), report=report, live=live,
+                  history=history, window_label=f"last {last} rows" if last else f"last {since or settings.monitor.window}")
+    output = Path(output)
+    with atomic_write(output, "w", encoding="utf-8") as fh:
+        fh.write(page)
+    return {"model": loaded.name, "version": loaded.version, "output": str(output), "bytes": len(page.encode()),
+            "drifted": report.drifted, "drift_share": report.drift_share, "rows": window.n,
+            "seconds": round(time.perf_counter() - t0, 3)}

@@ -13,8 +13,9 @@ from mlopsctl.registry import LoadedModel
 from mlopsctl.services.gate import evaluate_gate, gate_summary
 
 
-def register(settings: Settings, run_ref: str, name: str | None = None) -> dict[str, Any]:
-    """A new immutable, consecutively numbered version of ``name`` from a finished, exported run."""
+def register(settings: Settings, run_ref: int | str, name: str | None = None) -> dict[str, Any]:
+    """A new immutable, consecutively numbered version of ``name`` from a finished, exported run (an id, or
+    a run reference as `mlopsctl register` takes it)."""
     from mlopsctl import registry, tracking
 
     name = registry.validate_name(name or settings.registry.model_name)

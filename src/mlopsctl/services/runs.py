@@ -108,19 +108,22 @@ def describe_failure(exc: BaseException) -> str:
 def train_and_track(
     settings: Settings, *, data_path: Path | None = None, run_name: str | None = None,
     experiment: str | None = None, progress: Callable[[str], None] = lambda stage: None,
-    notify: Callable[[str], None] = lambda line: None,
+    notify: Callable[[str], None] = lambda line: None, frame: Any = None, dataset_version_id: int | None = None,
 ) -> dict[str, Any]:
     """Read the data, train, export, check parity and record everything as one run.
 
-    Input errors (file, target, model spec, split) are raised before a run exists. Once the run exists,
-    any failure or Ctrl-C marks it FAILED with the reason before the exception propagates.
+    ``frame``: the data of ``data_path``, already read; ``dataset_version_id``: its dataset version, already
+    recorded (the retrain job does both once, before training). Input errors (file, target, model spec, split)
+    are raised before a run exists. Once the run exists, any failure or Ctrl-C marks it FAILED with the reason
+    before the exception propagates.
     """
     from mlopsctl import data, tracking
     from mlopsctl.training import train as training
 
     path = settings.resolve(data_path or settings.data.path)
     progress("load")
-    df = data.read_table(path, delimiter=settings.data.delimiter, decimal=settings.data.decimal)
+    df = frame if frame is not None else data.read_table(path, delimiter=settings.data.delimiter,
+                                                          decimal=settings.data.decimal)
     spec = training.TrainSpec(
         model=settings.train.model, params=dict(settings.train.params), target=settings.data.target,
         task=settings.data.task, test_size=settings.train.test_size, seed=settings.train.seed,
@@ -131,7 +134,7 @@ def train_and_track(
     prepared = training.prepare(df, spec)
     for line in prepared.notices:
         notify(line)
-    _, _, dv_id = record_dataset(settings, path, df, None)
+    dv_id = dataset_version_id if dataset_version_id is not None else record_dataset(settings, path, df, None)[2]
     store = open_project(settings).store
     with store.session() as s:
         run = tracking.create_run(

@@ -26,7 +26,7 @@ def monitoring_index() -> dict[str, Any]:
 def _live(name: str, aliases: dict[str, int], versions: int) -> dict[str, Any]:
     """Live quality per version and time bucket (labels joined to logged predictions), read with the
     contract of the default alias's version (else the newest version)."""
-    from mlopsctl.monitoring.service import live_metrics
+    from mlopsctl.monitoring.feedback import live_metrics
 
     s = settings()
     if not versions:
@@ -78,7 +78,7 @@ def monitoring_detail(name: str) -> dict[str, Any]:
 @bp.get("/monitoring/<name>/report")
 def report(name: str) -> Response:
     """The self-contained HTML report of ``mlopsctl monitor report`` for the default alias (or ``ref``)."""
-    from mlopsctl.monitoring.service import write_report
+    from mlopsctl.monitoring.report import write_report
 
     ref = request.args.get("ref") or name
     if ref.split("/")[0].split("@")[0] != name:
