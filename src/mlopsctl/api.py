@@ -16,7 +16,7 @@ from __future__ import annotations
 
 
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Mapping
 
 from mlopsctl.config import Settings, load_settings
 from mlopsctl.errors import InvalidInputError
@@ -83,7 +83,7 @@ class ActiveRun:
         import pandas as pd
         from sklearn.base import is_classifier
 
-        from mlopsctl import data
+        from mlopsctl import data, tracking
         from mlopsctl.services import runs
         from mlopsctl.project import open_project
         from mlopsctl.training import export
@@ -102,11 +102,8 @@ class ActiveRun:
         parity = export.parity_check(pipeline, onnx_bytes, contract, normalized)
         files = runs.store_model_files(open_project(self.settings).artifacts, pipeline, onnx_bytes, contract)
         with self._store.session() as s:
-            from mlopsctl.store.models import Run
-
-            run = s.get(Run, self.id)
-            run.task = task
-            run.model_class = type(pipeline.steps[-1][1] if hasattr(pipeline, "steps") else pipeline).__name__
+            tracking.describe_run(s, self.id, task=task, model_class=type(
+                pipeline.steps[-1][1] if hasattr(pipeline, "steps") else pipeline).__name__)
             runs.record_model(s, self.id, files, parity.to_dict())
         return parity.to_dict()
 

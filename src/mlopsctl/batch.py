@@ -29,7 +29,7 @@ from mlopsctl.config import Settings
 from mlopsctl.contract import Contract, RowError
 from mlopsctl.csv_blocks import record_blocks
 from mlopsctl.data import NOT_UTF8, csv_delimiter
-from mlopsctl.errors import InvalidInputError, NotFoundError
+from mlopsctl.errors import InvalidInputError, NotFoundError, RetryPerRow
 from mlopsctl.project import open_project
 from mlopsctl.registry import LoadedModel
 
@@ -54,10 +54,6 @@ class PredictSummary:
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
-
-
-class _SlowPath(Exception):
-    """A value Arrow could not convert to the contract's type: redo the file with per-row validation."""
 
 
 def _arrow_types(names: list[str], contract: Contract, strict: bool) -> dict[str, Any]:
@@ -99,7 +95,7 @@ def _csv_batches(path: Path, contract: Contract, strict: bool, delimiter: str, d
             if "invalid UTF8" in str(e):
                 raise InvalidInputError(NOT_UTF8.format(path=path)) from None
             if strict and "conversion" in str(e).lower():
-                raise _SlowPath() from None
+                raise RetryPerRow() from None
             raise InvalidInputError(f"{path} could not be parsed as CSV ({str(e).splitlines()[0]}); fix the file.") from None
         if not strict and decimal != ".":  # text here; the contract's checker parses numbers with a point
             for name in numeric:
@@ -302,7 +298,7 @@ def predict_file(
                 raise InvalidInputError(f"{input_path} has no data rows; add rows below the header.")
             writer.commit(schema)
             break
-        except _SlowPath:
+        except RetryPerRow:
             writer.abort()
             continue
         except BaseException:

@@ -98,3 +98,8 @@ class StepNotFinished(Exception):
     def __init__(self, message: str, returncode: int | None = None):
         super().__init__(message)
         self.message, self.returncode = message, returncode
+
+
+class RetryPerRow(Exception):
+    """Inside batch predict: a value Arrow could not convert to the contract's type in the fast typed read; the
+    file is read again with per-row validation. It never leaves batch predict."""

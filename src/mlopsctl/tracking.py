@@ -91,6 +91,18 @@ def add_artifact(s: Session, run_id: int, name: str, sha256: str, size: int, med
         s.add(Artifact(run_id=run_id, name=name, sha256=sha256, size=size, media_type=media_type))
 
 
+def describe_run(s: Session, run_id: int, *, model_class: str | None = None, task: str | None = None,
+                 parity: dict[str, Any] | None = None) -> Run:
+    """Set what a run turned out to be once its model exists: the estimator class, the task, the parity check."""
+    run = s.get(Run, run_id)
+    if run is None:
+        raise NotFoundError(f"run {run_id} does not exist.")
+    for name, value in (("model_class", model_class), ("task", task), ("parity", parity)):
+        if value is not None:
+            setattr(run, name, value)
+    return run
+
+
 def finish_run(s: Session, run_id: int, status: str = FINISHED, reason: str | None = None) -> Run:
     run = s.get(Run, run_id)
     if run is None:

@@ -73,14 +73,13 @@ def store_model_files(arts: ArtifactStore, pipeline: Any, onnx_bytes: bytes, con
 def record_model(s: Any, run_id: int, files: ModelFiles, parity: dict[str, Any], extra: dict[str, tuple[str, int, str]] | None = None) -> None:
     """Artifact rows and parity for a run (inside the caller's transaction)."""
     from mlopsctl import tracking
-    from mlopsctl.store.models import Run
 
     tracking.add_artifact(s, run_id, "model.onnx", files.onnx, files.sizes["onnx"], ONNX_MEDIA)
     tracking.add_artifact(s, run_id, "contract.json", files.contract, files.sizes["contract"], JSON_MEDIA)
     tracking.add_artifact(s, run_id, "model.joblib", files.joblib, files.sizes["joblib"], "application/x-joblib")
     for name, (sha, size, media) in (extra or {}).items():
         tracking.add_artifact(s, run_id, name, sha, size, media)
-    s.get(Run, run_id).parity = parity
+    tracking.describe_run(s, run_id, parity=parity)
 
 
 def fail_run(store: Store, run_id: int, reason: str) -> None:
@@ -117,65 +116,84 @@ def train_and_track(
     are raised before a run exists. Once the run exists, any failure or Ctrl-C marks it FAILED with the reason
     before the exception propagates.
     """
-    from mlopsctl import data, tracking
+    from mlopsctl import data
     from mlopsctl.training import train as training
 
     path = settings.resolve(data_path or settings.data.path)
     progress("load")
     df = frame if frame is not None else data.read_table(path, delimiter=settings.data.delimiter,
                                                           decimal=settings.data.decimal)
-    spec = training.TrainSpec(
-        model=settings.train.model, params=dict(settings.train.params), target=settings.data.target,
-        task=settings.data.task, test_size=settings.train.test_size, seed=settings.train.seed,
-        reference_rows=settings.train.reference_rows, source=str(path.name),
-        exclude=tuple(settings.data.exclude), max_categories=settings.train.max_categories,
-        categorical=settings.train.categorical, early_stopping_rounds=settings.train.early_stopping_rounds,
-    )
-    prepared = training.prepare(df, spec)
+    prepared = training.prepare(df, _spec(settings, path))
     for line in prepared.notices:
         notify(line)
     dv_id = dataset_version_id if dataset_version_id is not None else record_dataset(settings, path, df, None)[2]
     store = open_project(settings).store
-    with store.session() as s:
-        run = tracking.create_run(
-            s, experiment or settings.train.experiment, run_name, dataset_version_id=dv_id, task=prepared.task,
-            model_class=settings.train.model, seed=spec.seed, git_commit=git_commit(settings.project_dir),
-            environment=environment(training.library_versions(prepared)),
-        )
-        run_id = run.id
-        if prepared.notices:
-            tracking.set_tags(s, run_id, {"data.notices": "\n".join(prepared.notices)})
-        if prepared.ignored:
-            tracking.log_params(s, run_id, {"excluded_columns": ",".join(map(str, prepared.ignored))})
+    run_id = _start_run(settings, prepared, dv_id, experiment, run_name)
     try:
         result = training.train(prepared, progress)
         progress("record")
-        arts = open_project(settings).artifacts
-        files = store_model_files(arts, result.pipeline, result.onnx_bytes, result.contract)
-        heldout = io.BytesIO()
-        result.heldout.to_parquet(heldout, index=False)
-        heldout_sha = arts.put_bytes(heldout.getvalue())
-        extra = {"heldout.parquet": (heldout_sha, len(heldout.getvalue()), "application/vnd.apache.parquet")}
-        if result.importance is not None:
-            blob = json.dumps(result.importance).encode()
-            extra[IMPORTANCE] = (arts.put_bytes(blob), len(blob), JSON_MEDIA)
-        with store.session() as s:
-            r = s.get(tracking.Run, run_id)
-            r.model_class = result.model_class
-            tracking.log_params(s, run_id, {f"model.{k}": v for k, v in result.params.items()})
-            tracking.log_params(s, run_id, {"target": spec.target, "task": result.task, "test_size": spec.test_size,
-                                            "seed": spec.seed, "n_train": result.n_train, "n_test": result.n_test,
-                                            "rows_without_target": result.dropped, **result.model_info})
-            tracking.log_metrics(s, run_id, result.metrics)
-            tracking.set_tags(s, run_id, {f"timing.{k}": f"{v:.3f}" for k, v in result.timings.items()})
-            record_model(s, run_id, files, jsonable(result.parity.to_dict()), extra)
-            tracking.finish_run(s, run_id)
-            training_event(s, run_id, "trained", f"run {run_id} finished: " + ", ".join(
-                f"{k}={v:.4f}" for k, v in sorted(result.metrics.items())), result.metrics)
+        _record_result(settings, run_id, prepared.spec, result)
     except BaseException as exc:
         fail_run(store, run_id, describe_failure(exc))
         raise
     return show_run(settings, str(run_id))
+
+
+def _spec(settings: Settings, path: Path) -> Any:
+    from mlopsctl.training import train as training
+
+    t = settings.train
+    return training.TrainSpec(
+        model=t.model, params=dict(t.params), target=settings.data.target, task=settings.data.task,
+        test_size=t.test_size, seed=t.seed, reference_rows=t.reference_rows, source=str(path.name),
+        exclude=tuple(settings.data.exclude), max_categories=t.max_categories, categorical=t.categorical,
+        early_stopping_rounds=t.early_stopping_rounds,
+    )
+
+
+def _start_run(settings: Settings, prepared: Any, dv_id: int, experiment: str | None, run_name: str | None) -> int:
+    """The RUNNING run, with what training noticed about the data (one short transaction)."""
+    from mlopsctl import tracking
+    from mlopsctl.training import train as training
+
+    with open_project(settings).store.session() as s:
+        run = tracking.create_run(
+            s, experiment or settings.train.experiment, run_name, dataset_version_id=dv_id, task=prepared.task,
+            model_class=settings.train.model, seed=prepared.spec.seed, git_commit=git_commit(settings.project_dir),
+            environment=environment(training.library_versions(prepared)),
+        )
+        if prepared.notices:
+            tracking.set_tags(s, run.id, {"data.notices": "\n".join(prepared.notices)})
+        if prepared.ignored:
+            tracking.log_params(s, run.id, {"excluded_columns": ",".join(map(str, prepared.ignored))})
+        return run.id
+
+
+def _record_result(settings: Settings, run_id: int, spec: Any, result: Any) -> None:
+    """The blobs first (atomically), then every row that names them in one transaction, then FINISHED."""
+    from mlopsctl import tracking
+
+    arts = open_project(settings).artifacts
+    files = store_model_files(arts, result.pipeline, result.onnx_bytes, result.contract)
+    heldout = io.BytesIO()
+    result.heldout.to_parquet(heldout, index=False)
+    extra = {"heldout.parquet": (arts.put_bytes(heldout.getvalue()), len(heldout.getvalue()),
+                                 "application/vnd.apache.parquet")}
+    if result.importance is not None:
+        blob = json.dumps(result.importance).encode()
+        extra[IMPORTANCE] = (arts.put_bytes(blob), len(blob), JSON_MEDIA)
+    with open_project(settings).store.session() as s:
+        tracking.describe_run(s, run_id, model_class=result.model_class)
+        tracking.log_params(s, run_id, {f"model.{k}": v for k, v in result.params.items()})
+        tracking.log_params(s, run_id, {"target": spec.target, "task": result.task, "test_size": spec.test_size,
+                                        "seed": spec.seed, "n_train": result.n_train, "n_test": result.n_test,
+                                        "rows_without_target": result.dropped, **result.model_info})
+        tracking.log_metrics(s, run_id, result.metrics)
+        tracking.set_tags(s, run_id, {f"timing.{k}": f"{v:.3f}" for k, v in result.timings.items()})
+        record_model(s, run_id, files, jsonable(result.parity.to_dict()), extra)
+        tracking.finish_run(s, run_id)
+        training_event(s, run_id, "trained", f"run {run_id} finished: " + ", ".join(
+            f"{k}={v:.4f}" for k, v in sorted(result.metrics.items())), result.metrics)
 
 
 def list_runs(settings: Settings, experiment: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
