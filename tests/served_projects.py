@@ -32,6 +32,18 @@ def module_isolation(root: Path | None = None) -> Iterator[pytest.MonkeyPatch]:
         yield mp
 
 
+def ok(result: Any) -> str:
+    """The stdout of a CliRunner result that must have succeeded."""
+    assert result.exit_code == 0, (result.exit_code, result.stdout, result.stderr, result.exception)
+    return result.stdout
+
+
+def ok_json(result: Any) -> Any:
+    import json
+
+    return json.loads(ok(result))
+
+
 def cli_ok(*args: Any) -> Any:
     """Run ``mlopsctl ARGS`` in-process; it must succeed."""
     from mlopsctl.cli.main import app

@@ -354,7 +354,7 @@ def test_a_valid_frame_is_prepared():
 
 
 def test_split_errors_via_cli(cli, assert_error, tmp_path):
-    # (--json: the progress display of plain `train` is covered in test_cli_foundation.py)
+    # (--json: the progress display of plain `train` is covered in test_cli_train.py)
     write(tmp_path / "tiny.csv", "a,label\n1,x\n2,y\n3,x\n")
     (tmp_path / ".mlops.toml").write_text('[train]\nmodel = "sklearn.linear_model.LogisticRegression"\n')
     assert_error(cli("train", "--json", "--data", "tiny.csv"), 2,

@@ -3,7 +3,7 @@
 Everything runs against a real, migrated store, once on a SQLite file in ``tmp_path`` and once on a
 PostgreSQL database (conftest's ``store_url``). Versions here point at runs made
 through ``tracking`` with placeholder digests: the registry functions only record lineage, and the
-services that check the artifacts are covered end to end in ``test_registry_cli.py``.
+services that check the artifacts are covered end to end in ``test_cli_registry.py``.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ from mlopsctl.contract import MISSING_CATEGORY, Contract
 from mlopsctl.errors import InvalidInputError, TrainingError
 from mlopsctl.training import boosters
 
-# The matrix tested in tests/test_export_matrix.py. Other estimators with a skl2onnx converter are
+# The matrix tested in tests/test_training_export.py. Other estimators with a skl2onnx converter are
 # accepted too (the parity check then tells how well they export); those without one fail fast.
 TESTED_ESTIMATORS = {
     "classification": (

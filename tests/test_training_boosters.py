@@ -2,7 +2,7 @@
 stopping, run metadata, the missing-extra error, and the whole loop through the real CLI, store, ONNX Runtime
 and Flask app (train -> register -> promote -> serve -> batch predict -> runs show).
 
-The export matrix (tests/test_export_matrix.py) holds the per-task parity bounds on fresh rows; here the
+The export matrix (tests/test_training_export.py) holds the per-task parity bounds on fresh rows; here the
 shapes of tests/shapes.py go through ``prepare``/``train`` and the graph's outputs are read as the server
 reads them (``Scorer``: labels decoded to the training file's type).
 """

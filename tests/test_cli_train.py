@@ -1,4 +1,4 @@
-"""Every foundation command through CliRunner, against a real SQLite store and artifact folder in tmp_path."""
+"""`mlopsctl train` through CliRunner against a real SQLite store and artifact folder in tmp_path: the examples, parameters and models, failing runs."""
 
 from __future__ import annotations
 
@@ -13,106 +13,16 @@ import time
 from importlib import metadata
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 
 import mlopsctl
-from mlopsctl.config import CONFIG_FILE, load_settings
 from mlopsctl.training.estimators import supported_list
 
+from served_projects import ok, ok_json
+
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-
-
-def ok(result) -> str:
-    assert result.exit_code == 0, (result.exit_code, result.stdout, result.stderr, result.exception)
-    return result.stdout
-
-
-def ok_json(result):
-    return json.loads(ok(result))
-
-
-# ---- init -----------------------------------------------------------------------------------------------
-
-def test_init_creates_a_project(cli, tmp_path):
-    from mlopsctl.services.project import DEFAULT_CONFIG
-
-    out = ok_json(cli("init", "proj", "--json"))
-    project = tmp_path / "proj"
-    assert out == {"project": str(project.resolve()), "example": None,
-                   "config": str((project / CONFIG_FILE).resolve()), "next": "mlopsctl train"}
-    assert (project / CONFIG_FILE).read_text() == DEFAULT_CONFIG
-    assert (project / ".mlops").is_dir()
-    assert (project / "data" / "incoming").is_dir()
-    s = load_settings({}, {}, project)
-    assert s.config_file == (project / CONFIG_FILE).resolve()
-    assert (s.train.model, s.train.params, s.data.exclude) == ("auto", {}, [])
-    assert s.data.target == "label"
-
-
-def test_init_prints_next_steps(cli, tmp_path):
-    out = ok(cli("init", "p"))
-    assert out.startswith("Created project ")
-    assert "Next: cd p && mlopsctl train" in out
-
-
-def test_init_of_a_pipeline_example_says_to_run_the_pipeline(cli, tmp_path):
-    out = ok(cli("init", "p", "--example", "subscriptions"))
-    assert "Next: cd p && mlopsctl pipeline run" in out
-    assert (tmp_path / "p" / "prepare.py").read_bytes() == (EXAMPLES / "subscriptions" / "prepare.py").read_bytes()
-    assert sorted(f.name for f in (tmp_path / "p" / "data" / "raw" / "usage").iterdir()) == [
-        f"2024-0{m}.csv" for m in range(1, 7)]
-
-
-def test_init_in_the_current_folder(cli, tmp_path):
-    out = ok_json(cli("init", "--json"))
-    assert out["project"] == str(tmp_path.resolve())
-    assert (tmp_path / CONFIG_FILE).is_file()
-
-
-@pytest.mark.parametrize("example", ["breast-cancer", "diabetes", "churn"])
-def test_init_with_each_example(cli, tmp_path, example):
-    out = ok_json(cli("init", "ex", "--example", example, "--json"))
-    project = tmp_path / "ex"
-    assert out["example"] == example
-    assert (project / CONFIG_FILE).read_text() == (EXAMPLES / example / CONFIG_FILE).read_text()
-    assert (project / "data" / "train.csv").read_bytes() == (EXAMPLES / example / "data" / "train.csv").read_bytes()
-    assert (project / ".mlops").is_dir() and (project / "data" / "incoming").is_dir()
-    load_settings({}, {}, project)  # the example's config is valid
-
-
-def test_examples_are_listed():
-    from mlopsctl.services import project
-
-    assert {"breast-cancer", "diabetes", "churn"} <= set(project.list_examples())
-
-
-def test_init_unknown_example_exits_3(cli, assert_error, tmp_path):
-    from mlopsctl.services import project
-
-    assert_error(cli("init", "p", "--example", "iris"), 3,
-                 f"no example named 'iris'; choose one of: {', '.join(project.list_examples())}.")
-    assert not (tmp_path / "p").exists()
-
-
-def test_init_existing_project_exits_4(cli, assert_error, tmp_path):
-    ok(cli("init", "proj"))
-    before = (tmp_path / "proj" / CONFIG_FILE).read_text()
-    assert_error(cli("init", "proj"), 4, "proj/.mlops.toml already exists; this folder is already a project.")
-    assert_error(cli("init", "proj", "--example", "churn"), 4,
-                 "proj/.mlops.toml already exists; this folder is already a project.")
-    assert (tmp_path / "proj" / CONFIG_FILE).read_text() == before
-
-
-def test_init_example_into_a_non_empty_folder_exits_4(cli, assert_error, tmp_path):
-    (tmp_path / "busy").mkdir()
-    (tmp_path / "busy" / "notes.txt").write_text("mine")
-    assert_error(cli("init", "busy", "--example", "churn"), 4,
-                 "busy is not empty; choose a new folder for the example.")
-    assert sorted(p.name for p in (tmp_path / "busy").iterdir()) == ["notes.txt"]
-
-
-def test_version(cli):
-    assert ok(cli("--version")) == f"mlopsctl {mlopsctl.__version__}\n"
 
 
 # ---- train: the examples ----------------------------------------------------------------------------------
@@ -427,178 +337,88 @@ def test_ctrl_c_marks_the_run_failed(make_project, settings_of):
     assert run["artifacts"] == []
 
 
-# ---- runs list / show / compare -----------------------------------------------------------------------
+# ---- the default model, columns that are not features -----------------------------------------------
+
+def test_init_writes_the_auto_model(cli, tmp_path):
+    assert cli("init", tmp_path / "x").exit_code == 0
+    text = (tmp_path / "x" / ".mlops.toml").read_text()
+    assert 'model = "auto"' in text and "params = {}" in text and "exclude = []" in text
+
+
+@pytest.mark.parametrize(("example", "target", "model", "task"), [
+    ("diabetes", "progression", "sklearn.ensemble.RandomForestRegressor", "regression"),
+    ("breast-cancer", "diagnosis", "sklearn.ensemble.RandomForestClassifier", "classification"),
+])
+def test_a_plain_project_trains_whatever_the_task(cli, tmp_path, monkeypatch, example, target, model, task):
+    """`mlopsctl init x && cd x && mlopsctl train --data ... --target ...` on a regression target works."""
+    assert cli("init", tmp_path / "x").exit_code == 0
+    monkeypatch.chdir(tmp_path / "x")
+    data = EXAMPLES / example / "data" / "train.csv"
+    result = cli("train", "--data", data, "--target", target, "-p", "n_estimators=5", "--json")
+    assert result.exit_code == 0, result.stderr
+    run = json.loads(result.stdout)
+    assert (run["model"], run["task"], run["status"]) == (model, task, "FINISHED")
+
+
+def test_an_explicit_classifier_on_a_regression_target_still_fails_clearly(cli, assert_error, tmp_path, monkeypatch):
+    assert cli("init", tmp_path / "x").exit_code == 0
+    monkeypatch.chdir(tmp_path / "x")
+    data = EXAMPLES / "diabetes" / "data" / "train.csv"
+    result = cli("train", "--data", data, "--target", "progression", "-m", "RandomForestClassifier")
+    assert result.exit_code == 2
+    assert result.stderr.startswith("Error: sklearn.ensemble.RandomForestClassifier is not a regressor but the task "
+                                    "is regression; pick a regressor"), result.stderr
+    assert result.stderr.count("\n") == 1
+
 
 @pytest.fixture
-def two_runs(cli, fast_project):
-    ok(cli("train", "--json"))
-    ok(cli("train", "--json", "-p", "n_estimators=3", "--run-name", "small", "-x", "other"))
-    return fast_project
+def id_project(cli, tmp_path, monkeypatch) -> Path:
+    rng = np.random.default_rng(3)
+    n = 120
+    df = pd.DataFrame({"id": np.arange(n), "x": rng.normal(size=n), "note": [f"remark {i}" for i in range(n)]})
+    df["y"] = np.where(df["x"] > 0, "up", "down")
+    assert cli("init", tmp_path / "p").exit_code == 0
+    monkeypatch.chdir(tmp_path / "p")
+    df.to_csv("data/train.csv", index=False)
+    return tmp_path / "p"
 
 
-def test_runs_list_json(cli, two_runs):
-    runs = ok_json(cli("runs", "list", "--json"))
-    assert [(r["id"], r["name"], r["experiment"], r["status"]) for r in runs] == [
-        (2, "small", "other", "FINISHED"), (1, "run-1", "default", "FINISHED")]
-    assert set(runs[0]) == {"id", "name", "experiment", "status", "model", "task", "started_at", "duration_s",
-                            "metrics", "failure_reason"}
-    assert runs[1]["metrics"]["roc_auc"] > 0.9
-    assert [r["id"] for r in ok_json(cli("runs", "list", "--json", "--experiment", "other"))] == [2]
-    assert [r["id"] for r in ok_json(cli("runs", "list", "--json", "--limit", "1"))] == [2]
+def test_exclude_leaves_columns_out_and_requests_may_still_carry_them(cli, id_project):
+    from mlopsctl.config import load_settings
+    from mlopsctl.serving.app import create_app
+
+    result = cli("train", "--target", "y", "-X", "id", "-X", "note", "-p", "n_estimators=5", "--json")
+    assert result.exit_code == 0, result.stderr
+    assert "Note: left out by data.exclude: id, note.\n" in result.stderr
+    run = json.loads(result.stdout)
+    assert run["params"]["excluded_columns"] == "id,note"
+    assert cli("register", "1", "--name", "m").exit_code == 0
+    settings = load_settings({}, {}, id_project)
+    client = create_app(settings, "m/1", watch=False).test_client()
+    resp = client.post("/predict", json={"records": [{"id": 7, "x": 1.5, "note": "hi"}]})
+    assert resp.status_code == 200, resp.get_json()
+    assert resp.get_json()["predictions"] == ["up"]
+    resp = client.post("/predict", json={"records": [{"id": 7, "x": 1.5, "nope": 1}]})
+    assert resp.status_code == 400 and "unexpected column(s) 'nope'" in resp.get_json()["message"]
 
 
-def test_runs_list_unknown_experiment_exits_3(cli, assert_error, two_runs):
-    assert_error(cli("runs", "list", "-x", "nope"), 3, "experiment 'nope' does not exist; known: default, other.")
-
-
-def test_runs_list_table(cli, two_runs):
-    out = ok(cli("runs", "list", env={"COLUMNS": "200"}))  # wide enough that rich truncates no cell
-    assert "Runs" in out and "run-1" in out and "small" in out and "FINISHED" in out and "roc_auc" in out
-
-
-def test_runs_list_empty(cli):
-    assert ok_json(cli("runs", "list", "--json")) == []
-
-
-def test_runs_show_by_id_and_name(cli, two_runs):
-    by_id = ok_json(cli("runs", "show", "2", "--json"))
-    by_name = ok_json(cli("runs", "show", "small", "--json"))
-    assert by_id == by_name
-    assert by_id["params"]["model.n_estimators"] == "3"
-    out = ok(cli("runs", "show", "1"))
-    assert out.startswith("Run 1 run-1 (default) - FINISHED")
-    for word in ("Metrics", "Params", "ONNX parity", "Artifacts", "model.onnx", "roc_auc"):
-        assert word in out
-
-
-def test_runs_show_unknown_exits_3(cli, assert_error, two_runs):
-    assert_error(cli("runs", "show", "99"), 3, "run '99' does not exist; see `mlopsctl runs list`.")
-    assert_error(cli("runs", "show", "nope", "--json"), 3, "run 'nope' does not exist; see `mlopsctl runs list`.")
-
-
-def test_runs_show_ambiguous_name_exits_2(cli, assert_error, fast_project):
-    ok(cli("train", "--json", "--run-name", "same", "-p", "n_estimators=2"))
-    ok(cli("train", "--json", "--run-name", "same", "-p", "n_estimators=2"))
-    assert_error(cli("runs", "show", "same"), 2, "run name 'same' matches 2 runs (1, 2); use the id.")
-
-
-def test_runs_compare(cli, two_runs):
-    out = ok_json(cli("runs", "compare", "1", "small", "--json"))
-    assert [(r["id"], r["name"]) for r in out["runs"]] == [(1, "run-1"), (2, "small")]
-    assert out["params"]["model.n_estimators"] == ["10", "3"]
-    assert out["params"]["target"] == ["diagnosis", "diagnosis"]
-    assert out["differing_params"] == ["model.n_estimators"]
-    assert set(out["metrics"]) == {"accuracy", "f1_macro", "log_loss", "roc_auc"}
-    assert all(len(v) == 2 and all(isinstance(x, float) for x in v) for v in out["metrics"].values())
-    table = ok(cli("runs", "compare", "1", "2"))
-    assert "* model.n_estimators" in table
-
-
-def test_runs_compare_needs_two_runs(cli, assert_error, two_runs):
-    assert_error(cli("runs", "compare", "1"), 2, "compare needs at least two runs, as in `mlopsctl runs compare 3 4`.")
-    assert_error(cli("runs", "compare", "1", "77"), 3, "run '77' does not exist; see `mlopsctl runs list`.")
-
-
-def test_project_option_from_outside(cli, two_runs, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    assert [r["id"] for r in ok_json(cli("-C", two_runs, "runs", "list", "--json"))] == [2, 1]
-    assert [r["id"] for r in ok_json(cli("--project", two_runs, "runs", "list", "--json"))] == [2, 1]
-
-
-def test_commands_find_the_project_from_a_subfolder(cli, two_runs, monkeypatch):
-    sub = two_runs / "data" / "incoming"
-    monkeypatch.chdir(sub)
-    assert [r["id"] for r in ok_json(cli("runs", "list", "--json"))] == [2, 1]
-
-
-# ---- data add / list / show ---------------------------------------------------------------------------
-
-def test_data_add_list_show(cli, assert_error, fast_project):
-    first = ok_json(cli("data", "add", "data/train.csv", "--json"))
-    assert first["created"] is True
-    assert (first["name"], first["version"], first["rows"], first["columns"]) == ("train", 1, 569, 31)
-    assert first["source"] == str((fast_project / "data" / "train.csv").resolve())
-    assert len(first["fingerprint"]) == 64 and len(first["file_sha256"]) == 64
-    assert [c["name"] for c in first["schema"]["columns"]][-1] == "diagnosis"
-    assert {c["kind"] for c in first["schema"]["columns"]} == {"numeric", "categorical"}
-
-    again = ok_json(cli("data", "add", "data/train.csv", "--json"))
-    assert again["created"] is False
-    assert {k: v for k, v in again.items() if k != "created"} == {k: v for k, v in first.items() if k != "created"}
-
-    # the same content as Parquet is the same version
-    import pandas as pd
-
-    df = pd.read_csv(fast_project / "data" / "train.csv")
-    df.to_parquet(fast_project / "data" / "train.parquet", index=False)
-    as_parquet = ok_json(cli("data", "add", "data/train.parquet", "--json"))
-    assert (as_parquet["name"], as_parquet["version"], as_parquet["created"]) == ("train", 1, False)
-
-    # changed content is a new version
-    df.iloc[:-1].to_csv(fast_project / "data" / "train.csv", index=False)
-    second = ok_json(cli("data", "add", "data/train.csv", "--json"))
-    assert (second["version"], second["created"], second["rows"]) == (2, True, 568)
-    assert second["fingerprint"] != first["fingerprint"]
-
-    other = ok_json(cli("data", "add", "data/train.parquet", "--name", "customers", "--json"))
-    assert (other["name"], other["version"], other["created"]) == ("customers", 1, True)
-
-    listed = ok_json(cli("data", "list", "--json"))
-    assert listed == [
-        {"name": "customers", "versions": 1, "latest": 1, "rows": 569, "fingerprint": first["fingerprint"]},
-        {"name": "train", "versions": 2, "latest": 2, "rows": 568, "fingerprint": second["fingerprint"]},
+def test_an_identifier_column_is_said_once_in_one_line(cli, id_project):
+    result = cli("train", "--target", "y", "-p", "n_estimators=5")
+    assert result.exit_code == 0, result.stderr
+    notes = [line for line in result.stderr.splitlines() if line.startswith("Note: ")]
+    assert notes == [
+        "Note: column 'id' has a different value in every row, like an identifier; a model cannot learn from it: "
+        "exclude it with --exclude id or data.exclude = [\"id\"].",
+        "Note: column 'note' has a different value in every row, like an identifier; a model cannot learn from it: "
+        "exclude it with --exclude note or data.exclude = [\"note\"].",
     ]
 
-    latest = ok_json(cli("data", "show", "train", "--json"))
-    assert (latest["version"], latest["rows"]) == (2, 568)
-    assert [v["version"] for v in latest["versions"]] == [1, 2]
-    v1 = ok_json(cli("data", "show", "train:1", "--json"))
-    assert (v1["version"], v1["rows"], v1["fingerprint"]) == (1, 569, first["fingerprint"])
 
-    assert_error(cli("data", "show", "nope"), 3, "dataset 'nope' does not exist; known: customers, train.")
-    assert_error(cli("data", "show", "train:9"), 3, "dataset 'train' has no version 9; see `mlopsctl data show train`.")
-    assert_error(cli("data", "show", "train:x"), 2, "dataset version 'x' must be a number, as in train:2.")
-
-
-def test_data_text_output(cli, fast_project):
-    out = ok(cli("data", "add", "data/train.csv"))
-    fp = ok_json(cli("data", "show", "train", "--json"))["fingerprint"]
-    assert out == f"Recorded dataset train:1 - 569 rows, 31 columns, fingerprint {fp[:12]}\n"
-    assert ok(cli("data", "add", "data/train.csv")) == (
-        f"Unchanged: dataset train:1 - 569 rows, 31 columns, fingerprint {fp[:12]}\n")
-    listed = ok(cli("data", "list"))
-    assert "Datasets" in listed and "train" in listed and fp[:12] in listed
-    shown = ok(cli("data", "show", "train:1"))
-    assert shown.startswith("train:1 - 569 rows from ")
-    assert "Columns" in shown and "diagnosis" in shown and "Versions" in shown
-
-
-def test_data_list_empty(cli):
-    assert ok_json(cli("data", "list", "--json")) == []
-
-
-def test_data_show_with_no_datasets_exits_3(cli, assert_error):
-    assert_error(cli("data", "show", "train"), 3, "dataset 'train' does not exist; known: (none yet).")
-
-
-@pytest.mark.parametrize("name", ["a:b", "a/b", "x" * 201])
-def test_data_add_bad_name_exits_2(cli, assert_error, fast_project, name):
-    assert_error(cli("data", "add", "data/train.csv", "--name", name), 2,
-                 f"dataset name {name!r} must be 1 to 200 characters without ':', '/' or '\\'.")
-
-
-def test_training_records_the_dataset_version_once(cli, fast_project):
-    first = ok_json(cli("train", "--json"))
-    second = ok_json(cli("train", "--json", "-p", "n_estimators=2"))
-    [ds] = ok_json(cli("data", "list", "--json"))
-    assert (ds["name"], ds["versions"], ds["latest"]) == ("train", 1, 1)
-    assert first["dataset"] == second["dataset"] == {
-        "name": "train", "version": 1, "fingerprint": ds["fingerprint"], "rows": 569}
-    assert ok_json(cli("data", "add", "data/train.csv", "--json"))["created"] is False
-
-
-def test_artifacts_and_store_live_in_the_project(cli, fast_project):
-    ok(cli("train", "--json"))
-    assert (fast_project / ".mlops" / "mlops.db").is_file()
-    blobs = [p for p in (fast_project / ".mlops" / "artifacts" / "sha256").rglob("*") if p.is_file()]
-    assert len(blobs) == 5  # train.csv, model.onnx, contract.json, model.joblib, heldout.parquet
+@pytest.mark.parametrize(("args", "message"), [
+    (("-X", "nope"), "data.exclude names 'nope', which is not in train.csv; exclude feature columns only (id, x, note)."),
+    (("-X", "y"), "data.exclude names 'y', which is the target; exclude feature columns only (id, x, note)."),
+    (("-X", "id", "-X", "x", "-X", "note"),
+     "no feature columns are left in train.csv after leaving out 'id', 'x', 'note'; keep at least one."),
+])
+def test_bad_exclusions_are_one_line(cli, assert_error, id_project, args, message):
+    assert_error(cli("train", "--target", "y", *args), 2, message)
