@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import pytest
-from served_projects import forget_mlops_env
+from served_projects import forget_mlops_env, make_served_project, module_isolation, private_copy
 from typer.testing import CliRunner
 
 PG_ENV = "MLOPSCTL_TEST_POSTGRES"  # not MLOPS_*: _isolated clears those
@@ -211,3 +211,22 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'store.db'}"
     return request.getfixturevalue("pg_url")
+
+
+@pytest.fixture(scope="session")
+def bc_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The breast-cancer example with a 10-tree forest, run 1 registered as breast-cancer/1 and promoted to
+    @production. Built once per test session; tests use a private copy (``bc_project``)."""
+    from mlopsctl.store import db
+
+    root = tmp_path_factory.mktemp("bc-template")
+    with module_isolation(root):
+        project = make_served_project(root, "breast-cancer", "breast-cancer", "{ n_estimators = 10 }")
+    db.close_all()
+    return project
+
+
+@pytest.fixture
+def bc_project(bc_template: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A test's own copy of ``bc_template``; the working folder is inside it."""
+    return private_copy(bc_template, tmp_path, monkeypatch)

@@ -22,8 +22,6 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Callable
 
-import pytest
-from served_projects import make_served_project, private_copy
 
 MODEL = "breast-cancer"
 TARGET = "diagnosis"
@@ -31,21 +29,6 @@ SLOW = '{"n_estimators": 5000}'  # a training that is surely still running when 
 
 
 # ---- fixtures and helpers -----------------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """breast-cancer example, 10 trees, run 1 registered as version 1 and promoted to @production."""
-    from mlopsctl.store import db
-
-    project = make_served_project(tmp_path_factory.mktemp("watch-process-template"), "breast-cancer", MODEL, "{ n_estimators = 10 }")
-    db.close_all()
-    return project
-
-
-@pytest.fixture
-def proj(template: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A private copy of the template project; the working folder is inside it."""
-    return private_copy(template, tmp_path, monkeypatch)
 
 
 def fresh_rows(project: Path, n: int, seed: int, noise: float = 0.02):
@@ -129,13 +112,13 @@ def once(project: Path, **extra: str) -> subprocess.CompletedProcess:
 
 # ---- kill -9 and recovery -----------------------------------------------------------------------------
 
-def test_kill_9_during_training_then_watch_once_recovers(proj: Path):
-    inc = proj / "data" / "incoming"
-    drop(fresh_rows(proj, 80, 1), inc / "a.csv")
-    drop(fresh_rows(proj, 80, 2), inc / "b.csv")
-    watch = Proc(["watch"], proj, env(MLOPS_TRAIN_PARAMS=SLOW), "watch")
+def test_kill_9_during_training_then_watch_once_recovers(bc_project: Path):
+    inc = bc_project / "data" / "incoming"
+    drop(fresh_rows(bc_project, 80, 1), inc / "a.csv")
+    drop(fresh_rows(bc_project, 80, 2), inc / "b.csv")
+    watch = Proc(["watch"], bc_project, env(MLOPS_TRAIN_PARAMS=SLOW), "watch")
     try:
-        wait_for(lambda: running_runs(proj), 60, "the training to start", watch.p)
+        wait_for(lambda: running_runs(bc_project), 60, "the training to start", watch.p)
         time.sleep(0.3)
         pid = watch.p.pid
         watch.p.send_signal(signal.SIGKILL)
@@ -143,41 +126,41 @@ def test_kill_9_during_training_then_watch_once_recovers(proj: Path):
     finally:
         watch.kill()
     # what the kill left: a pending job holding both files, a RUNNING run of a dead process
-    assert q(proj, "SELECT id, status FROM watch_jobs") == [(1, "pending")]
-    assert q(proj, "SELECT name, status, job_id FROM watched_files ORDER BY name") == [
+    assert q(bc_project, "SELECT id, status FROM watch_jobs") == [(1, "pending")]
+    assert q(bc_project, "SELECT name, status, job_id FROM watched_files ORDER BY name") == [
         ("a.csv", "accepted", 1), ("b.csv", "accepted", 1)]
-    assert q(proj, "SELECT id, status, pid FROM runs WHERE id = 2") == [(2, "RUNNING", pid)]
-    drop(fresh_rows(proj, 80, 3), inc / "c.csv")  # lands while no watcher runs
+    assert q(bc_project, "SELECT id, status, pid FROM runs WHERE id = 2") == [(2, "RUNNING", pid)]
+    drop(fresh_rows(bc_project, 80, 3), inc / "c.csv")  # lands while no watcher runs
 
-    result = once(proj)
+    result = once(bc_project)
     assert result.returncode == 0, result.stderr
     outcomes = json.loads(result.stdout)
     assert [(o["job_id"], o["decision"], o["run_id"], o["version"]) for o in outcomes] == [
         (1, "promoted", 3, 2), (2, "promoted", 4, 3)]
     assert "resuming job 1 left unfinished by a previous watcher" in result.stderr
-    assert q(proj, "SELECT count(*) FROM runs WHERE status = 'RUNNING'") == [(0,)]
-    assert q(proj, "SELECT id, status, failure_reason FROM runs ORDER BY id") == [
+    assert q(bc_project, "SELECT count(*) FROM runs WHERE status = 'RUNNING'") == [(0,)]
+    assert q(bc_project, "SELECT id, status, failure_reason FROM runs ORDER BY id") == [
         (1, "FINISHED", None), (2, "FAILED", f"abandoned: process {pid} died"), (3, "FINISHED", None),
         (4, "FINISHED", None)]
-    assert q(proj, "SELECT version, run_id FROM model_versions ORDER BY version") == [(1, 1), (2, 3), (3, 4)]
-    assert q(proj, "SELECT id, status, decision, run_id, model_version FROM watch_jobs ORDER BY id") == [
+    assert q(bc_project, "SELECT version, run_id FROM model_versions ORDER BY version") == [(1, 1), (2, 3), (3, 4)]
+    assert q(bc_project, "SELECT id, status, decision, run_id, model_version FROM watch_jobs ORDER BY id") == [
         (1, "done", "promoted", 3, 2), (2, "done", "promoted", 4, 3)]
-    assert q(proj, "SELECT name, status, job_id FROM watched_files ORDER BY name") == [
+    assert q(bc_project, "SELECT name, status, job_id FROM watched_files ORDER BY name") == [
         ("a.csv", "processed", 1), ("b.csv", "processed", 1), ("c.csv", "processed", 2)]
     # the resumed job trained on exactly the data recorded before the kill
-    assert q(proj, "SELECT r.dataset_version_id = j.dataset_version_id FROM watch_jobs j JOIN runs r ON r.id = 3 "
+    assert q(bc_project, "SELECT r.dataset_version_id = j.dataset_version_id FROM watch_jobs j JOIN runs r ON r.id = 3 "
                    "WHERE j.id = 1") == [(1,)]
-    assert q(proj, "SELECT count(*) FROM events WHERE kind = 'training_failed' AND run_id = 2") == [(1,)]
+    assert q(bc_project, "SELECT count(*) FROM events WHERE kind = 'training_failed' AND run_id = 2") == [(1,)]
     assert sorted(p.name for p in inc.iterdir()) == []
 
 
 # ---- signals ------------------------------------------------------------------------------------------
 
-def test_sigterm_during_training_finishes_the_step_and_exits_0(proj: Path):
-    drop(fresh_rows(proj, 150, 1), proj / "data" / "incoming" / "a.csv")
-    watch = Proc(["watch"], proj, env(MLOPS_TRAIN_PARAMS='{"n_estimators": 300}'), "watch")
+def test_sigterm_during_training_finishes_the_step_and_exits_0(bc_project: Path):
+    drop(fresh_rows(bc_project, 150, 1), bc_project / "data" / "incoming" / "a.csv")
+    watch = Proc(["watch"], bc_project, env(MLOPS_TRAIN_PARAMS='{"n_estimators": 300}'), "watch")
     try:
-        wait_for(lambda: running_runs(proj), 60, "the training to start", watch.p)
+        wait_for(lambda: running_runs(bc_project), 60, "the training to start", watch.p)
         watch.p.send_signal(signal.SIGTERM)
         assert watch.wait(120) == 0, watch.stderr()
     finally:
@@ -185,16 +168,16 @@ def test_sigterm_during_training_finishes_the_step_and_exits_0(proj: Path):
     err = watch.stderr()
     assert "SIGTERM: finishing the current step, then stopping (again to abandon it)" in err
     assert err.rstrip().endswith("stopped")
-    assert q(proj, "SELECT id, status FROM runs ORDER BY id") == [(1, "FINISHED"), (2, "FINISHED")]
-    assert q(proj, "SELECT status, decision, model_version FROM watch_jobs") == [("done", "promoted", 2)]
-    assert q(proj, "SELECT name, status FROM watched_files") == [("a.csv", "processed")]
+    assert q(bc_project, "SELECT id, status FROM runs ORDER BY id") == [(1, "FINISHED"), (2, "FINISHED")]
+    assert q(bc_project, "SELECT status, decision, model_version FROM watch_jobs") == [("done", "promoted", 2)]
+    assert q(bc_project, "SELECT name, status FROM watched_files") == [("a.csv", "processed")]
 
 
-def test_a_second_sigterm_abandons_the_training_cleanly_and_the_next_start_resumes(proj: Path):
-    drop(fresh_rows(proj, 150, 1), proj / "data" / "incoming" / "a.csv")
-    watch = Proc(["watch"], proj, env(MLOPS_TRAIN_PARAMS=SLOW), "watch")
+def test_a_second_sigterm_abandons_the_training_cleanly_and_the_next_start_resumes(bc_project: Path):
+    drop(fresh_rows(bc_project, 150, 1), bc_project / "data" / "incoming" / "a.csv")
+    watch = Proc(["watch"], bc_project, env(MLOPS_TRAIN_PARAMS=SLOW), "watch")
     try:
-        wait_for(lambda: running_runs(proj), 60, "the training to start", watch.p)
+        wait_for(lambda: running_runs(bc_project), 60, "the training to start", watch.p)
         watch.p.send_signal(signal.SIGTERM)
         wait_for(lambda: "SIGTERM: finishing" in watch.stderr(), 10, "the first SIGTERM to be seen", watch.p)
         watch.p.send_signal(signal.SIGTERM)
@@ -202,13 +185,13 @@ def test_a_second_sigterm_abandons_the_training_cleanly_and_the_next_start_resum
     finally:
         watch.kill()
     assert watch.stderr().endswith("Error: interrupted.\n")
-    assert q(proj, "SELECT id, status, failure_reason FROM runs WHERE id = 2") == [(2, "FAILED", "interrupted (Ctrl-C)")]
-    assert q(proj, "SELECT status FROM watch_jobs") == [("pending",)]
-    assert q(proj, "SELECT version FROM model_versions") == [(1,)]  # nothing half-registered
-    result = once(proj)
+    assert q(bc_project, "SELECT id, status, failure_reason FROM runs WHERE id = 2") == [(2, "FAILED", "interrupted (Ctrl-C)")]
+    assert q(bc_project, "SELECT status FROM watch_jobs") == [("pending",)]
+    assert q(bc_project, "SELECT version FROM model_versions") == [(1,)]  # nothing half-registered
+    result = once(bc_project)
     assert result.returncode == 0, result.stderr
     assert [(o["job_id"], o["decision"], o["version"]) for o in json.loads(result.stdout)] == [(1, "promoted", 2)]
-    assert q(proj, "SELECT name, status, job_id FROM watched_files") == [("a.csv", "processed", 1)]
+    assert q(bc_project, "SELECT name, status, job_id FROM watched_files") == [("a.csv", "processed", 1)]
 
 
 # ---- end to end: a running server follows the watcher's promotion ---------------------------------------
@@ -230,13 +213,13 @@ def http(url: str, body: dict | None = None) -> tuple[int, dict]:
             return e.code, json.loads(e.read())
 
 
-def test_a_running_server_serves_the_version_the_watcher_promotes(proj: Path):
+def test_a_running_server_serves_the_version_the_watcher_promotes(bc_project: Path):
     import pandas as pd
 
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    row = pd.read_csv(proj / "data" / "train.csv").drop(columns=[TARGET]).head(1).to_dict("records")
-    serve = Proc(["serve", f"{MODEL}@production", "--port", str(port)], proj,
+    row = pd.read_csv(bc_project / "data" / "train.csv").drop(columns=[TARGET]).head(1).to_dict("records")
+    serve = Proc(["serve", f"{MODEL}@production", "--port", str(port)], bc_project,
                  env(MLOPS_SERVE_RELOAD_INTERVAL="0.2", MLOPS_SERVE_WORKERS="2"), "serve")
     watch = None
     try:
@@ -248,10 +231,10 @@ def test_a_running_server_serves_the_version_the_watcher_promotes(proj: Path):
         wait_for(up, 60, "the server", serve.p)
         status, body = http(base + "/predict", {"records": row})
         assert (status, body["model"], body["version"]) == (200, MODEL, 1)
-        watch = Proc(["watch"], proj, env(), "watch")
+        watch = Proc(["watch"], bc_project, env(), "watch")
         wait_for(lambda: "watching " in watch.stderr(), 60, "the watcher", watch.p)
         landed = time.monotonic()
-        drop(fresh_rows(proj, 150, 1), proj / "data" / "incoming" / "new.csv")
+        drop(fresh_rows(bc_project, 150, 1), bc_project / "data" / "incoming" / "new.csv")
         wait_for(lambda: http(base + "/predict", {"records": row})[1].get("version") == 2, 60,
                  "the server to answer with version 2", serve.p)
         seconds = time.monotonic() - landed
@@ -266,6 +249,6 @@ def test_a_running_server_serves_the_version_the_watcher_promotes(proj: Path):
         serve.kill()
         if watch is not None:
             watch.kill()
-    assert q(proj, "SELECT status, decision, model_version FROM watch_jobs") == [("done", "promoted", 2)]
-    [(train_s,)] = q(proj, "SELECT json_extract(timings, '$.train') FROM watch_jobs")
+    assert q(bc_project, "SELECT status, decision, model_version FROM watch_jobs") == [("done", "promoted", 2)]
+    [(train_s,)] = q(bc_project, "SELECT json_extract(timings, '$.train') FROM watch_jobs")
     assert seconds < 60 and train_s > 0
