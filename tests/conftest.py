@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import uuid
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import pytest
+from monitoring_helpers import BC, CH, Server
+from monitoring_helpers import _cli_ok as monitor_cli_ok
 from served_projects import forget_mlops_env, make_served_project, module_isolation, private_copy
 from typer.testing import CliRunner
 
@@ -230,3 +233,63 @@ def bc_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def bc_project(bc_template: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A test's own copy of ``bc_template``; the working folder is inside it."""
     return private_copy(bc_template, tmp_path, monkeypatch)
+
+
+# ---- the monitoring tests' projects (tests/test_monitoring_*.py) ------------------------------------------
+
+@pytest.fixture(scope="session")
+def monitor_templates(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    from mlopsctl.store import db
+
+    root = tmp_path_factory.mktemp("monitor-service")
+    out = {}
+    with module_isolation(root):
+        bc = root / "bc"
+        monitor_cli_ok("init", bc, "--example", BC)
+        cfg = bc / ".mlops.toml"
+        cfg.write_text(re.sub(r"(?m)^params = .*$", "params = { n_estimators = 10 }", cfg.read_text()))
+        for run, env in ((1, None), (2, None), (3, {"MLOPS_TRAIN_REFERENCE_ROWS": "0"})):
+            monitor_cli_ok("-C", bc, "train", env=env)
+            monitor_cli_ok("-C", bc, "register", run)
+        monitor_cli_ok("-C", bc, "promote", BC, 1)
+        out["bc"] = bc
+        ch = root / "ch"
+        monitor_cli_ok("init", ch, "--example", CH)
+        cfg = ch / ".mlops.toml"
+        cfg.write_text(re.sub(r"(?m)^params = .*$", "params = { max_iter = 20 }", cfg.read_text()))
+        for run, env in ((1, None), (2, {"MLOPS_TRAIN_REFERENCE_ROWS": "2000"})):
+            monitor_cli_ok("-C", ch, "train", env=env)
+            monitor_cli_ok("-C", ch, "register", run)
+        monitor_cli_ok("-C", ch, "promote", CH, 1)
+        out["ch"] = ch
+    db.close_all()
+    return out
+
+
+
+@pytest.fixture
+def monitor_copy(monitor_templates, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """``copy_of("bc")``: a private copy of a template project; the working folder is inside it."""
+
+    def make(name: str) -> Path:
+        p = tmp_path / name
+        shutil.copytree(monitor_templates[name], p)
+        monkeypatch.chdir(p)
+        return p
+
+    return make
+
+
+
+@pytest.fixture
+def monitor_server():
+    servers: list[Server] = []
+
+    def make(project: Path, ref: str, **kw: Any) -> Server:
+        servers.append(Server(project, ref, **kw))
+        return servers[-1]
+
+    yield make
+    for s in servers:
+        s.close()
+
