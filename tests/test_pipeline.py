@@ -752,7 +752,16 @@ def test_the_subscriptions_example_end_to_end_and_a_new_usage_file(make_project,
     assert s.watch.pipeline is True and s.resolve(s.watch.path) == root / "data/raw/usage"
     june = pd.read_csv(root / "data/raw/usage/2024-06.csv")
     june.assign(month="2024-07").to_csv(root / "data/raw/usage/2024-07.csv", index=False)
-    retrained = svc.retrain(s)
-    assert retrained["ran"] == ["prepare", "train", "evaluate", "register", "promote"]
-    assert (retrained["model"], retrained["version"]) == ("subscriptions", 2)
-    assert retrained["decision"] in ("promoted", "rejected")
+    fast = {"MLOPS_WATCH_DEBOUNCE_SECONDS": "0.1"}
+    result = cli("watch", "--once", "--json", env=fast)  # the real watcher: the file lands, the pipeline runs
+    assert result.exit_code == 0, result.stderr
+    [job] = json.loads(result.stdout)
+    assert (job["version"], job["decision"] in ("promoted", "rejected")) == (2, True)
+    executions = svc.executions(s, limit=20)
+    assert [e["step"] for e in executions if e["status"] == "ran"][:5] == ["promote", "register", "evaluate", "train",
+                                                                           "prepare"]  # newest first
+    assert (root / "data/raw/usage/2024-07.csv").exists()  # raw inputs stay where the steps read them
+    result = cli("watch", "--once", "--json", env=fast)  # nothing new: the pipeline's cache skips every step
+    [again] = json.loads(result.stdout)
+    assert (again["version"], again["decision"]) == (2, "unchanged") and "every step cached" in again["reason"]
+    assert json.loads(cli("models", "show", "subscriptions", "--json").stdout)["versions"][-1]["version"] == 2

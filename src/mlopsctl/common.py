@@ -71,3 +71,16 @@ def atomic_write(dest: Path, mode: str = "wb", *, durable: bool = False, **open_
     with atomic_path(dest, durable=durable) as tmp, open(tmp, mode, **open_kw) as fh:
         yield fh
         fh.flush()
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id exists (this one included); a process of another user counts."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -294,6 +294,16 @@ def label_texts(series: pd.Series) -> set[str]:
     return set(labels.coerce(series.dropna().unique(), "string")[0])
 
 
+def expected_schema(frame: pd.DataFrame, target: str, task: str = "auto") -> tuple[dict[str, tuple[str, float]], set[str] | None]:
+    """What new rows are checked against (:func:`validate_new_rows`): column -> (kind, null rate) of the
+    training data, and its target classes as text for a classification (else None)."""
+    columns = {str(c): (column_kind(frame[c]), float(frame[c].isna().mean())) for c in frame.columns}
+    classes = None
+    if target in frame.columns and infer_task(frame[target].dropna(), task) == "classification":
+        classes = label_texts(frame[target])
+    return columns, classes
+
+
 def validate_new_rows(frame: pd.DataFrame, expected: dict[str, tuple[str, float]], *, target: str,
                       classes: set[str] | None, min_rows: int, max_null_increase: float) -> str | None:
     """Why ``frame`` (new rows, e.g. a file dropped for ``mlopsctl watch``) cannot join the training data, or

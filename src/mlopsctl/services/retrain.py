@@ -27,13 +27,12 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from mlopsctl.common import atomic_path
+from mlopsctl.common import atomic_path, pid_alive
 from mlopsctl.config import Settings
 from mlopsctl.errors import ConflictError, MlopsError, NotFoundError, StoreError
 from mlopsctl.project import open_project
@@ -111,6 +110,8 @@ class Retrainer:
         """data -> train -> register -> gate -> promote, from the stage the job reached. A job that cannot finish
         is marked failed and returned as such (a watcher must go on); store errors and Ctrl-C propagate, and
         leave the job at its stage for the next start to resume."""
+        if self.settings.watch.pipeline:
+            return self.run_pipeline_job(job_id)
         job = self._load(job_id)
         rows = functools.cache(lambda: self.new_rows(job_id))  # read by the first stage that needs them, once
         try:
@@ -140,6 +141,27 @@ class Retrainer:
             return self._fail(job, e)
         finally:
             self._baseline = None  # the training data changed (or may have): parse it again next time
+
+    def run_pipeline_job(self, job_id: int) -> JobOutcome:
+        """``watch.pipeline``: the job runs the project's pipeline (:func:`mlopsctl.services.pipeline.retrain`)
+        instead of the stages above; the watched files are its raw inputs (they stay), its cache skips what ran."""
+        from mlopsctl.services import pipeline
+
+        job = self._load(job_id)
+        try:
+            with job.timed("pipeline"):
+                out = pipeline.retrain(self.settings)
+        except (StoreError, KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as e:  # a failed step, another pipeline run in progress: the job fails, the watcher goes on
+            return self._fail(job, e)
+        job.run_id, job.version, job.status = out["run_id"], out["version"], "done"
+        ran = f"ran {', '.join(out['ran'])}" if out["ran"] else "every step cached"
+        decision = (out["decision"] or ("registered" if out["version"] else "unchanged")) if out["ran"] else "unchanged"
+        reason = (out["reason"] if out["ran"] else None) or f"pipeline run {out['pipeline_run']}: {ran}"
+        self.say(f"pipeline run {out['pipeline_run']}: {ran}" + (f"; {decision}" if out["decision"] else ""))
+        self._save(job, decision=decision, reason=reason)
+        return job.outcome(decision, reason)
 
     def _data(self, job: _Job, rows: Callable[[], NewRows]) -> tuple[Path, Any]:
         """The job's training data on disk and parsed; recorded (and committed) the first time."""
@@ -219,7 +241,7 @@ class Retrainer:
             else:
                 frame = data.read_table(source[1], delimiter=self.settings.data.delimiter,
                                         decimal=self.settings.data.decimal)
-            self._baseline = _baseline_of(source, frame, self.settings)
+            self._baseline = Baseline(source, frame, *data.expected_schema(frame, self.settings.data.target, self.settings.data.task))
         return self._baseline
 
     def new_rows(self, job_id: int) -> NewRows:
@@ -312,7 +334,7 @@ class Retrainer:
 
         with self.store.session() as s:
             for run in s.scalars(select(Run).where(Run.status == tracking.RUNNING)):
-                if run.pid and not _alive(run.pid):
+                if run.pid and not pid_alive(run.pid):
                     tracking.finish_run(s, run.id, tracking.FAILED, f"abandoned: process {run.pid} died")
                     registry.add_event(s, "training_failed", f"run {run.id} abandoned (process {run.pid} died)",
                                        run_id=run.id)
@@ -362,17 +384,6 @@ class Retrainer:
             s.execute(update(WatchedFile).where(WatchedFile.job_id == job_id).values(status="processed"))
 
 
-def _baseline_of(source: tuple[Any, ...], frame: Any, settings: Settings) -> Baseline:
-    from mlopsctl import data
-
-    target = settings.data.target
-    columns = {str(c): (data.column_kind(frame[c]), float(frame[c].isna().mean())) for c in frame.columns}
-    classes = None
-    if target in frame.columns and data.infer_task(frame[target].dropna(), settings.data.task) == "classification":
-        classes = data.label_texts(frame[target])
-    return Baseline(source, frame, columns, classes)
-
-
 def _stat_key(path: Path) -> tuple[Any, ...]:
     try:
         st = path.stat()
@@ -380,14 +391,3 @@ def _stat_key(path: Path) -> tuple[Any, ...]:
         return ()
     return st.st_mtime_ns, st.st_size
 
-
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -45,8 +45,12 @@ class Watcher:
     def process_ready(self, now: float | None = None) -> list[JobOutcome]:
         """A landed file's path: stable for ``watch.debounce_seconds`` -> taken by the intake (sha256 seen
         before? validated against the training data? moved to processed/ or quarantine/) -> every file accepted
-        in this pass becomes one job -> the job runs: data, train, register, gate, promote."""
+        in this pass becomes one job -> the job runs: data, train, register, gate, promote. With
+        ``watch.pipeline`` the stable files start a job that runs the project's pipeline instead."""
         ready = self.debouncer.ready(now)
+        if self.settings.watch.pipeline:  # the files are the pipeline's raw inputs: they stay, its steps read them
+            names = ", ".join(p.name for p in ready)
+            return [self._run(self.retrain.create_job("pipeline", [], f"new input {names}"))] if ready else []
         accepted = [file_id for file_id in map(self.intake.take, ready) if file_id is not None]
         if not accepted:
             return []
