@@ -170,7 +170,7 @@ ERRORS = [
     ("[train]\nbogus = 1\n", {}, {},
      f"unknown key 'train.bogus' in .mlops.toml; valid keys: {VALID_KEYS}."),
     ("[bogus]\nx = 1\n", {}, {},
-     "unknown section [bogus] in .mlops.toml; valid sections: store, data, train, registry, serve, watch, monitor."),
+     "unknown section [bogus] in .mlops.toml; valid sections: store, data, train, registry, serve, watch, monitor, tune."),
     ("seed = 1\n", {}, {},  # a key outside any section
      "key 'seed' in .mlops.toml is outside any section (it belongs under [train]); put keys under a section header such as [train]."),
     ("train = 3\n", {}, {},
@@ -278,7 +278,7 @@ def test_a_folder_named_like_the_config_file_is_not_a_config(tmp_path):
 @pytest.mark.parametrize(("file", "env", "message"), [
     ("[train]\nbogus = 1\n", {}, f"unknown key 'train.bogus' in .mlops.toml; valid keys: {VALID_KEYS}."),
     ("[bogus]\n", {},
-     "unknown section [bogus] in .mlops.toml; valid sections: store, data, train, registry, serve, watch, monitor."),
+     "unknown section [bogus] in .mlops.toml; valid sections: store, data, train, registry, serve, watch, monitor, tune."),
     ("[train]\nseed = \"x\"\n", {}, "train.seed in .mlops.toml must be an integer, got 'x'."),
     ("[data]\ntask = \"clustering\"\n", {},
      "data.task in .mlops.toml must be one of auto, classification, regression; got 'clustering'."),

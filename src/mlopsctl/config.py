@@ -102,6 +102,7 @@ class WatchSettings:
     min_rows: int = _opt(10, "fewest rows a new file must have")
     max_null_increase: float = _opt(0.2, "how much a column's null rate may exceed the training data's")
     every: str = _opt("", "also retrain on a schedule, e.g. 6h, 30m, 1d (empty: only on new files)")
+    tune_trials: int = _opt(0, "retrain with a small tune of this many trials instead of a plain train (0: plain train)")
 
 
 @dataclass(frozen=True)
@@ -115,6 +116,20 @@ class MonitorSettings:
     min_labels: int = _opt(50, "fewest labelled predictions for a drift-triggered retrain")
 
 
+@dataclass(frozen=True)
+class TuneSettings:
+    space: dict = _opt({}, "search space, e.g. { n_estimators = \"int:50..500:log\", criterion = \"choice:gini,entropy\" } "
+                           "(empty: the model family's default space)")
+    trials: int = _opt(30, "finished (complete or pruned) trials a study runs to")
+    jobs: int = _opt(1, "worker processes on this machine")
+    sampler: str = _opt("tpe", "how trials are chosen", choices=("tpe", "random", "grid", "cmaes"))
+    pruner: str = _opt("median", "stop a trial whose running CV mean is below the median of earlier trials at the same fold",
+                       choices=("median", "none"))
+    cv: int = _opt(5, "folds of the cross-validation on the training split")
+    timeout: str = _opt("", "stop starting trials after this long, e.g. 30m, 2h (empty: no limit)")
+    max_failed: int = _opt(10, "a study stops with an error after this many failed trials (Katib's maxFailedTrialCount)")
+
+
 SECTIONS: dict[str, type] = {
     "store": StoreSettings,
     "data": DataSettings,
@@ -123,6 +138,7 @@ SECTIONS: dict[str, type] = {
     "serve": ServeSettings,
     "watch": WatchSettings,
     "monitor": MonitorSettings,
+    "tune": TuneSettings,
 }
 
 
@@ -137,6 +153,7 @@ class Settings:
     serve: ServeSettings = field(default_factory=ServeSettings)
     watch: WatchSettings = field(default_factory=WatchSettings)
     monitor: MonitorSettings = field(default_factory=MonitorSettings)
+    tune: TuneSettings = field(default_factory=TuneSettings)
 
     def resolve(self, value: str | os.PathLike) -> Path:
         """A path from the config or a flag, made absolute against the project directory."""
@@ -347,6 +364,16 @@ def _check_ranges(s: Settings) -> None:
     for col, value in s.monitor.threshold.items():
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
             raise ConfigError(f"monitor.threshold.{col} must be a non-negative number, got {value!r}.")
+    for key, low in (("trials", 1), ("jobs", 1), ("cv", 2), ("max_failed", 1)):
+        if getattr(s.tune, key) < low:
+            raise ConfigError(f"tune.{key} must be at least {low}, got {getattr(s.tune, key)}.")
+    if s.tune.timeout:
+        parse_duration(s.tune.timeout, "tune.timeout")
+    for name, spec in s.tune.space.items():
+        if not isinstance(spec, str):
+            raise ConfigError(f"tune.space.{name} must be a string such as \"int:50..500\", got {spec!r}.")
+    if s.watch.tune_trials < 0:
+        raise ConfigError(f"watch.tune_trials must be 0 (a plain train) or more, got {s.watch.tune_trials}.")
     for key in ("max_body_mb", "reload_interval", "range_tolerance"):
         if getattr(s.serve, key) <= 0:
             raise ConfigError(f"serve.{key} must be greater than 0, got {getattr(s.serve, key)}.")

@@ -20,6 +20,7 @@ from mlopsctl.store.models import (
 )
 
 RUNNING, FINISHED, FAILED = "RUNNING", "FINISHED", "FAILED"
+PRUNED = "PRUNED"  # a tuning trial stopped early by the pruner (it finished, with a partial score)
 MAX_KEY = 250
 
 
@@ -122,6 +123,12 @@ def get_run(s: Session, ref: str | int) -> Run:
     if run is None:
         raise NotFoundError(f"run {text!r} does not exist; see `mlopsctl runs list`.")
     return run
+
+
+def runs_tagged(s: Session, key: str, value: str) -> list[Run]:
+    """Runs with tag ``key`` = ``value``, oldest first (a study's trials: ``parent_run_id`` = the study's run id)."""
+    q = select(Run).join(Tag, Tag.run_id == Run.id).where(Tag.key == key, Tag.value == value)
+    return list(s.scalars(q.options(selectinload(Run.experiment), selectinload(Run.tags)).order_by(Run.id)))
 
 
 def latest_metrics(s: Session, run_id: int) -> dict[str, float]:

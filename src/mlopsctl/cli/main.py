@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from mlopsctl._version import __version__
-from mlopsctl.cli import data, export, monitor, predict, project, registry, runs, serve, train, watch
+from mlopsctl.cli import data, export, monitor, predict, project, registry, runs, serve, train, tune, watch
 
 app = typer.Typer(
     name="mlopsctl",
@@ -58,6 +58,7 @@ watch.register(app)
 app.add_typer(runs.app, name="runs")
 app.add_typer(registry.models_app, name="models")
 app.add_typer(monitor.app, name="monitor")
+app.add_typer(tune.app, name="tune")
 
 
 def main() -> None:

@@ -102,10 +102,22 @@ def describe_failure(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+def train_spec(settings: Settings, path: Path) -> Any:
+    """The TrainSpec of ``settings`` for the data at ``path`` (what `mlopsctl train` and a tuning trial fit)."""
+    from mlopsctl.training import train as training
+
+    return training.TrainSpec(
+        model=settings.train.model, params=dict(settings.train.params), target=settings.data.target,
+        task=settings.data.task, test_size=settings.train.test_size, seed=settings.train.seed,
+        reference_rows=settings.train.reference_rows, source=str(path.name),
+        exclude=tuple(settings.data.exclude), max_categories=settings.train.max_categories,
+    )
+
+
 def train_and_track(
     settings: Settings, *, data_path: Path | None = None, run_name: str | None = None,
     experiment: str | None = None, progress: Callable[[str], None] = lambda stage: None,
-    notify: Callable[[str], None] = lambda line: None,
+    notify: Callable[[str], None] = lambda line: None, tags: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Read the data, train, export, check parity and record everything as one run.
 
@@ -118,12 +130,7 @@ def train_and_track(
     path = settings.resolve(data_path or settings.data.path)
     progress("load")
     df = data.read_table(path, delimiter=settings.data.delimiter, decimal=settings.data.decimal)
-    spec = training.TrainSpec(
-        model=settings.train.model, params=dict(settings.train.params), target=settings.data.target,
-        task=settings.data.task, test_size=settings.train.test_size, seed=settings.train.seed,
-        reference_rows=settings.train.reference_rows, source=str(path.name),
-        exclude=tuple(settings.data.exclude), max_categories=settings.train.max_categories,
-    )
+    spec = train_spec(settings, path)
     prepared = training.prepare(df, spec)
     for line in prepared.notices:
         notify(line)
@@ -138,6 +145,8 @@ def train_and_track(
         run_id = run.id
         if prepared.notices:
             tracking.set_tags(s, run_id, {"data.notices": "\n".join(prepared.notices)})
+        if tags:
+            tracking.set_tags(s, run_id, tags)
         if prepared.ignored:
             tracking.log_params(s, run_id, {"excluded_columns": ",".join(map(str, prepared.ignored))})
     try:

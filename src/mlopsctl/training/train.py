@@ -157,20 +157,54 @@ def prepare(df: pd.DataFrame, spec: TrainSpec) -> Prepared:
                     dropped=tf.dropped, ignored=ignored, notices=notices)
 
 
-def train(prepared: Prepared, progress: Progress = lambda stage: None) -> TrainResult:
+@dataclass
+class Split:
+    """The training and held-out rows (raw features, cleaned target), each with a fresh 0..n-1 index."""
+
+    X_train: pd.DataFrame
+    X_test: pd.DataFrame
+    y_train: pd.Series
+    y_test: pd.Series
+
+
+def split(prepared: Prepared) -> Split:
+    """The held-out split every run of this spec gets: ``test_size`` and ``seed``, stratified by class."""
     from sklearn.model_selection import train_test_split
 
+    spec, y = prepared.spec, prepared.y
+    parts = train_test_split(prepared.X, y, test_size=spec.test_size, random_state=spec.seed,
+                             stratify=y if prepared.task == "classification" else None)
+    return Split(*(part.reset_index(drop=True) for part in parts))
+
+
+def fit(pipeline: Any, X: pd.DataFrame, y: pd.Series) -> None:
+    """Fit, with an estimator's complaint about its data or parameters as one TrainingError line."""
+    try:
+        pipeline.fit(X, y)
+    except (ValueError, TypeError) as e:
+        from mlopsctl.errors import TrainingError
+
+        name = type(pipeline.steps[-1][1]).__name__
+        raise TrainingError(f"fitting {name} failed: {str(e).splitlines()[0]}") from None
+
+
+def evaluate(pipeline: Any, X: pd.DataFrame, y: pd.Series, task: str) -> dict[str, float]:
+    """Every metric of the task (mlopsctl.training.metrics) of a fitted pipeline on rows it did not see."""
+    if task == "classification":
+        proba = pipeline.predict_proba(X)
+        predicted = pipeline.classes_[np.argmax(proba, axis=1)]
+        return metrics.classification_metrics(y, predicted, proba, pipeline.classes_)
+    return metrics.regression_metrics(y, pipeline.predict(X))
+
+
+def train(prepared: Prepared, progress: Progress = lambda stage: None) -> TrainResult:
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     progress("prepare")
-    spec, estimator, y = prepared.spec, prepared.estimator, prepared.y
+    spec, estimator = prepared.spec, prepared.estimator
     task = prepared.task
-    X_train, X_test, y_train, y_test = train_test_split(
-        prepared.X, y, test_size=spec.test_size, random_state=spec.seed,
-        stratify=y if task == "classification" else None,
-    )
-    X_train, X_test = X_train.reset_index(drop=True), X_test.reset_index(drop=True)
-    y_train, y_test = y_train.reset_index(drop=True), y_test.reset_index(drop=True)
+    parts = split(prepared)
+    X_train, X_test, y_train, y_test = parts.X_train, parts.X_test, parts.y_train, parts.y_test
     decode = labels.decoder(prepared.label_type) or (lambda codes: codes)
     classes = decode(np.array(sorted(y_train.unique().tolist()))) if task == "classification" else None
     contract = build_contract(X_train, y_train, target=spec.target, task=task, classes=classes,
@@ -183,22 +217,12 @@ def train(prepared: Prepared, progress: Progress = lambda stage: None) -> TrainR
 
     t = time.perf_counter()
     progress("fit")
-    try:
-        pipeline.fit(Xn_train, y_train)
-    except (ValueError, TypeError) as e:
-        from mlopsctl.errors import TrainingError
-
-        raise TrainingError(f"fitting {type(estimator).__name__} failed: {str(e).splitlines()[0]}") from None
+    fit(pipeline, Xn_train, y_train)
     timings["fit"] = time.perf_counter() - t
 
     t = time.perf_counter()
     progress("evaluate")
-    if task == "classification":
-        proba = pipeline.predict_proba(Xn_test)
-        predicted = pipeline.classes_[np.argmax(proba, axis=1)]
-        scores = metrics.classification_metrics(y_test, predicted, proba, pipeline.classes_)
-    else:
-        scores = metrics.regression_metrics(y_test, pipeline.predict(Xn_test))
+    scores = evaluate(pipeline, Xn_test, y_test, task)
     timings["evaluate"] = time.perf_counter() - t
 
     t = time.perf_counter()

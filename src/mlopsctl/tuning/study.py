@@ -1,0 +1,437 @@
+"""Optuna glue: samplers, pruners, where Optuna keeps its state, and the trial loop each worker process runs.
+
+**Optuna's state is never in our tables.** Its RDB storage creates Alembic's default ``alembic_version`` table,
+which is our store's, so pointed at our SQLite file it breaks both. On one machine it lives in a journal file beside
+the store (``.mlops/tune/<study>.journal``; Optuna's ``JournalFileBackend``, which many processes can append to at
+once, where SQLite storage fails under parallel writers); when the store is PostgreSQL, in the schema ``optuna`` of
+the same database (``search_path``), so that workers on several machines share one study.
+
+**Exactly N trials.** A study runs until ``trials`` trials have finished (complete or pruned), however many processes
+work on it and however often it is killed and resumed. A worker counts the finished and running trials and asks for
+the next one inside one critical section (a ``flock`` beside the journal; a PostgreSQL advisory lock), so no two
+workers start the trial that would pass the target, and trial numbers are Optuna's (unique per study).
+
+**Lost trials.** Every worker holds an exclusive ``flock`` on a file of its own for its whole life; the kernel releases
+it when the process dies, SIGKILL included. Before counting, a RUNNING trial whose worker's file can be locked by
+somebody else has lost its worker: it is marked FAILED with the reason (and its run too, through the recorder), so the
+count goes on without it and a resume redoes it. On PostgreSQL, where workers are on other machines, Optuna's own
+heartbeat does this (``fail_stale_trials``).
+
+Recording trials as runs is the caller's (a :class:`Recorder`), and so is scoring them (an ``evaluate`` function):
+this module writes nothing of ours.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import math
+import os
+import re
+import socket
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Protocol
+
+from mlopsctl.errors import InvalidInputError, MlopsError, StoreError, TrainingError
+from mlopsctl.tuning.space import Param, grid_size
+
+SAMPLERS = ("tpe", "random", "grid", "cmaes")
+PRUNERS = ("median", "none")
+COMPLETE, PRUNED, FAILED, RUNNING = "COMPLETE", "PRUNED", "FAILED", "RUNNING"
+MEDIAN_STARTUP_TRIALS = 5  # MedianPruner: trials that finish before any is pruned (Katib medianstop's min_trials_required)
+HEARTBEAT_S, GRACE_S = 20, 60  # PostgreSQL: a RUNNING trial without a heartbeat for GRACE_S has lost its worker
+STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+
+@dataclass(frozen=True)
+class StudySpec:
+    """What Optuna needs to know about a study (the rest, data and model, is the caller's)."""
+
+    name: str
+    space: dict[str, Param]
+    direction: str  # maximize | minimize
+    steps: int  # intermediate values a trial reports (the CV folds)
+    trials: int
+    sampler: str = "tpe"
+    pruner: str = "median"
+    seed: int = 42
+    max_failed: int = 10
+
+    @property
+    def target(self) -> int:
+        """Finished trials to reach: ``trials``, or fewer when a grid has fewer points."""
+        return min(self.trials, grid_size(self.space)) if self.sampler == "grid" else self.trials
+
+
+def check_name(name: str) -> str:
+    if not STUDY_NAME.match(name or ""):
+        raise InvalidInputError(f"study name {name!r} must be 1 to 100 letters, digits, '.', '_' or '-', starting with a "
+                                "letter or digit.")
+    return name
+
+
+def quiet() -> None:
+    """Optuna logs every trial at INFO on stderr; mlopsctl prints its own progress."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def make_sampler(spec: StudySpec, worker: int = 0):
+    """The sampler of worker ``worker``: seeded ``seed + worker`` so parallel workers do not draw the same points
+    (worker 0 alone draws exactly what a plain Optuna script with that seed draws)."""
+    import optuna
+
+    seed = spec.seed + worker
+    if spec.sampler == "tpe":
+        return optuna.samplers.TPESampler(seed=seed)
+    if spec.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if spec.sampler == "grid":
+        return optuna.samplers.GridSampler({n: p.grid() for n, p in spec.space.items()}, seed=seed)
+    if spec.sampler == "cmaes":
+        try:
+            import cmaes  # noqa: F401
+        except ImportError:
+            raise InvalidInputError("sampler cmaes needs the cmaes package: pip install cmaes (or use tpe).") from None
+        return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
+    raise InvalidInputError(f"sampler {spec.sampler!r} is not one of {', '.join(SAMPLERS)}.")
+
+
+def make_pruner(spec: StudySpec):
+    import optuna
+
+    if spec.pruner == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=MEDIAN_STARTUP_TRIALS, n_warmup_steps=0)
+    if spec.pruner == "none":
+        return optuna.pruners.NopPruner()
+    raise InvalidInputError(f"pruner {spec.pruner!r} is not one of {', '.join(PRUNERS)}.")
+
+
+# ---- where Optuna's state lives ---------------------------------------------------------------------------
+
+@dataclass
+class Backend:
+    """Optuna's storage for a study, the lock that makes counting and asking atomic, and how lost workers are
+    found: lock files in ``workers`` (one machine) or Optuna's heartbeat (PostgreSQL)."""
+
+    storage: Any
+    location: str  # for people: the journal path or the database schema
+    lock: Callable[[], contextlib.AbstractContextManager]
+    workers: Path | None = None
+
+
+@contextlib.contextmanager
+def _flock(path: Path) -> Iterator[None]:
+    with open(path, "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def journal_backend(folder: Path, study: str) -> Backend:
+    """``folder/<study>.journal`` (Optuna's journal), ``<study>.lock`` (our counting lock) and ``<study>.workers/``."""
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
+
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{study}.journal"
+    workers = folder / f"{study}.workers"
+    workers.mkdir(exist_ok=True)
+    storage = JournalStorage(JournalFileBackend(str(path), lock_obj=JournalFileOpenLock(str(path))))
+    return Backend(storage, str(path), lambda: _flock(folder / f"{study}.lock"), workers)
+
+
+def postgres_backend(url: str, study: str, schema: str = "optuna") -> Backend:
+    """Optuna's RDB storage in its own schema of the store's PostgreSQL database, with heartbeats; the counting
+    lock is a PostgreSQL advisory lock keyed by the study name. (Untested here: needs a PostgreSQL server.)"""
+    import zlib
+
+    import optuna
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    u = make_url(url)
+    with create_engine(u).begin() as conn:
+        conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
+    options = f"-csearch_path={schema}"
+    storage = optuna.storages.RDBStorage(
+        u.update_query_dict({"options": options}).render_as_string(hide_password=False),
+        heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S)
+    key = zlib.crc32(f"mlopsctl-tune:{study}".encode())
+
+    @contextlib.contextmanager
+    def lock() -> Iterator[None]:
+        with storage.engine.connect() as conn:
+            conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": key})
+            try:
+                yield
+            finally:
+                conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+
+    return Backend(storage, f"schema {schema!r} of {u.render_as_string()}", lock, None)
+
+
+class Lease:
+    """This process's claim to be alive: an exclusive flock on ``workers/<id>.lock`` held until :meth:`close`."""
+
+    def __init__(self, workers: Path | None):
+        self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._fh = None
+        if workers is not None:
+            self._path = workers / _lease_file(self.id)
+            self._fh = open(self._path, "a+")
+            fcntl.flock(self._fh, fcntl.LOCK_EX)
+
+    def close(self) -> None:
+        if self._fh is not None:
+            with contextlib.suppress(OSError):
+                self._path.unlink()
+            self._fh.close()
+            self._fh = None
+
+
+def _lease_file(worker: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]", "_", worker) + ".lock"
+
+
+def worker_alive(workers: Path, worker: str | None) -> bool:
+    """False when ``worker``'s lease file is gone or can be locked (its process has ended)."""
+    if not worker:
+        return False  # asked for a trial (under the counting lock) and died before naming itself
+    path = workers / _lease_file(worker)
+    try:
+        fh = open(path, "r")
+    except FileNotFoundError:
+        return False
+    with fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(fh, fcntl.LOCK_UN)
+    with contextlib.suppress(OSError):
+        path.unlink()
+    return False
+
+
+# ---- the study and its trials ----------------------------------------------------------------------------
+
+def open_study(spec: StudySpec, backend: Backend, worker: int = 0):
+    import optuna
+
+    quiet()
+    return optuna.create_study(study_name=spec.name, storage=backend.storage, direction=spec.direction,
+                               sampler=make_sampler(spec, worker), pruner=make_pruner(spec), load_if_exists=True)
+
+
+def enqueue_once(study: Any, params: dict[str, Any]) -> None:
+    """Put ``params`` first in line unless the study already has trials (a resume)."""
+    if not study.get_trials(deepcopy=False):
+        study.enqueue_trial(params, user_attrs={"baseline": True})
+
+
+class Recorder(Protocol):
+    """How trials become runs in the caller's store (services.tune)."""
+
+    def started(self, number: int, params: dict[str, Any], worker: str) -> int: ...
+
+    def fold(self, run_id: int, step: int, score: float, mean: float) -> None: ...
+
+    def finished(self, run_id: int, state: str, value: float | None, reason: str | None) -> None: ...
+
+    def lost(self, number: int, run_id: int | None, params: dict[str, Any], reason: str) -> None: ...
+
+
+Evaluate = Callable[[dict[str, Any], Callable[[int, float], None]], list[float]]
+
+
+@dataclass
+class Snapshot:
+    """Where a study stands, for progress bars and summaries."""
+
+    target: int
+    complete: int = 0
+    pruned: int = 0
+    failed: int = 0
+    running: int = 0
+    best_value: float | None = None
+    best_number: int | None = None
+    best_params: dict[str, Any] = field(default_factory=dict)
+    finished: list[dict[str, Any]] = field(default_factory=list)  # every finished trial, in number order
+
+    @property
+    def done(self) -> int:
+        return self.complete + self.pruned
+
+
+def snapshot(study: Any, spec: StudySpec) -> Snapshot:
+    from optuna.trial import TrialState
+
+    snap = Snapshot(target=spec.target)
+    for t in study.get_trials(deepcopy=False):
+        if t.state == TrialState.COMPLETE:
+            snap.complete += 1
+            better = snap.best_value is None or (t.value > snap.best_value if spec.direction == "maximize"
+                                                 else t.value < snap.best_value)
+            if better:
+                snap.best_value, snap.best_number, snap.best_params = t.value, t.number, dict(t.params)
+        elif t.state == TrialState.PRUNED:
+            snap.pruned += 1
+        elif t.state == TrialState.FAIL:
+            snap.failed += 1
+        elif t.state == TrialState.RUNNING:
+            snap.running += 1
+        if t.state.is_finished():
+            snap.finished.append({"number": t.number, "state": _state(t.state), "value": t.value,
+                                  "params": dict(t.params), "reason": t.user_attrs.get("fail_reason")})
+    return snap
+
+
+def _state(state: Any) -> str:
+    return {"COMPLETE": COMPLETE, "PRUNED": PRUNED, "FAIL": FAILED}.get(state.name, state.name)
+
+
+class Stopped(Exception):
+    """The worker was asked to stop mid-trial (its parent process ended)."""
+
+
+def _fail(study: Any, trial_id: int, number: int, reason: str) -> bool:
+    """Mark a RUNNING trial FAILED with ``reason``; False if it finished meanwhile."""
+    import optuna
+    from optuna.trial import TrialState
+
+    try:  # Optuna's own fail_stale_trials also goes through study._storage: there is no public way for another process
+        study._storage.set_trial_user_attr(trial_id, "fail_reason", reason)
+        study.tell(number, state=TrialState.FAIL)
+    except (optuna.exceptions.UpdateFinishedTrialError, ValueError, RuntimeError):
+        return False
+    return True
+
+
+def reconcile(study: Any, backend: Backend, recorder: Recorder) -> int:
+    """Fail the RUNNING trials whose worker is gone (call under ``backend.lock``); returns how many."""
+    from optuna.trial import TrialState
+
+    lost = 0
+    if backend.workers is None:  # PostgreSQL: Optuna's heartbeat decides
+        import optuna
+
+        running = {t.number: t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+        optuna.storages.fail_stale_trials(study)
+        for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
+            if t.number in running:
+                recorder.lost(t.number, t.user_attrs.get("run_id"), dict(t.params),
+                              f"no heartbeat from its worker {t.user_attrs.get('worker')} for {GRACE_S} s")
+                lost += 1
+        return lost
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        worker = t.user_attrs.get("worker")
+        if worker_alive(backend.workers, worker):
+            continue
+        reason = (f"its worker ({worker or 'unknown'}) ended while the trial was running (killed or crashed); "
+                  "marked FAILED by a later worker")
+        if _fail(study, t._trial_id, t.number, reason):
+            recorder.lost(t.number, t.user_attrs.get("run_id"), dict(t.params), reason)
+            lost += 1
+    return lost
+
+
+def run_worker(
+    study: Any, spec: StudySpec, backend: Backend, lease: Lease, recorder: Recorder, evaluate: Evaluate, *,
+    deadline: float | None = None, stop: Callable[[], bool] = lambda: False,
+    on_change: Callable[[], None] = lambda: None,
+) -> None:
+    """Ask, evaluate and tell trials until the study has its ``target`` finished trials (or ``deadline``, a
+    ``time.monotonic()`` value, passes, or ``stop()``). Raises TrainingError once ``max_failed`` trials failed."""
+    from optuna.trial import TrialState
+
+    while not stop():
+        with backend.lock():
+            reconcile(study, backend, recorder)
+            states = [t.state for t in study.get_trials(deepcopy=False)]
+            failed = states.count(TrialState.FAIL)
+            if failed >= spec.max_failed:
+                raise TrainingError(
+                    f"study {spec.name!r} has {failed} failed trials (tune.max_failed = {spec.max_failed}); see "
+                    f"`mlopsctl tune show {spec.name}` for their reasons.")
+            taken = states.count(TrialState.COMPLETE) + states.count(TrialState.PRUNED) + states.count(TrialState.RUNNING)
+            if taken >= spec.target or (deadline is not None and time.monotonic() >= deadline):
+                return
+            trial = study.ask()
+            trial.set_user_attr("worker", lease.id)
+        _run_trial(study, spec, backend, trial, lease, recorder, evaluate, stop)
+        on_change()
+
+
+def _run_trial(study: Any, spec: StudySpec, backend: Backend, trial: Any, lease: Lease, recorder: Recorder,
+               evaluate: Evaluate, stop: Callable[[], bool]) -> None:
+    import optuna
+    from optuna.trial import TrialState
+
+    run_id = None
+    scores: list[float] = []
+    recording = False  # an error while writing a run is the store's, not the trial's: it ends the worker
+    heartbeat = getattr(backend.storage, "record_heartbeat", None) if backend.workers is None else None
+
+    def report(step: int, score: float) -> None:
+        nonlocal recording
+        scores.append(float(score))
+        mean = sum(scores) / len(scores)
+        recording = True
+        recorder.fold(run_id, step, float(score), mean)
+        recording = False
+        if heartbeat is not None:
+            heartbeat(trial._trial_id)
+        if stop():
+            raise Stopped("stopped: the tune process that started this worker has ended")
+        if step < spec.steps - 1:  # after the last fold the trial is done: nothing left to prune
+            trial.report(mean, step)
+            if trial.should_prune():
+                raise optuna.TrialPruned()
+
+    try:
+        params = {name: p.suggest(trial) for name, p in spec.space.items()}
+        recording = True
+        run_id = recorder.started(trial.number, params, lease.id)
+        recording = False
+        trial.set_user_attr("run_id", run_id)
+        if heartbeat is not None:
+            heartbeat(trial._trial_id)
+        evaluate(params, report)
+        value = sum(scores) / len(scores) if scores else math.nan
+        if not math.isfinite(value):
+            raise TrainingError(f"the cross-validated score is {value}; the metric cannot rank this trial.")
+    except optuna.TrialPruned:
+        recorder.finished(run_id, PRUNED, sum(scores) / len(scores), None)
+        study.tell(trial, state=TrialState.PRUNED)
+    except BaseException as e:
+        reason = _reason(e)
+        if run_id is not None and not recording:
+            recorder.finished(run_id, FAILED, None, reason)
+        _fail(study, trial._trial_id, trial.number, reason)
+        # A trial's own error (a fit that fails for these parameters) fails the trial and the search goes on;
+        # Ctrl-C, a stop request, the store or a bug in the recorder end this worker.
+        if recording or isinstance(e, (Stopped, StoreError)) or not isinstance(e, Exception):
+            raise
+    else:
+        recorder.finished(run_id, COMPLETE, value, None)
+        study.tell(trial, value)
+
+
+def _reason(e: BaseException) -> str:
+    if isinstance(e, KeyboardInterrupt):
+        return "interrupted (Ctrl-C)"
+    if isinstance(e, SystemExit):
+        return f"interrupted (exit {e.code})"
+    if isinstance(e, Stopped):
+        return str(e)
+    if isinstance(e, MlopsError):
+        return e.message
+    first = (str(e).strip().splitlines() or ["(no message)"])[0]
+    return f"{type(e).__name__}: {first[:500]}"
