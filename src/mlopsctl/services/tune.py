@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import secrets
 import subprocess
 import sys
 import threading
@@ -382,15 +383,22 @@ def tune(
         spec["experiment"] = experiment
     backend = _backend(settings, name)
     sspec = _study_spec(spec)
-    study_obj = st.open_study(sspec, backend)
     if stored is None:
-        run_id = _create_study_run(settings, spec, experiment, dv_id, backend.location)
-        point = sp.baseline(sspec.space, {**loaded.prepared.estimator.get_params(deep=False)})
+        try:
+            run_id = _create_study_run(settings, spec, experiment, dv_id, backend.location)
+        except ConflictError:  # another `tune --study NAME` created it a moment ago: join it
+            return tune(settings, study=name, given=given, register=register, progress=progress, notify=notify)
+    # The process that creates a study samples with the seed itself (reproducible); one that resumes or joins it
+    # draws its own stream, so that two processes never propose the same points.
+    base = 0 if stored is None else secrets.randbelow(10**6) * 100
+    study_obj = st.open_study(sspec, backend, worker=base)
+    if stored is None:
+        point = sp.baseline(sspec.space, loaded.prepared.estimator.get_params(deep=False))
         if point is not None:
             st.enqueue_once(study_obj, point)
     recorder = Recorder(settings, spec, experiment, run_id, dv_id)
     try:
-        _search(settings, spec, sspec, backend, study_obj, loaded, recorder, started, progress)
+        _search(settings, spec, sspec, backend, study_obj, loaded, recorder, started, progress, base)
         snap = st.snapshot(study_obj, sspec)
         summary = _finish_study(settings, run_id, spec, snap)
     except BaseException as exc:
@@ -410,13 +418,14 @@ def tune(
 
 
 def _search(settings: Settings, spec: dict[str, Any], sspec: Any, backend: Any, study_obj: Any, loaded: Loaded,
-            recorder: Recorder, started: float, progress: Progress) -> None:
-    """This process's worker plus ``tune.jobs - 1`` subprocess workers, until the study has its trials."""
+            recorder: Recorder, started: float, progress: Progress, base: int = 0) -> None:
+    """This process's worker plus ``tune.jobs - 1`` subprocess workers (sampler seeds ``seed + base + i``), until
+    the study has its trials."""
     from mlopsctl.tuning import study as st
 
     timeout = parse_duration(settings.tune.timeout, "tune.timeout") if settings.tune.timeout else None
     deadline = started + timeout if timeout else None
-    workers = [_spawn_worker(settings, spec["study"], i, timeout) for i in range(1, settings.tune.jobs)]
+    workers = [_spawn_worker(settings, spec["study"], base + i, timeout) for i in range(1, settings.tune.jobs)]
     lease = st.Lease(backend.workers)
     report = lambda: progress(st.snapshot(study_obj, sspec), time.monotonic() - started)  # noqa: E731
     try:
@@ -426,11 +435,9 @@ def _search(settings: Settings, spec: dict[str, Any], sspec: Any, backend: Any, 
             report()
             time.sleep(0.25)
         report()
-    except BaseException:
+    finally:
         for w in workers:
             _stop_worker(w)
-        raise
-    finally:
         lease.close()
     failed = [w for w in workers if w.returncode not in (0, None)]
     snap = st.snapshot(study_obj, sspec)
@@ -449,10 +456,11 @@ def _spawn_worker(settings: Settings, name: str, index: int, timeout: float | No
 
 
 def _stop_worker(w: subprocess.Popen) -> None:
-    if w.poll() is None:
-        w.terminate()
+    """Closing its stdin tells a worker to stop (its trial is marked FAILED at the next fold)."""
+    if w.stdin is not None:
+        w.stdin.close()
     try:
-        w.wait(10)
+        w.wait(30)
     except subprocess.TimeoutExpired:
         w.kill()
         w.wait()

@@ -202,7 +202,7 @@ DEFAULT_SPACES: dict[str, dict[str, str]] = {
     "sklearn.GradientBoostingClassifier": _SKL_GB, "sklearn.GradientBoostingRegressor": _SKL_GB,
     "sklearn.HistGradientBoostingClassifier": _HGB, "sklearn.HistGradientBoostingRegressor": _HGB,
     "sklearn.DecisionTreeClassifier": {**_TREE, "criterion": "choice:gini,entropy,log_loss"},
-    "sklearn.DecisionTreeRegressor": {**_TREE, "criterion": "choice:squared_error,friedman_mse"},
+    "sklearn.DecisionTreeRegressor": {**_TREE, "max_features": "choice:none,sqrt,0.5"},
     "sklearn.LogisticRegression": {"C": "float:0.001..100:log"},
     "sklearn.Ridge": {"alpha": "float:0.001..100:log"},
     "sklearn.SVC": {"C": "float:0.01..100:log", "gamma": "choice:scale,auto"},
