@@ -126,11 +126,12 @@ def _check_space(space: dict[str, Any], prepared: Any) -> None:
     if unknown:
         raise InvalidInputError(f"{name} has no parameter {', '.join(map(repr, unknown))} to search; valid: "
                                 f"{', '.join(sorted(valid))}.")
+    if not hasattr(type(est), "_parameter_constraints"):  # scikit-learn's declared constraints; boosters have none
+        return
     for p in space.values():
         for value in (p.choices if p.kind == "choice" else (p.low, p.high)):
-            candidate = type(est)(**{**valid, p.name: value})
             try:
-                getattr(candidate, "_validate_params", lambda: None)()  # scikit-learn's declared constraints
+                type(est)(**{**valid, p.name: value})._validate_params()
             except (ValueError, TypeError) as e:
                 raise InvalidInputError(f"search space {p.name}={p.spec}: {name} does not accept {value!r} "
                                         f"({str(e).splitlines()[0]}).") from None
