@@ -244,6 +244,16 @@ ERRORS = [
      "serve.log_flush_seconds must be above 0 and at most 60, got 600.0."),
     (None, {"MLOPS_SERVE_LOG_FLUSH_SECONDS": "soon"}, {},
      "serve.log_flush_seconds from the environment must be a number, got 'soon'."),
+    ("[tune]\ntrials = 0\n", {}, {}, "tune.trials must be at least 1, got 0."),
+    (None, {"MLOPS_TUNE_JOBS": "0"}, {}, "tune.jobs must be at least 1, got 0."),
+    (None, {}, {"tune.cv": 1}, "tune.cv must be at least 2, got 1."),
+    ("[tune]\nmax_failed = 0\n", {}, {}, "tune.max_failed must be at least 1, got 0."),
+    ("[tune]\ntimeout = \"later\"\n", {}, {}, "tune.timeout 'later' is not a duration; use e.g. 90s, 30m, 6h or 1d."),
+    ("[tune]\nspace = { n_estimators = 100 }\n", {}, {},
+     "tune.space.n_estimators must be a string such as \"int:50..500\", got 100."),
+    ("[tune]\nsampler = \"bayes\"\n", {}, {},
+     "tune.sampler in .mlops.toml must be one of tpe, random, grid, cmaes; got 'bayes'."),
+    ("[watch]\ntune_trials = -1\n", {}, {}, "watch.tune_trials must be 0 (a plain train) or more, got -1."),
 ]
 
 

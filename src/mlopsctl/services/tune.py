@@ -759,8 +759,9 @@ def export_katib(settings: Settings, name: str, output: Path, *, image: str = "m
         data_arg = str(data.relative_to(settings.project_dir))
     except ValueError:
         data_arg = str(data)
+    data_flag = [] if data == settings.resolve(settings.data.path) else ["--data", data_arg]  # run in the project folder
     command = ["mlopsctl", "tune", "trial", "--study", name, "--model", spec["model"], "--cv", str(spec["cv"]),
-               "--metric", spec["metric"], "--data", data_arg, "--target", spec["data"]["target"],
+               "--metric", spec["metric"], *data_flag, "--target", spec["data"]["target"],
                *(a for k, v in spec["fixed"].items() for a in ("--param", f"{k}={json.dumps(v) if not isinstance(v, str) else v}"))]
     doc = katib.experiment(
         name=name, space=sp.parse_space(spec["space"]), metric=spec["metric"], direction=spec["direction"],
