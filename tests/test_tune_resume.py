@@ -51,7 +51,7 @@ def _kill_when_two_are_running(proc: subprocess.Popen, project: Path, kill) -> l
         finished = [r for r in rows if r[1] != "RUNNING"]
         if len(running) == 2 and len(finished) >= 2:
             kill(proc)
-            proc.wait(30)
+            proc.communicate(timeout=30)  # reaps it and closes its pipes
             return rows
         if proc.poll() is not None:
             pytest.fail(f"tune ended before the kill: {proc.communicate()}")

@@ -54,10 +54,10 @@ def _key(key: str) -> str:
 
 def log_params(s: Session, run_id: int, params: dict[str, Any]) -> None:
     for k, v in params.items():
-        s.merge(Param(run_id=run_id, key=_key(k), value=_param_text(v)))
+        s.merge(Param(run_id=run_id, key=_key(k), value=param_text(v)))
 
 
-def _param_text(v: Any) -> str:
+def param_text(v: Any) -> str:
     if isinstance(v, str):
         return v
     if v is None or isinstance(v, (bool, int, float)):

@@ -289,16 +289,16 @@ class Recorder:
     def _create(self, s: Any, number: int | str, params: dict[str, Any], worker: str) -> Any:
         from mlopsctl import tracking
 
-        run = tracking.create_run(s, self.experiment, f"{self.spec['study']}-trial-{number}",
-                                  dataset_version_id=self.dv_id, task=self.spec["task"], model_class=self.spec["model"],
-                                  seed=self.spec["seed"], environment=_environment())
         tags = {"tune.role": self.role, "tune.study": self.spec["study"], "tune.trial": number,
                 "tune.state": "RUNNING", "tune.worker": worker, "tune.params": json.dumps(jsonable(params))}
         if self.parent is not None:
             tags["parent_run_id"] = self.parent
-        tracking.set_tags(s, run.id, tags)
-        tracking.log_params(s, run.id, {f"model.{k}": v for k, v in params.items()})
-        return run
+        # a new run: its tags and params go in with it (one flush, no per-key merge)
+        return tracking.create_run(
+            s, self.experiment, f"{self.spec['study']}-trial-{number}", dataset_version_id=self.dv_id,
+            task=self.spec["task"], model_class=self.spec["model"], seed=self.spec["seed"], environment=_environment(),
+            tags=[tracking.Tag(key=k, value=str(v)) for k, v in tags.items()],
+            params=[tracking.Param(key=f"model.{k}", value=tracking.param_text(v)) for k, v in params.items()])
 
     def fold(self, run_id: int, step: int, score: float, mean: float) -> None:
         from mlopsctl import tracking
@@ -314,11 +314,12 @@ class Recorder:
             tracking.set_tags(s, run_id, {"tune.state": state})
             tracking.finish_run(s, run_id, status, reason)
 
-    def lost(self, number: int, run_id: int | None, params: dict[str, Any], reason: str) -> None:
+    def lost(self, number: int, params: dict[str, Any], reason: str) -> None:
         from mlopsctl import tracking
 
         with self.store.session() as s:
-            run = s.get(tracking.Run, run_id) if run_id is not None else None
+            run = next((r for r in tracking.runs_tagged(s, "tune.study", self.spec["study"])
+                        if {t.key: t.value for t in r.tags}.get("tune.trial") == str(number)), None)
             if run is None:  # died between asking for the trial and recording it
                 run = self._create(s, number, params, "unknown")
             tracking.set_tags(s, run.id, {"tune.state": "FAILED"})

@@ -245,7 +245,7 @@ class Recorder(Protocol):
 
     def finished(self, run_id: int, state: str, value: float | None, reason: str | None) -> None: ...
 
-    def lost(self, number: int, run_id: int | None, params: dict[str, Any], reason: str) -> None: ...
+    def lost(self, number: int, params: dict[str, Any], reason: str) -> None: ...
 
 
 Evaluate = Callable[[dict[str, Any], Callable[[int, float], None]], list[float]]
@@ -326,8 +326,8 @@ def reconcile(study: Any, backend: Backend, recorder: Recorder) -> int:
         optuna.storages.fail_stale_trials(study)
         for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
             if t.number in running:
-                recorder.lost(t.number, t.user_attrs.get("run_id"), dict(t.params),
-                              f"no heartbeat from its worker {t.user_attrs.get('worker')} for {GRACE_S} s")
+                worker = t.user_attrs.get("worker")
+                recorder.lost(t.number, dict(t.params), f"no heartbeat from its worker {worker} for {GRACE_S} s")
                 lost += 1
         return lost
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
@@ -337,7 +337,7 @@ def reconcile(study: Any, backend: Backend, recorder: Recorder) -> int:
         reason = (f"its worker ({worker or 'unknown'}) ended while the trial was running (killed or crashed); "
                   "marked FAILED by a later worker")
         if _fail(study, t._trial_id, t.number, reason):
-            recorder.lost(t.number, t.user_attrs.get("run_id"), dict(t.params), reason)
+            recorder.lost(t.number, dict(t.params), reason)
             lost += 1
     return lost
 
@@ -400,7 +400,6 @@ def _run_trial(study: Any, spec: StudySpec, backend: Backend, trial: Any, lease:
         recording = True
         run_id = recorder.started(trial.number, params, lease.id)
         recording = False
-        trial.set_user_attr("run_id", run_id)
         if heartbeat is not None:
             heartbeat(trial._trial_id)
         evaluate(params, report)
