@@ -216,7 +216,7 @@ def test_retrain_with_a_small_tune(make_project, settings_of):
     run = tune.retrain(settings, data_path=project / "data" / "train.csv", trials=3, run_name="watch-job-1",
                        experiment="watch")
     assert run["status"] == "FINISHED" and run["experiment"] == "watch" and run["name"].endswith("-best")
-    assert run["tags"]["tune.role"] == "refit" and run["study"].startswith("watch-job-1-")
+    assert run["tags"]["tune.role"] == "refit" and run["study"] == "watch-job-1"
     shown = tune.show_study(settings, run["study"])
     assert shown["target"] == 3 and len(shown["trials"]) == 3 and shown["refit"]["run_id"] == run["id"]
 

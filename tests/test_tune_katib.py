@@ -86,6 +86,11 @@ def test_the_trial_command_prints_what_katib_collects(cli, study, monkeypatch):
     katib = [r_ for r_ in runs if r_["name"] == "Katib_Study.1-trial-katib"]
     assert len(katib) == 1 and katib[0]["status"] == "FINISHED"
     assert katib[0]["metrics"]["cv_roc_auc"] == pytest.approx(trial["value"])
+    # the study's own views leave Katib's trial out of its trials and counts
+    again = json.loads(cli("-C", project, "tune", "show", "Katib_Study.1", "--json").stdout)
+    assert [t["trial"] for t in again["trials"]] == [0, 1, 2]
+    listed = json.loads(cli("-C", project, "tune", "list", "--json").stdout)
+    assert listed[0]["complete"] + listed[0]["pruned"] + listed[0]["failed"] == 3
 
 
 def test_from_katib_reads_the_same_study(cli, study):

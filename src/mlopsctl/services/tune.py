@@ -319,11 +319,16 @@ class Recorder:
 
         with self.store.session() as s:
             run = next((r for r in tracking.runs_tagged(s, "tune.study", self.spec["study"])
-                        if {t.key: t.value for t in r.tags}.get("tune.trial") == str(number)), None)
+                        if _role_and_trial(r) == (self.role, str(number))), None)
             if run is None:  # died between asking for the trial and recording it
                 run = self._create(s, number, params, "unknown")
             tracking.set_tags(s, run.id, {"tune.state": "FAILED"})
             tracking.finish_run(s, run.id, tracking.FAILED, reason)
+
+
+def _role_and_trial(run: Any) -> tuple[str | None, str | None]:
+    tags = {t.key: t.value for t in run.tags}
+    return tags.get("tune.role"), tags.get("tune.trial")
 
 
 def _evaluate(loaded: Loaded, spec: dict[str, Any]) -> Callable[[dict[str, Any], Callable[[int, float], None]], list[float]]:
@@ -562,12 +567,13 @@ def _register(settings: Settings, run_id: int, name: str) -> dict[str, Any]:
 
 def retrain(settings: Settings, *, data_path: Path, trials: int, run_name: str | None = None,
             experiment: str | None = None) -> dict[str, Any]:
-    """A small tune in place of a plain train, for a retrain job (``watch.tune_trials``): a new study of ``trials``
-    trials (one worker, no timeout) on ``data_path``, whose best parameters are refitted through the train path.
-    Returns the refit run like :func:`mlopsctl.services.runs.train_and_track` does (plus ``study``)."""
+    """A small tune in place of a plain train, for a retrain job (``watch.tune_trials``): a study of ``trials``
+    trials (one worker, no timeout) on ``data_path``, named ``run_name`` (so a job that crashed resumes its study;
+    default: ``retrain-<time>``), whose best parameters are refitted through the train path. Returns the refit run
+    like :func:`mlopsctl.services.runs.train_and_track` does, plus ``study``."""
     tuned = with_overrides(settings, tune={"trials": trials, "jobs": 1, "timeout": ""})
-    name = f"{run_name or 'retrain'}-{datetime.now(timezone.utc).strftime('%Y%m%d-%H%M%S')}"
-    out = tune(tuned, study=name, data_path=data_path, experiment=experiment)
+    out = tune(tuned, study=run_name or f"retrain-{datetime.now(timezone.utc).strftime('%Y%m%d-%H%M%S')}",
+               data_path=data_path, experiment=experiment)
     return {**runs.show_run(settings, str(out["refit"]["id"])), "study": out["study"]}
 
 
@@ -646,7 +652,8 @@ def _trial_counts(s: Any, study_run_id: int) -> dict[str, int]:
 
     counts = {"complete": 0, "pruned": 0, "failed": 0, "running": 0}
     for run in tracking.runs_tagged(s, "parent_run_id", str(study_run_id)):
-        state = {t.key: t.value for t in run.tags}.get("tune.state")
+        tags = {t.key: t.value for t in run.tags}
+        state = tags.get("tune.state") if tags.get("tune.role") == "trial" else None
         if state:
             counts[{"COMPLETE": "complete", "PRUNED": "pruned", "FAILED": "failed"}.get(state, "running")] += 1
     return counts
@@ -667,6 +674,7 @@ def show_study(settings: Settings, name: str) -> dict[str, Any]:
             if ctags.get("tune.role") == "refit":
                 refit = {"run_id": c.id, "status": c.status, "trial": int(ctags["tune.trial"]),
                          "metrics": jsonable(tracking.latest_metrics(s, c.id)), "parity": c.parity}
+            if ctags.get("tune.role") != "trial":  # the refit, and trials Katib ran with `tune trial`
                 continue
             m = metrics[c.id]
             trials.append({
