@@ -31,6 +31,7 @@ import re
 import socket
 import time
 import uuid
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Protocol
@@ -160,9 +161,10 @@ def postgres_backend(url: str, study: str, schema: str = "optuna") -> Backend:
     with create_engine(u).begin() as conn:
         conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
     options = f"-csearch_path={schema}"
-    storage = optuna.storages.RDBStorage(
-        u.update_query_dict({"options": options}).render_as_string(hide_password=False),
-        heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S)
+    with _experimental():
+        storage = optuna.storages.RDBStorage(
+            u.update_query_dict({"options": options}).render_as_string(hide_password=False),
+            heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S)
     key = zlib.crc32(f"mlopsctl-tune:{study}".encode())
 
     @contextlib.contextmanager
@@ -175,6 +177,16 @@ def postgres_backend(url: str, study: str, schema: str = "optuna") -> Backend:
                 conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
 
     return Backend(storage, f"schema {schema!r} of {u.render_as_string()}", lock, None)
+
+
+@contextlib.contextmanager
+def _experimental() -> Iterator[None]:
+    """Heartbeats and fail_stale_trials are "experimental" in Optuna 4 and 5 (and what its own optimize uses)."""
+    import optuna
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        yield
 
 
 class Lease:
@@ -323,7 +335,8 @@ def reconcile(study: Any, backend: Backend, recorder: Recorder) -> int:
         import optuna
 
         running = {t.number: t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
-        optuna.storages.fail_stale_trials(study)
+        with _experimental():
+            optuna.storages.fail_stale_trials(study)
         for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
             if t.number in running:
                 worker = t.user_attrs.get("worker")
@@ -363,7 +376,9 @@ def run_worker(
             taken = states.count(TrialState.COMPLETE) + states.count(TrialState.PRUNED) + states.count(TrialState.RUNNING)
             if taken >= spec.target or (deadline is not None and time.monotonic() >= deadline):
                 return
-            trial = study.ask()
+            with warnings.catch_warnings():  # we keep the heartbeat ourselves (_heartbeat), as optimize would
+                warnings.filterwarnings("ignore", "Heartbeat of storage is supposed to be used", UserWarning)
+                trial = study.ask()
             trial.set_user_attr("worker", lease.id)
         _run_trial(study, spec, backend, trial, lease, recorder, evaluate, stop)
         on_change()
@@ -377,7 +392,6 @@ def _run_trial(study: Any, spec: StudySpec, backend: Backend, trial: Any, lease:
     run_id = None
     scores: list[float] = []
     recording = False  # an error while writing a run is the store's, not the trial's: it ends the worker
-    heartbeat = getattr(backend.storage, "record_heartbeat", None) if backend.workers is None else None
 
     def report(step: int, score: float) -> None:
         nonlocal recording
@@ -386,8 +400,6 @@ def _run_trial(study: Any, spec: StudySpec, backend: Backend, trial: Any, lease:
         recording = True
         recorder.fold(run_id, step, float(score), mean)
         recording = False
-        if heartbeat is not None:
-            heartbeat(trial._trial_id)
         if stop():
             raise Stopped("stopped: the tune process that started this worker has ended")
         if step < spec.steps - 1:  # after the last fold the trial is done: nothing left to prune
@@ -400,9 +412,8 @@ def _run_trial(study: Any, spec: StudySpec, backend: Backend, trial: Any, lease:
         recording = True
         run_id = recorder.started(trial.number, params, lease.id)
         recording = False
-        if heartbeat is not None:
-            heartbeat(trial._trial_id)
-        evaluate(params, report)
+        with _heartbeat(backend, trial):
+            evaluate(params, report)
         value = sum(scores) / len(scores) if scores else math.nan
         if not math.isfinite(value):
             raise TrainingError(f"the cross-validated score is {value}; the metric cannot rank this trial.")
@@ -421,6 +432,33 @@ def _run_trial(study: Any, spec: StudySpec, backend: Backend, trial: Any, lease:
     else:
         recorder.finished(run_id, COMPLETE, value, None)
         study.tell(trial, value)
+
+
+@contextlib.contextmanager
+def _heartbeat(backend: Backend, trial: Any) -> Iterator[None]:
+    """On PostgreSQL, a thread records the trial's heartbeat every HEARTBEAT_S while it runs (what Optuna's own
+    optimize loop does); lease files need none."""
+    record = getattr(backend.storage, "record_heartbeat", None) if backend.workers is None else None
+    if record is None:
+        yield
+        return
+    import threading
+
+    done = threading.Event()
+
+    def beat() -> None:
+        while True:
+            record(trial._trial_id)
+            if done.wait(HEARTBEAT_S):
+                return
+
+    thread = threading.Thread(target=beat, daemon=True, name="mlopsctl-tune-heartbeat")
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
 
 
 def _reason(e: BaseException) -> str:
