@@ -169,6 +169,9 @@ def test_show_unknown_study_and_resume_with_another_space(cli, make_project, ass
     assert_error(cli("-C", project, "tune", "--study", "s", "--cv", 3), 4,
                  "study 's' was started with cv = 2, not 3; resume it without --cv or start a new study with another "
                  "--study name.")
+    assert_error(cli("-C", project, "tune", "--study", "s", "--data", project / "data" / "other.csv"), 4,
+                 f"study 's' was started on {project / 'data' / 'train.csv'}, not {project / 'data' / 'other.csv'}; "
+                 "resume it without --data or start a new study with another --study name.")
     # resuming with more trials extends it to exactly that many; the first two runs are not redone
     more = cli("-C", project, "tune", "--study", "s", "--trials", 4, "--json")
     assert more.exit_code == 0, more.stderr

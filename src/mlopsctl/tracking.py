@@ -78,7 +78,11 @@ def metric_rows(run_id: int, metrics: dict[str, float], step: int = 0, ts: datet
 
 
 def log_metrics(s: Session, run_id: int, metrics: dict[str, float], step: int = 0) -> None:
-    rows = metric_rows(run_id, metrics, step)
+    insert_metric_rows(s, metric_rows(run_id, metrics, step))
+
+
+def insert_metric_rows(s: Session, rows: list[dict]) -> None:
+    """Rows from :func:`metric_rows` (several steps and runs at once), in one statement."""
     if rows:
         s.execute(insert(Metric), rows)
 

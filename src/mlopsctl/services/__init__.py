@@ -5,4 +5,5 @@
 - :mod:`~mlopsctl.services.runs`: train and track a run; list, show, compare runs
 - :mod:`~mlopsctl.services.models`: register, promote, roll back; models and the audit trail
 - :mod:`~mlopsctl.services.gate`: the quality gate a promotion passes
+- :mod:`~mlopsctl.services.tune`: hyperparameter search (``mlopsctl tune``), studies, Katib files
 """

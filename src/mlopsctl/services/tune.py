@@ -230,7 +230,8 @@ def _resume_spec(stored: dict[str, Any], settings: Settings, given: frozenset[st
 
 
 def _default_name() -> str:
-    return "tune-" + datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    """``tune-20261203-091500-3fa2``: two studies started in the same second still get their own."""
+    return f"tune-{datetime.now(timezone.utc).strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
 
 
 def _study_params(spec: dict[str, Any]) -> dict[str, Any]:
@@ -279,6 +280,7 @@ class Recorder:
         self.store = open_project(settings).store
         self.spec, self.experiment, self.parent, self.dv_id, self.role = spec, experiment, study_run_id, dataset_version_id, role
         self.metric = spec["metric"]
+        self._folds: dict[int, list[dict[str, Any]]] = {}
 
     def started(self, number: int, params: dict[str, Any], worker: str) -> int:
         from mlopsctl import tracking
@@ -301,16 +303,19 @@ class Recorder:
             params=[tracking.Param(key=f"model.{k}", value=tracking.param_text(v)) for k, v in params.items()])
 
     def fold(self, run_id: int, step: int, score: float, mean: float) -> None:
+        """Kept until the trial ends, then written with its state in one transaction (a trial whose process dies
+        loses its fold scores, not its FAILED record)."""
         from mlopsctl import tracking
 
-        with self.store.session() as s:
-            tracking.log_metrics(s, run_id, {f"fold_{self.metric}": score, f"cv_{self.metric}": mean}, step=step)
+        self._folds.setdefault(run_id, []).extend(
+            tracking.metric_rows(run_id, {f"fold_{self.metric}": score, f"cv_{self.metric}": mean}, step))
 
     def finished(self, run_id: int, state: str, value: float | None, reason: str | None) -> None:
         from mlopsctl import tracking
 
         status = {"COMPLETE": tracking.FINISHED, "PRUNED": tracking.PRUNED}.get(state, tracking.FAILED)
         with self.store.session() as s:
+            tracking.insert_metric_rows(s, self._folds.pop(run_id, []))
             tracking.set_tags(s, run_id, {"tune.state": state})
             tracking.finish_run(s, run_id, status, reason)
 
@@ -374,6 +379,9 @@ def tune(
         run_id = existing.id if existing is not None else None
         dv_id = existing.dataset_version_id if existing is not None else None
     if stored is not None:
+        if data_path is not None and settings.resolve(data_path) != Path(stored["data"]["path"]):
+            raise ConflictError(f"study {name!r} was started on {stored['data']['path']}, not {settings.resolve(data_path)}; "
+                                "resume it without --data or start a new study with another --study name.")
         spec = _resume_spec(stored, settings, given)
         loaded = _load(settings, spec)
         with open_project(settings).store.session() as s:
@@ -436,6 +444,7 @@ def _search(settings: Settings, spec: dict[str, Any], sspec: Any, backend: Any, 
     lease = st.Lease(backend.workers)
     report = lambda: progress(st.snapshot(study_obj, sspec), time.monotonic() - started)  # noqa: E731
     try:
+        report()  # the progress bar shows from the start
         st.run_worker(study_obj, sspec, backend, lease, recorder, _evaluate(loaded, spec), deadline=deadline,
                       on_change=report)
         while any(w.poll() is None for w in workers):
