@@ -171,7 +171,7 @@ ERRORS = [
      f"unknown key 'train.bogus' in .mlops.toml; valid keys: {VALID_KEYS}."),
     ("[bogus]\nx = 1\n", {}, {},
      "unknown section [bogus] in .mlops.toml; valid sections: store, data, train, registry, serve, watch, monitor, "
-     "ui, pipeline."),
+     "tune, ui, pipeline."),
     ("seed = 1\n", {}, {},  # a key outside any section
      "key 'seed' in .mlops.toml is outside any section (it belongs under [train]); put keys under a section header such as [train]."),
     ("train = 3\n", {}, {},
@@ -284,6 +284,16 @@ ERRORS = [
     (None, {"MLOPS_PIPELINE_STEPS": '{"t": {"uses": "train", "outs": ["m"]}}'}, {},
      "pipeline step 't' in the environment: 'outs' does not apply to a uses = \"train\" step; the keys of a "
      "uses = \"train\" step are: uses, deps, params, needs, always, data, model, experiment."),
+    ("[tune]\ntrials = 0\n", {}, {}, "tune.trials must be at least 1, got 0."),
+    (None, {"MLOPS_TUNE_JOBS": "0"}, {}, "tune.jobs must be at least 1, got 0."),
+    (None, {}, {"tune.cv": 1}, "tune.cv must be at least 2, got 1."),
+    ("[tune]\nmax_failed = 0\n", {}, {}, "tune.max_failed must be at least 1, got 0."),
+    ("[tune]\ntimeout = \"later\"\n", {}, {}, "tune.timeout 'later' is not a duration; use e.g. 90s, 30m, 6h or 1d."),
+    ("[tune]\nspace = { n_estimators = 100 }\n", {}, {},
+     "tune.space.n_estimators must be a string such as \"int:50..500\", got 100."),
+    ("[tune]\nsampler = \"bayes\"\n", {}, {},
+     "tune.sampler in .mlops.toml must be one of tpe, random, grid, cmaes; got 'bayes'."),
+    ("[watch]\ntune_trials = -1\n", {}, {}, "watch.tune_trials must be 0 (a plain train) or more, got -1."),
 ]
 
 
@@ -328,7 +338,7 @@ def test_a_folder_named_like_the_config_file_is_not_a_config(tmp_path):
     ("[train]\nbogus = 1\n", {}, f"unknown key 'train.bogus' in .mlops.toml; valid keys: {VALID_KEYS}."),
     ("[bogus]\n", {},
      "unknown section [bogus] in .mlops.toml; valid sections: store, data, train, registry, serve, watch, monitor, "
-     "ui, pipeline."),
+     "tune, ui, pipeline."),
     ("[train]\nseed = \"x\"\n", {}, "train.seed in .mlops.toml must be an integer, got 'x'."),
     ("[data]\ntask = \"clustering\"\n", {},
      "data.task in .mlops.toml must be one of auto, classification, regression; got 'clustering'."),

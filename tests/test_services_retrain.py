@@ -272,3 +272,22 @@ def test_a_run_left_running_by_a_dead_process_is_marked_failed_and_its_job_resum
     assert jobs(bc_project) == [(1, "files", "done", "promoted", 3, 2)]
     assert q(bc_project, "SELECT dataset_version_id FROM runs WHERE id = 3") == [(dv_id,)]  # exactly the recorded data
     assert log.has("resuming job 1 left unfinished by a previous watcher")
+
+
+def test_a_retrain_with_watch_tune_trials_refits_the_best_of_a_small_tune(bc_project: Path):
+    """watch.tune_trials > 0: the job's run is the refit of a study named after the job, on the job's data."""
+    drop(fresh_rows(bc_project, 150, 1), bc_project / "data" / "incoming" / "batch-1.csv")
+    w, log = make_watcher(bc_project, MLOPS_WATCH_TUNE_TRIALS="3", MLOPS_TUNE_CV="2")
+    [o] = w.run_once()
+    assert o.decision in ("promoted", "rejected") and o.version == 2
+    tags = dict(q(bc_project, "SELECT key, value FROM tags WHERE run_id = ?", o.run_id))
+    assert (tags["tune.role"], tags["tune.study"]) == ("refit", "watch-job-1")
+    [(study_run,)] = q(bc_project, "SELECT run_id FROM tags WHERE key = 'tune.role' AND value = 'study'")
+    trials = q(bc_project, "SELECT COUNT(*) FROM tags t JOIN tags p ON p.run_id = t.run_id "
+                           "WHERE t.key = 'tune.role' AND t.value = 'trial' AND p.key = 'parent_run_id' AND p.value = ?",
+               str(study_run))
+    assert trials == [(3,)]
+    assert tags["parent_run_id"] == str(study_run)
+    [(data_rows,)] = q(bc_project, "SELECT dv.row_count FROM runs r JOIN dataset_versions dv "
+                                   "ON dv.id = r.dataset_version_id WHERE r.id = ?", o.run_id)
+    assert data_rows == 569 + 120  # the job's data, not data.path

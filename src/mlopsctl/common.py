@@ -6,6 +6,7 @@ Standard library only, no internal imports: anything may import this.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import tempfile
@@ -15,6 +16,17 @@ from typing import IO, Any, Iterator
 
 DATA_SUFFIXES = (".csv", ".parquet", ".pq")  # what train, data add, watch and predict read
 PARQUET_SUFFIXES = (".parquet", ".pq")
+
+
+def parse_value(text: str) -> Any:
+    """A value typed on a command line or in a search space: JSON numbers, lists and objects; true/false and
+    none/null in any case; anything else is the text itself (``"gini"``, ``"sqrt"``)."""
+    text = text.strip()
+    low = {"true": "true", "false": "false", "none": "null", "null": "null"}.get(text.lower(), text)
+    try:
+        return json.loads(low)
+    except ValueError:
+        return text
 
 
 def jsonable(o: Any) -> Any:

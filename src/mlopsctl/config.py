@@ -108,6 +108,7 @@ class WatchSettings:
     max_null_increase: float = _opt(0.2, "how much a column's null rate may exceed the training data's")
     every: str = _opt("", "also retrain on a schedule, e.g. 6h, 30m, 1d (empty: only on new files)")
     pipeline: bool = _opt(False, "run the project's pipeline ([pipeline.steps]) instead of a bare train when files land")
+    tune_trials: int = _opt(0, "retrain with a small tune of this many trials instead of a plain train (0: plain train)")
 
 
 @dataclass(frozen=True)
@@ -119,6 +120,20 @@ class MonitorSettings:
     check_every: str = _opt("10m", "how often `watch --on-drift` checks drift")
     min_rows: int = _opt(100, "fewest logged rows for a drift check")
     min_labels: int = _opt(50, "fewest labelled predictions for a drift-triggered retrain")
+
+
+@dataclass(frozen=True)
+class TuneSettings:
+    space: dict = _opt({}, "search space, e.g. { n_estimators = \"int:50..500:log\", criterion = \"choice:gini,entropy\" } "
+                           "(empty: the model family's default space)")
+    trials: int = _opt(30, "finished (complete or pruned) trials a study runs to")
+    jobs: int = _opt(1, "worker processes on this machine")
+    sampler: str = _opt("tpe", "how trials are chosen", choices=("tpe", "random", "grid", "cmaes"))
+    pruner: str = _opt("median", "stop a trial whose running CV mean is below the median of earlier trials at the same fold",
+                       choices=("median", "none"))
+    cv: int = _opt(5, "folds of the cross-validation on the training split")
+    timeout: str = _opt("", "stop starting trials after this long, e.g. 30m, 2h (empty: no limit)")
+    max_failed: int = _opt(10, "a study stops with an error after this many failed trials (Katib's maxFailedTrialCount)")
 
 
 @dataclass(frozen=True)
@@ -141,6 +156,7 @@ SECTIONS: dict[str, type] = {
     "serve": ServeSettings,
     "watch": WatchSettings,
     "monitor": MonitorSettings,
+    "tune": TuneSettings,
     "ui": UiSettings,
     "pipeline": PipelineSettings,
 }
@@ -157,6 +173,7 @@ class Settings:
     serve: ServeSettings = field(default_factory=ServeSettings)
     watch: WatchSettings = field(default_factory=WatchSettings)
     monitor: MonitorSettings = field(default_factory=MonitorSettings)
+    tune: TuneSettings = field(default_factory=TuneSettings)
     ui: UiSettings = field(default_factory=UiSettings)
     pipeline: PipelineSettings = field(default_factory=PipelineSettings)
 
@@ -334,7 +351,6 @@ def load_settings(
 
 
 # ---- pipeline steps ([pipeline.steps.NAME]) ----------------------------------------------------------------
-
 def with_overrides(settings: Settings, **sections: dict[str, Any]) -> Settings:
     """A copy of ``settings`` with some keys replaced, e.g. ``with_overrides(s, train={"seed": 1})``."""
     changes = {name: replace(getattr(settings, name), **vals) for name, vals in sections.items()}

@@ -135,6 +135,16 @@ def check_ranges(s: Any) -> None:
     for col, value in s.monitor.threshold.items():
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
             raise ConfigError(f"monitor.threshold.{col} must be a non-negative number, got {value!r}.")
+    for key, low in (("trials", 1), ("jobs", 1), ("cv", 2), ("max_failed", 1)):
+        if getattr(s.tune, key) < low:
+            raise ConfigError(f"tune.{key} must be at least {low}, got {getattr(s.tune, key)}.")
+    if s.tune.timeout:
+        parse_duration(s.tune.timeout, "tune.timeout")
+    for name, spec in s.tune.space.items():
+        if not isinstance(spec, str):
+            raise ConfigError(f"tune.space.{name} must be a string such as \"int:50..500\", got {spec!r}.")
+    if s.watch.tune_trials < 0:
+        raise ConfigError(f"watch.tune_trials must be 0 (a plain train) or more, got {s.watch.tune_trials}.")
     for key in ("max_body_mb", "reload_interval", "range_tolerance"):
         if getattr(s.serve, key) <= 0:
             raise ConfigError(f"serve.{key} must be greater than 0, got {getattr(s.serve, key)}.")

@@ -103,3 +103,7 @@ class StepNotFinished(Exception):
 class RetryPerRow(Exception):
     """Inside batch predict: a value Arrow could not convert to the contract's type in the fast typed read; the
     file is read again with per-row validation. It never leaves batch predict."""
+
+
+class Stopped(Exception):
+    """Inside a tuning worker: asked to stop mid-trial (its parent process ended); the trial is marked FAILED."""

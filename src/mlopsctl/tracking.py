@@ -21,6 +21,7 @@ from mlopsctl.store.models import (
 )
 
 RUNNING, FINISHED, FAILED = "RUNNING", "FINISHED", "FAILED"
+PRUNED = "PRUNED"  # a tuning trial stopped early by the pruner (it finished, with a partial score)
 MAX_KEY = 250
 
 
@@ -49,10 +50,10 @@ def _key(key: str) -> str:
 
 def log_params(s: Session, run_id: int, params: dict[str, Any]) -> None:
     for k, v in params.items():
-        s.merge(Param(run_id=run_id, key=_key(k), value=_param_text(v)))
+        s.merge(Param(run_id=run_id, key=_key(k), value=param_text(v)))
 
 
-def _param_text(v: Any) -> str:
+def param_text(v: Any) -> str:
     if isinstance(v, str):
         return v
     if v is None or isinstance(v, (bool, int, float)):
@@ -73,7 +74,11 @@ def metric_rows(run_id: int, metrics: dict[str, float], step: int = 0, ts: datet
 
 
 def log_metrics(s: Session, run_id: int, metrics: dict[str, float], step: int = 0) -> None:
-    rows = metric_rows(run_id, metrics, step)
+    insert_metric_rows(s, metric_rows(run_id, metrics, step))
+
+
+def insert_metric_rows(s: Session, rows: list[dict]) -> None:
+    """Rows from :func:`metric_rows` (several steps and runs at once), in one statement."""
     if rows:
         s.execute(insert(Metric), rows)
 
@@ -130,6 +135,12 @@ def get_run(s: Session, ref: str | int) -> Run:
     if run is None:
         raise NotFoundError(f"run {text!r} does not exist; see `mlopsctl runs list`.")
     return run
+
+
+def runs_tagged(s: Session, key: str, value: str) -> list[Run]:
+    """Runs with tag ``key`` = ``value``, oldest first (a study's trials: ``parent_run_id`` = the study's run id)."""
+    q = select(Run).join(Tag, Tag.run_id == Run.id).where(Tag.key == key, Tag.value == value)
+    return list(s.scalars(q.options(selectinload(Run.experiment), selectinload(Run.tags)).order_by(Run.id)))
 
 
 def latest_metrics(s: Session, run_id: int) -> dict[str, float]:

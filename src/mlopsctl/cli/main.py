@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from mlopsctl._version import __version__
-from mlopsctl.cli import data, db, export, monitor, pipeline, predict, project, registry, runs, serve, train, ui, watch
+from mlopsctl.cli import data, db, export, monitor, pipeline, predict, project, registry, runs, serve, train, tune, ui, watch
 
 app = typer.Typer(
     name="mlopsctl",
@@ -62,6 +62,7 @@ app.add_typer(monitor.app, name="monitor")
 app.add_typer(db.app, name="db")
 app.add_typer(pipeline.app, name="pipeline")
 pipeline.register(app)
+app.add_typer(tune.app, name="tune")
 
 
 def main() -> None:

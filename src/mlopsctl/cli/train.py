@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -10,6 +9,7 @@ import typer
 
 from mlopsctl.cli._console import JsonFlag, cli_path, console, err_console, fmt, print_json, settings_from, table
 from mlopsctl.cli._errors import reports_errors
+from mlopsctl.common import parse_value
 from mlopsctl.errors import InvalidInputError
 
 STAGE_TEXT = {
@@ -26,13 +26,20 @@ def parse_params(items: list[str]) -> dict[str, Any]:
         key = key.strip()
         if not sep or not key:
             raise InvalidInputError(f"--param {item!r} must look like key=value, e.g. --param n_estimators=300.")
-        text = raw.strip()
-        low = {"true": "true", "false": "false", "none": "null", "null": "null"}.get(text.lower(), text)
-        try:
-            out[key] = json.loads(low)
-        except ValueError:
-            out[key] = text
+        out[key] = parse_value(raw)
     return out
+
+
+def with_model(ctx: typer.Context, settings: Any, model: str | None, param: list[str] | None,
+               extra: dict[str, Any] | None = None) -> Any:
+    """``settings`` with the estimator parameters for ``--model``: train.params belong to the configured estimator,
+    so another ``--model`` starts from none; then ``extra`` and the ``--param`` values on top."""
+    from mlopsctl.config import with_overrides
+
+    params = {} if model is not None and model != settings_from(ctx).train.model else dict(settings.train.params)
+    params.update(extra or {})
+    params.update(parse_params(param or []))
+    return with_overrides(settings, train={"params": params})
 
 
 def register(app: typer.Typer) -> None:
@@ -66,18 +73,13 @@ def register(app: typer.Typer) -> None:
 
           mlopsctl train --exclude customer_id --exclude notes
         """
-        from mlopsctl.config import with_overrides
         from mlopsctl.services import runs
 
         settings = settings_from(ctx, **{
             "data.target": target, "data.task": task, "train.model": model, "train.experiment": experiment,
             "train.seed": seed, "train.test_size": test_size, "data.exclude": exclude or None,
         })
-        if model is not None and model != settings_from(ctx).train.model:
-            # train.params in the config belong to the configured estimator, not to this one
-            settings = with_overrides(settings, train={"params": {}})
-        if param:
-            settings = with_overrides(settings, train={"params": {**settings.train.params, **parse_params(param)}})
+        settings = with_model(ctx, settings, model, param)
         data = cli_path(data)
         if json_:
             result = runs.train_and_track(settings, data_path=data, run_name=run_name, notify=_note)

@@ -8,4 +8,5 @@
 - :mod:`~mlopsctl.services.browse`: the dashboard's runs: search (filter, sort, page in SQL), compare many
 - :mod:`~mlopsctl.services.activity`: the dashboard's audit trail, watcher jobs and quarantined files
 - :mod:`~mlopsctl.services.monitor_history`: the dashboard's monitoring: request volume and latency, drift checks
+- :mod:`~mlopsctl.services.tune`: hyperparameter search (``mlopsctl tune``), studies, Katib files
 """

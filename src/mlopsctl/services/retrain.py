@@ -175,11 +175,15 @@ class Retrainer:
         return path, data.read_table(path)
 
     def _train(self, job_id: int, path: Path, frame: Any, dataset_version_id: int) -> int:
-        from mlopsctl.services import runs
+        from mlopsctl.services import runs, tune
 
-        run = runs.train_and_track(self.settings, data_path=path, frame=frame,
-                                   dataset_version_id=dataset_version_id, run_name=f"watch-job-{job_id}",
-                                   experiment="watch")
+        if self.settings.watch.tune_trials:  # a small search, its best parameters refitted as the job's run
+            run = tune.retrain(self.settings, data_path=path, trials=self.settings.watch.tune_trials,
+                               run_name=f"watch-job-{job_id}", experiment="watch")
+        else:
+            run = runs.train_and_track(self.settings, data_path=path, frame=frame,
+                                       dataset_version_id=dataset_version_id, run_name=f"watch-job-{job_id}",
+                                       experiment="watch")
         self.say(f"trained run {run['id']}: " + ", ".join(f"{k}={v:.4f}" for k, v in run["metrics"].items()
                                                           if v is not None))
         return run["id"]

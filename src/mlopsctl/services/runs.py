@@ -108,6 +108,7 @@ def train_and_track(
     settings: Settings, *, data_path: Path | None = None, run_name: str | None = None,
     experiment: str | None = None, progress: Callable[[str], None] = lambda stage: None,
     notify: Callable[[str], None] = lambda line: None, frame: Any = None, dataset_version_id: int | None = None,
+    tags: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Read the data, train, export, check parity and record everything as one run.
 
@@ -123,12 +124,12 @@ def train_and_track(
     progress("load")
     df = frame if frame is not None else data.read_table(path, delimiter=settings.data.delimiter,
                                                           decimal=settings.data.decimal)
-    prepared = training.prepare(df, _spec(settings, path))
+    prepared = training.prepare(df, train_spec(settings, path))
     for line in prepared.notices:
         notify(line)
     dv_id = dataset_version_id if dataset_version_id is not None else record_dataset(settings, path, df, None)[2]
     store = open_project(settings).store
-    run_id = _start_run(settings, prepared, dv_id, experiment, run_name)
+    run_id = _start_run(settings, prepared, dv_id, experiment, run_name, tags)
     try:
         result = training.train(prepared, progress)
         progress("record")
@@ -139,7 +140,8 @@ def train_and_track(
     return show_run(settings, str(run_id))
 
 
-def _spec(settings: Settings, path: Path) -> Any:
+def train_spec(settings: Settings, path: Path) -> Any:
+    """The TrainSpec of ``settings`` for the data at ``path`` (what `mlopsctl train` and a tuning trial fit)."""
     from mlopsctl.training import train as training
 
     t = settings.train
@@ -151,7 +153,8 @@ def _spec(settings: Settings, path: Path) -> Any:
     )
 
 
-def _start_run(settings: Settings, prepared: Any, dv_id: int, experiment: str | None, run_name: str | None) -> int:
+def _start_run(settings: Settings, prepared: Any, dv_id: int, experiment: str | None, run_name: str | None,
+               tags: dict[str, Any] | None = None) -> int:
     """The RUNNING run, with what training noticed about the data (one short transaction)."""
     from mlopsctl import tracking
     from mlopsctl.training import train as training
@@ -164,6 +167,8 @@ def _start_run(settings: Settings, prepared: Any, dv_id: int, experiment: str | 
         )
         if prepared.notices:
             tracking.set_tags(s, run.id, {"data.notices": "\n".join(prepared.notices)})
+        if tags:
+            tracking.set_tags(s, run.id, tags)
         if prepared.ignored:
             tracking.log_params(s, run.id, {"excluded_columns": ",".join(map(str, prepared.ignored))})
         return run.id

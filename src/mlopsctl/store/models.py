@@ -69,7 +69,7 @@ class Run(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     experiment_id: Mapped[int] = mapped_column(ForeignKey("experiments.id", ondelete="CASCADE"), index=True)
     name: Mapped[str] = mapped_column(String(200))
-    status: Mapped[str] = mapped_column(String(16), index=True)  # RUNNING | FINISHED | FAILED
+    status: Mapped[str] = mapped_column(String(16), index=True)  # RUNNING | FINISHED | FAILED | PRUNED (a tuning trial)
     failure_reason: Mapped[Optional[str]] = mapped_column(Text)
     started_at: Mapped[datetime] = mapped_column(default=utcnow)
     ended_at: Mapped[Optional[datetime]]

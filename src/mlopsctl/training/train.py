@@ -183,13 +183,30 @@ def _split(X: pd.DataFrame, y: pd.Series, spec: TrainSpec, task: str) -> list[An
                             stratify=y if task == "classification" else None)
 
 
+@dataclass
+class Split:
+    """The training and held-out rows (raw features, cleaned target), each with a fresh 0..n-1 index."""
+
+    X_train: pd.DataFrame
+    X_test: pd.DataFrame
+    y_train: pd.Series
+    y_test: pd.Series
+
+
+def split(prepared: Prepared) -> Split:
+    """The held-out split every run of this spec gets: ``test_size`` and ``seed``, stratified by class. A tuning
+    trial's cross-validation folds come from its training rows only."""
+    parts = _split(prepared.X, prepared.y, prepared.spec, prepared.task)
+    return Split(*(part.reset_index(drop=True) for part in parts))
+
+
 def train(prepared: Prepared, progress: Progress = lambda stage: None) -> TrainResult:
     """Split, fit, evaluate on the held-out split, export to ONNX and check parity, each stage timed."""
     timings: dict[str, float] = {}
     spec, estimator, task = prepared.spec, prepared.estimator, prepared.task
     with _stage("prepare", progress, timings):
-        X_train, X_test, y_train, y_test = (part.reset_index(drop=True)
-                                            for part in _split(prepared.X, prepared.y, spec, task))
+        parts = split(prepared)
+        X_train, X_test, y_train, y_test = parts.X_train, parts.X_test, parts.y_train, parts.y_test
         decode = labels.decoder(prepared.label_type) or (lambda codes: codes)
         classes = decode(np.array(sorted(y_train.unique().tolist()))) if task == "classification" else None
         contract = build_contract(X_train, y_train, target=spec.target, task=task, classes=classes,
@@ -200,9 +217,9 @@ def train(prepared: Prepared, progress: Progress = lambda stage: None) -> TrainR
         Xn_test = pd.DataFrame(contract.normalize(X_test))
     booster = boosters.library_of(estimator) is not None
     with _stage("fit", progress, timings):
-        _fit(pipeline, Xn_train, y_train, prepared, booster)
+        fit(pipeline, Xn_train, y_train, prepared)
     with _stage("evaluate", progress, timings):
-        scores = _evaluate(pipeline, Xn_test, y_test, task)
+        scores = evaluate(pipeline, Xn_test, y_test, task)
     with _stage("export", progress, timings):
         onnx_bytes, contract = export.export_onnx(pipeline, contract)
     with _stage("parity", progress, timings):
@@ -228,9 +245,11 @@ def _stage(name: str, progress: Progress, timings: dict[str, float]) -> Iterator
     timings[name] = time.perf_counter() - t
 
 
-def _fit(pipeline: Any, X: pd.DataFrame, y: pd.Series, prepared: Prepared, booster: bool) -> None:
+def fit(pipeline: Any, X: pd.DataFrame, y: pd.Series, prepared: Prepared) -> None:
+    """Fit (a booster with its early stopping), an estimator's complaint about its data or parameters as one
+    TrainingError line. Used by a run and by each fold of a tuning trial's cross-validation."""
     try:
-        if booster:
+        if boosters.library_of(prepared.estimator) is not None:
             boosters.fit(pipeline, X, y, task=prepared.task, early_stopping_rounds=prepared.spec.early_stopping_rounds,
                          seed=prepared.spec.seed)
         else:
@@ -241,7 +260,8 @@ def _fit(pipeline: Any, X: pd.DataFrame, y: pd.Series, prepared: Prepared, boost
         raise TrainingError(f"fitting {type(prepared.estimator).__name__} failed: {str(e).splitlines()[0]}") from None
 
 
-def _evaluate(pipeline: Any, X: pd.DataFrame, y: pd.Series, task: str) -> dict[str, float]:
+def evaluate(pipeline: Any, X: pd.DataFrame, y: pd.Series, task: str) -> dict[str, float]:
+    """Every metric of the task (mlopsctl.training.metrics) of a fitted pipeline on rows it did not see."""
     if task == "classification":
         proba = pipeline.predict_proba(X)
         predicted = pipeline.classes_[np.argmax(proba, axis=1)]
