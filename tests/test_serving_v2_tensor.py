@@ -149,7 +149,7 @@ def test_metadata_gives_the_column_order_and_the_single_tensor(apps, projects):
 def test_openapi_describes_both_input_forms(apps):
     def doc(key: str) -> str:
         spec = apps[key].test_client().get("/openapi.json").get_json()
-        schema = spec["paths"]["/v2/models/{{model_name}}/infer"]["post"]["requestBody"]["content"]["application/json"]
+        schema = spec["paths"]["/v2/models/{model_name}/infer"]["post"]["requestBody"]["content"]["application/json"]
         return schema["schema"]["properties"]["inputs"]["description"]
 
     assert doc("odd") == ("one [N, 1] (or [N]) tensor per column, named by its ONNX input: mean_radius (FP32), "
