@@ -315,3 +315,11 @@ def test_the_pipeline_dag_step_states_and_executions_by_step(served_tuned, open_
     page.wait_for_url(re.compile(r".*step=prep.*"))
     assert rows.count() == 2 and [rows.nth(i).locator(".status").inner_text() for i in range(2)] == ["cached", "ran"]
     assert dialogs == []
+    plain = open_page(js=False)  # without the script: the filter's button, the study's tables and charts
+    plain.goto(served_tuned.url + "/pipeline")
+    plain.select_option("#execution-filters select[name=step]", "fit")
+    plain.click("#execution-filters button[type=submit]")
+    plain.wait_for_url(re.compile(r".*/pipeline\?step=fit$"))
+    assert plain.locator("#executions-table tbody tr").count() == 2 and plain.locator("#dag svg.dag").count() == 1
+    plain.goto(served_tuned.url + f"/studies/{STUDY}")
+    assert plain.locator("#trials tbody tr").count() == 4 and plain.locator("svg.history circle.trial").count() == 4

@@ -2,7 +2,8 @@
 
 Time series over buckets reuse the monitoring report's :func:`~mlopsctl.monitoring.report.line_svg` and
 its palette; what the report has no use for is here: a metric over steps (numeric x), a scatter of two
-run fields, and parallel coordinates over many runs.
+run fields, parallel coordinates over many runs, a tuning study's optimisation history and parameter
+importance bars, and a pipeline's DAG.
 """
 
 from __future__ import annotations
