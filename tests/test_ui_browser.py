@@ -254,6 +254,12 @@ def test_without_javascript_pages_read_and_compare_works_through_forms(served, o
 
 # ---- studies and the pipeline (tests/ui_tuned_project.py) ------------------------------------------------------
 
+def settle(page) -> None:
+    """Wait until the page has fetched everything (its favicon too) before leaving it: a request that a fast
+    navigation cuts off would count as a failed request."""
+    page.wait_for_load_state("networkidle")
+
+
 @pytest.fixture
 def served_tuned(tuned_template: Path) -> Iterator[Served]:
     s = Served(tuned_template)  # every test here only reads
@@ -272,6 +278,7 @@ def test_from_the_studies_list_to_a_study_and_one_of_its_trials(served_tuned, op
     assert page.locator(f"tr[data-study='{STUDY}'] .best-value").inner_text() == fmt(study["best"]["value"])
     assert page.locator(f"tr[data-study='{FAILED_STUDY}'] td.failed").inner_text() == "2"
     shots(page, "studies")
+    settle(page)
     page.click(f"#studies-table a:text-is('{STUDY}')")
     page.wait_for_url(served_tuned.url + f"/studies/{STUDY}")
     assert page.locator("#best-value").inner_text() == fmt(study["best"]["value"])
@@ -281,15 +288,20 @@ def test_from_the_studies_list_to_a_study_and_one_of_its_trials(served_tuned, op
     assert page.locator("#charts svg.bars rect.bar").count() == len(study["importance"])
     shots(page, "study")
     best = study["best"]
+    settle(page)
     page.locator(f"#trial-{best['trial']} a").click()  # the best trial's run
     page.wait_for_url(served_tuned.url + f"/runs/{best['run_id']}")
     assert page.locator("h1").inner_text().startswith(f"Run {best['run_id']}")
+    settle(page)
     page.go_back()
+    settle(page)
     page.locator(f"#registered a:text-is('{TUNED_MODEL}/1')").click()
     page.wait_for_url(served_tuned.url + f"/models/{TUNED_MODEL}")
+    settle(page)
     page.goto(served_tuned.url + f"/studies/{FAILED_STUDY}")
     assert page.locator("#trials tbody tr").count() == 2 and page.locator("svg.history").count() == 0
     assert "n_neighbors" in page.locator("#trial-0 .reason").inner_text()
+    settle(page)
     resp = page.goto(served_tuned.url + "/studies/%3Cscript%3Ealert(1)%3C%2Fscript%3E")
     assert resp.status == 404 and "<script>alert(1)</script>" in page.locator("#error-message").inner_text()
     page.problems.remove("console error: Failed to load resource: the server responded with a status of 404 (NOT FOUND)")
@@ -307,19 +319,23 @@ def test_the_pipeline_dag_step_states_and_executions_by_step(served_tuned, open_
     assert "failed" in page.locator("#step-check .last").inner_text()
     assert XSS in page.locator("#step-prep").inner_text()  # shown as text, never run
     shots(page, "pipeline")
+    settle(page)
     page.locator("#dag g.node[data-step='check']").click()  # a box links to its step's executions
     page.wait_for_url(re.compile(r".*/pipeline\?step=check#executions$"))
     rows = page.locator("#executions-table tbody tr")
     assert rows.count() == 2 and set(rows.evaluate_all("rs => rs.map(r => r.dataset.step)")) == {"check"}
+    settle(page)
     page.select_option("#execution-filters select[name=step]", "prep")  # submits by itself
     page.wait_for_url(re.compile(r".*step=prep.*"))
     assert rows.count() == 2 and [rows.nth(i).locator(".status").inner_text() for i in range(2)] == ["cached", "ran"]
     assert dialogs == []
     plain = open_page(js=False)  # without the script: the filter's button, the study's tables and charts
     plain.goto(served_tuned.url + "/pipeline")
+    settle(plain)
     plain.select_option("#execution-filters select[name=step]", "fit")
     plain.click("#execution-filters button[type=submit]")
     plain.wait_for_url(re.compile(r".*/pipeline\?step=fit$"))
     assert plain.locator("#executions-table tbody tr").count() == 2 and plain.locator("#dag svg.dag").count() == 1
+    settle(plain)
     plain.goto(served_tuned.url + f"/studies/{STUDY}")
     assert plain.locator("#trials tbody tr").count() == 4 and plain.locator("svg.history circle.trial").count() == 4
