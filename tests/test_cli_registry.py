@@ -495,7 +495,7 @@ def test_promote_version_must_be_positive(cli, proj, reg):
     reg("rf")
     r = cli("promote", MODEL, "0")
     assert r.exit_code == 2
-    assert r.stderr.splitlines()[-1] == "Error: Invalid value for 'version': Input should be greater than or equal to 1"
+    assert r.stderr.splitlines()[-1] == "Error: Invalid value for 'version': 0 is not in the range x>=1."
 
 
 def test_promote_without_any_registered_model(cli, proj, assert_error):

@@ -446,8 +446,8 @@ GRAPH_ERRORS = [
     ('[pipeline.steps.a]\ncmd = "x"\nouts = [".mlops/x"]\n',
      "pipeline step 'a': output '.mlops/x' would overwrite the project itself; write under another folder."),
     ('[pipeline.steps.reg]\nuses = "register"\n',
-     "pipeline step 'reg' (uses = \"register\") needs exactly one uses = \"train\" step in its needs (found none); "
-     "add it, as in needs = [\"train\"]."),
+     "pipeline step 'reg' (uses = \"register\") needs exactly one uses = \"train\" or \"tune\" step in its needs "
+     "(found none); add it, as in needs = [\"train\"]."),
     ('[train]\nseed = 1\n',
      "this project has no pipeline steps; declare them in .mlops.toml as [pipeline.steps.NAME] tables (see "
      ".mlops.toml.example)."),
@@ -480,12 +480,6 @@ def test_bad_step_tables_and_commands_are_one_line_errors(tmp_path, cli, assert_
     assert str(info.value) == ("step 'clean' failed (pipeline step 'clean': its dep 'raw.csv' does not exist and no "
                                "step writes it; create it or fix the step's deps.); also failed: stats; not run: "
                                "features, summary.")
-
-
-def test_tune_steps_are_not_available_yet(tmp_path, cli, assert_error):
-    (tmp_path / ".mlops.toml").write_text('[pipeline.steps.search]\nuses = "tune"\n')
-    assert_error(cli("pipeline", "run"), 5, "pipeline step 'search': uses = \"tune\" is not available in this "
-                                            "version of mlopsctl; remove the step or use uses = \"train\".")
 
 
 def test_show_and_dot(tmp_path, cli):
@@ -580,6 +574,51 @@ def test_builtin_steps_cache_and_a_param_change_reruns_only_that_step(tmp_path):
     cfg.write_text(cfg.read_text().replace("[train]\nparams = { n_estimators = 5 }", "[train]\nparams = { n_estimators = 6 }"))
     assert {s["step"]: s["reasons"] for s in svc.status(settings(root))["steps"]}["train"] == [
         'setting params {"n_estimators": 5} -> {"n_estimators": 6}']
+
+
+def test_a_tune_step_searches_refits_and_its_run_is_registered_and_cached(tmp_path):
+    root = builtin_project(tmp_path / "p", extra="[tune]\ncv = 2\nspace = { max_depth = \"int:2..6\" }\n")
+    cfg = root / ".mlops.toml"
+    cfg.write_text(cfg.read_text().replace('[pipeline.steps.train]\nuses = "train"\n',
+                                           '[pipeline.steps.train]\nuses = "tune"\ntrials = 3\n'))
+    out = run(root, "promote")
+    assert out["ran"] == ["prepare", "train", "register", "promote"]
+    made = {s["step"]: s["result"] for s in out["steps"]}
+    study = made["train"]["study"]
+    assert study.startswith("pipeline-train-") and len(study) == len("pipeline-train-") + 12
+    from mlopsctl.services import runs, tune
+
+    shown = tune.show_study(settings(root), study)
+    assert shown["counts"]["COMPLETE"] + shown["counts"]["PRUNED"] == 3 and shown["refit"]["run_id"] == made["train"]["run_id"]
+    refit = runs.show_run(settings(root), str(made["train"]["run_id"]))
+    assert refit["tags"]["tune.role"] == "refit" and refit["tags"]["tune.study"] == study
+    assert refit["params"]["model.max_depth"] == str(shown["best"]["params"]["max_depth"])
+    assert made["register"] == {"run_id": refit["id"], "model": "pipe", "version": 1}
+    assert made["promote"]["decision"] == "promoted"
+    calls(root)
+    assert run(root, "promote")["ran"] == []  # nothing changed: the study is not run again
+
+    cfg.write_text(cfg.read_text().replace("trials = 3", "trials = 4"))
+    assert {s["step"]: s["reasons"] for s in svc.status(settings(root))["steps"]}["train"] == [
+        'setting tune {"cv": 2, "max_failed": 10, "pruner": "median", "sampler": "tpe", "space": {"max_depth": '
+        '"int:2..6"}, "trials": 3} -> {"cv": 2, "max_failed": 10, "pruner": "median", "sampler": "tpe", "space": '
+        '{"max_depth": "int:2..6"}, "trials": 4}']
+    out = run(root, "train")
+    assert out["ran"] == ["train"] and out["cached"] == ["prepare"]
+    assert {s["step"]: s for s in out["steps"]}["train"]["result"]["study"] != study
+
+
+@pytest.mark.parametrize(("table", "message"), [
+    ('uses = "tune"\ntrials = 0', "pipeline step 'search' in .mlops.toml: trials must be a whole number of 1 or more, got 0."),
+    ('uses = "tune"\ntrials = true', "pipeline step 'search' in .mlops.toml: trials must be a whole number of 1 or more, got True."),
+    ('uses = "train"\ntrials = 3', "pipeline step 'search' in .mlops.toml: 'trials' does not apply to a uses = \"train\" step; "
+                                 "the keys of a uses = \"train\" step are: uses, deps, params, needs, always, data, model, "
+                                 "experiment."),
+])
+def test_bad_tune_step_tables_are_one_line_errors(tmp_path, cli, assert_error, table, message):
+    (tmp_path / ".mlops.toml").write_text(f"[pipeline.steps.search]\n{table}\n")
+    os.chdir(tmp_path)
+    assert_error(cli("pipeline", "run"), 5, message)
 
 
 def test_lineage_from_a_model_version_back_to_the_raw_files(tmp_path, cli):

@@ -372,3 +372,29 @@ def test_svc_without_probability_fails_fast(monkeypatch) -> None:
     message = str(info.value)
     assert "probability=true" in message
     assert "predict_proba" in message
+
+
+@pytest.mark.parametrize("task", ["classification", "regression"])
+def test_evaluate_computes_only_the_metrics_asked_for_with_the_same_values(task):
+    """A CV fold is scored by one metric: asking for it alone gives exactly the value of the full set."""
+    import numpy as np
+    import pandas as pd
+    from sklearn.ensemble import RandomForestClassifier, RandomForestRegressor
+
+    from mlopsctl.training import metrics
+    from mlopsctl.training.train import evaluate
+
+    rng = np.random.default_rng(3)
+    X = pd.DataFrame(rng.normal(size=(200, 3)), columns=["a", "b b", "ç"])
+    if task == "classification":
+        y = pd.Series(np.where(X["a"] + rng.normal(scale=0.5, size=200) > 0, 7, -1))  # integer labels with a gap
+        model = RandomForestClassifier(n_estimators=10, random_state=0).fit(X[:150], y[:150])
+        names = metrics.CLASSIFICATION
+    else:
+        y = pd.Series(X["a"] * 2 + rng.normal(size=200))
+        model = RandomForestRegressor(n_estimators=10, random_state=0).fit(X[:150], y[:150])
+        names = metrics.REGRESSION
+    full = evaluate(model, X[150:], y[150:], task)
+    assert sorted(full) == sorted(names)
+    for name in names:
+        assert evaluate(model, X[150:], y[150:], task, only=(name,)) == {name: full[name]}

@@ -23,7 +23,7 @@ STEP_KEYS: dict[str, tuple[type, str, tuple[str, ...]]] = {
     "uses": (str, f"a built-in step: {' | '.join(BUILTIN_STEPS)}", BUILTIN_STEPS),
     "deps": (list, "files and folders the step reads: their content is part of its cache key", _ALL_KINDS),
     "outs": (list, "files and folders the step writes: stored in the artifact store, restored on a cache hit", ("cmd",)),
-    "params": (dict, "values passed as MLOPS_PARAM_<NAME> (cmd) or estimator parameters over train.params (train)",
+    "params": (dict, "values passed as MLOPS_PARAM_<NAME> (cmd) or estimator parameters over train.params (train, tune)",
                ("cmd", "train", "tune")),
     "needs": (list, "steps that must finish first (outputs feeding deps need no entry)", _ALL_KINDS),
     "always": (bool, "run every time, even when nothing changed", _ALL_KINDS),
@@ -31,6 +31,7 @@ STEP_KEYS: dict[str, tuple[type, str, tuple[str, ...]]] = {
                   "held-out split)", ("train", "evaluate", "tune")),
     "model": (str, "estimator class path (default train.model)", ("train", "tune")),
     "experiment": (str, "experiment the run is recorded under (default train.experiment)", ("train", "tune")),
+    "trials": (int, "tune: finished trials the study runs to (default tune.trials)", ("tune",)),
     "metrics": (str, "a JSON file the evaluation is written to (an output of the step)", ("evaluate",)),
     "name": (str, "model name to register under (default registry.model_name)", ("register",)),
     "alias": (str, "alias to move after the gate (default registry.alias)", ("promote",)),
@@ -85,6 +86,9 @@ def _check_step_value(where: str, key: str, value: Any, typ: type) -> None:
     elif typ is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
             raise ConfigError(f"{where}: {key} must be a number of 0 or more, got {value!r}.")
+    elif typ is int:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{where}: {key} must be a whole number of 1 or more, got {value!r}.")
     elif typ is bool:
         if not isinstance(value, bool):
             raise ConfigError(f"{where}: {key} must be true or false, got {value!r}.")

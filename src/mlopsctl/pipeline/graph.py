@@ -15,8 +15,8 @@ from mlopsctl.config_checks import step_kind
 from mlopsctl.errors import ConfigError, NotFoundError
 
 # the built-in steps that consume another step's product, and the kind of step that makes it
-CONSUMES = {"evaluate": "train", "register": "train", "promote": "register"}
-BUILTIN_SETTINGS = ("data", "model", "experiment", "metrics", "name", "alias", "min_delta")
+CONSUMES = {"evaluate": ("train", "tune"), "register": ("train", "tune"), "promote": ("register",)}
+BUILTIN_SETTINGS = ("data", "model", "experiment", "metrics", "name", "alias", "min_delta", "trials")
 
 
 @dataclass(frozen=True)
@@ -177,12 +177,13 @@ def _source(steps: dict[str, Step], name: str) -> str | None:
     if step.kind not in CONSUMES:
         return None
     want = CONSUMES[step.kind]
-    cands = [n for n in step.needs if steps[n].kind == want]
+    cands = [n for n in step.needs if steps[n].kind in want]
     if len(cands) != 1:
         found = "none" if not cands else ", ".join(cands)
+        kinds = " or ".join(f'"{w}"' for w in want)
         raise ConfigError(
-            f"pipeline step {name!r} (uses = \"{step.kind}\") needs exactly one uses = \"{want}\" step in its "
-            f"needs (found {found}); add it, as in needs = [\"{cands[0] if cands else want}\"]."
+            f"pipeline step {name!r} (uses = \"{step.kind}\") needs exactly one uses = {kinds} "
+            f"step in its needs (found {found}); add it, as in needs = [\"{cands[0] if cands else want[0]}\"]."
         )
     return cands[0]
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+from dataclasses import asdict
 from typing import Any
 
 from mlopsctl._version import __version__
@@ -52,6 +53,9 @@ def definition(step: Step, settings: Settings) -> dict[str, Any]:
                    target=d.target, task=d.task, exclude=list(d.exclude), delimiter=d.delimiter, decimal=d.decimal,
                    test_size=t.test_size, seed=t.seed, reference_rows=t.reference_rows,
                    max_categories=t.max_categories)
+        if step.kind == "tune":  # the whole search; jobs and timeout only change how fast it gets there
+            search = {k: v for k, v in asdict(settings.tune).items() if k not in ("jobs", "timeout")}
+            own["tune"] = {**search, "trials": own.pop("trials", settings.tune.trials)}
     elif step.kind == "evaluate":
         own.update(metric=t.metric, delimiter=d.delimiter, decimal=d.decimal)
     elif step.kind == "register":

@@ -72,7 +72,8 @@ def score_fold(folds: Folds, estimator: Any, i: int) -> float:
     pipeline = estimators.build_pipeline(folds.contract, clone(estimator), X_tr, prepared.spec.max_categories,
                                          prepared.categorical)
     fit(pipeline, X_tr, y_tr, prepared)
-    return evaluate(pipeline, folds.X.iloc[valid_rows], folds.y.iloc[valid_rows], folds.prepared.task)[folds.metric]
+    valid = folds.X.iloc[valid_rows], folds.y.iloc[valid_rows]
+    return evaluate(pipeline, *valid, folds.prepared.task, only=(folds.metric,))[folds.metric]
 
 
 def cross_validate(folds: Folds, estimator: Any, on_fold: Callable[[int, float], None] = lambda i, score: None) -> list[float]:

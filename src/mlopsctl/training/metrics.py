@@ -24,32 +24,40 @@ def primary_metric(task: str, configured: str = "auto") -> str:
     return configured
 
 
-def classification_metrics(y_true: Any, labels: Any, proba: np.ndarray, classes: Any) -> dict[str, float]:
+def classification_metrics(y_true: Any, labels: Any, proba: np.ndarray, classes: Any,
+                           only: tuple[str, ...] = CLASSIFICATION) -> dict[str, float]:
+    """The metrics named in ``only`` (all by default; a CV fold computes just the one it is scored by)."""
     from sklearn.metrics import accuracy_score, f1_score, log_loss, roc_auc_score
 
     # ONNX Runtime computes in float32: rows may sum to 1 +- 1e-7 and leave [0, 1] by as much
     proba = np.clip(np.asarray(proba, dtype=np.float64), 0.0, 1.0)
     proba = proba / np.maximum(proba.sum(axis=1, keepdims=True), 1e-12)
-    out = {
-        "accuracy": float(accuracy_score(y_true, labels)),
-        "f1_macro": float(f1_score(y_true, labels, average="macro")),
-        "log_loss": float(log_loss(y_true, proba, labels=list(classes))),
-    }
-    try:
-        if len(classes) == 2:
-            out["roc_auc"] = float(roc_auc_score(y_true, proba[:, 1]))
-        else:
-            out["roc_auc"] = float(roc_auc_score(y_true, proba, multi_class="ovr", labels=list(classes)))
-    except ValueError:  # a class absent from the held-out rows
-        out["roc_auc"] = math.nan
+    out = {}
+    if "accuracy" in only:
+        out["accuracy"] = float(accuracy_score(y_true, labels))
+    if "f1_macro" in only:
+        out["f1_macro"] = float(f1_score(y_true, labels, average="macro"))
+    if "log_loss" in only:
+        out["log_loss"] = float(log_loss(y_true, proba, labels=list(classes)))
+    if "roc_auc" in only:
+        try:
+            if len(classes) == 2:
+                out["roc_auc"] = float(roc_auc_score(y_true, proba[:, 1]))
+            else:
+                out["roc_auc"] = float(roc_auc_score(y_true, proba, multi_class="ovr", labels=list(classes)))
+        except ValueError:  # a class absent from the held-out rows
+            out["roc_auc"] = math.nan
     return out
 
 
-def regression_metrics(y_true: Any, pred: Any) -> dict[str, float]:
+def regression_metrics(y_true: Any, pred: Any, only: tuple[str, ...] = REGRESSION) -> dict[str, float]:
     from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
 
-    return {
-        "rmse": float(math.sqrt(mean_squared_error(y_true, pred))),
-        "mae": float(mean_absolute_error(y_true, pred)),
-        "r2": float(r2_score(y_true, pred)),
-    }
+    out = {}
+    if "rmse" in only:
+        out["rmse"] = float(math.sqrt(mean_squared_error(y_true, pred)))
+    if "mae" in only:
+        out["mae"] = float(mean_absolute_error(y_true, pred))
+    if "r2" in only:
+        out["r2"] = float(r2_score(y_true, pred))
+    return out

@@ -260,13 +260,14 @@ def fit(pipeline: Any, X: pd.DataFrame, y: pd.Series, prepared: Prepared) -> Non
         raise TrainingError(f"fitting {type(prepared.estimator).__name__} failed: {str(e).splitlines()[0]}") from None
 
 
-def evaluate(pipeline: Any, X: pd.DataFrame, y: pd.Series, task: str) -> dict[str, float]:
-    """Every metric of the task (mlopsctl.training.metrics) of a fitted pipeline on rows it did not see."""
+def evaluate(pipeline: Any, X: pd.DataFrame, y: pd.Series, task: str, only: tuple[str, ...] | None = None) -> dict[str, float]:
+    """The task's metrics (mlopsctl.training.metrics; those in ``only``, else all) of a fitted pipeline on rows it
+    did not see."""
     if task == "classification":
         proba = pipeline.predict_proba(X)
         predicted = pipeline.classes_[np.argmax(proba, axis=1)]
-        return metrics.classification_metrics(y, predicted, proba, pipeline.classes_)
-    return metrics.regression_metrics(y, pipeline.predict(X))
+        return metrics.classification_metrics(y, predicted, proba, pipeline.classes_, only or metrics.CLASSIFICATION)
+    return metrics.regression_metrics(y, pipeline.predict(X), only or metrics.REGRESSION)
 
 
 def _model_info(pipeline: Any, onnx_bytes: bytes, prepared: Prepared, booster: bool) -> tuple[dict[str, Any], Any]:

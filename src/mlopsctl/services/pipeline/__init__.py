@@ -37,13 +37,6 @@ def load(settings: Settings) -> Pipeline:
     return build(settings)
 
 
-def _refuse_unavailable(pipeline: Pipeline, names: list[str]) -> None:
-    for n in names:
-        if pipeline.steps[n].kind == "tune":
-            raise ConfigError(f"pipeline step {n!r}: uses = \"tune\" is not available in this version of mlopsctl; "
-                              "remove the step or use uses = \"train\".")
-
-
 @contextlib.contextmanager
 def _exclusive(settings: Settings) -> Iterator[None]:
     """One pipeline run at a time per project (a CLI run and the watcher would write the same outputs)."""
@@ -91,7 +84,6 @@ def run_pipeline(settings: Settings, steps: Iterable[str] = (), *, force: Iterab
     targets = pipeline.check_names(steps)
     forced = pipeline.check_names(force)
     names = pipeline.upstream_closure([*(targets or pipeline.order), *forced])
-    _refuse_unavailable(pipeline, names)
     if jobs < 1:
         raise ConfigError(f"--jobs must be at least 1, got {jobs}.")
     runner = Runner(settings, pipeline, progress=progress, force=forced, no_cache=no_cache, trigger=trigger)
@@ -126,7 +118,6 @@ def run_step(settings: Settings, name: str, *, fingerprint: str | None = None, f
     restored from the cache when missing here); then this step comes from the cache or runs."""
     pipeline = load(settings)
     pipeline.check_names([name])
-    _refuse_unavailable(pipeline, [name])
     if fingerprint is not None:
         have = fingerprints(settings, pipeline)[name]
         if have != fingerprint:

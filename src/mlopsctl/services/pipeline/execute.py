@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from mlopsctl.common import atomic_path, atomic_write, jsonable
+from mlopsctl.config import Settings, with_overrides
 from mlopsctl.errors import ConflictError, MlopsError, StepNotFinished
 from mlopsctl.pipeline.graph import Step
 from mlopsctl.pipeline.hashing import folder_manifest, manifest_sha256
@@ -164,7 +165,7 @@ class StepExecutor:
     def _builtin(self, step: Step, o: Outcome) -> None:
         lines: list[str] = []
         try:
-            o.result = _BUILTINS[step.kind](self, step, lines.append)
+            o.result = _BUILTINS[step.kind](self, step, lines.append, o.key or "")
         except Exception as e:
             o.logs = self._log_blobs(lines, e.message if isinstance(e, MlopsError) else f"{type(e).__name__}: {e}")
             raise
@@ -180,21 +181,49 @@ class StepExecutor:
 
 # ---- built-in steps: each returns what it produced; the run or version it made is linked to the record ----
 
-def _train(r: StepExecutor, step: Step, say: Callable[[str], None]) -> dict[str, Any]:
-    from mlopsctl.config import with_overrides
-    from mlopsctl.services import runs
-
+def _model_settings(r: StepExecutor, step: Step) -> Settings:
+    """The settings a train or tune step fits with: its model, and its params over train.params (which belong to
+    train.model's estimator only)."""
     s = r.settings
     model = step.settings.get("model", s.train.model)
     base = dict(s.train.params) if model == s.train.model else {}
-    settings = with_overrides(s, train={"model": model, "params": {**base, **step.params}})
-    run = runs.train_and_track(settings, data_path=s.resolve(step.deps[0]), run_name=f"pipeline-{step.name}",
-                               experiment=step.settings.get("experiment", s.train.experiment), notify=say)
+    return with_overrides(s, train={"model": model, "params": {**base, **step.params}})
+
+
+def _say_run(say: Callable[[str], None], run: dict[str, Any]) -> None:
     say(f"run {run['id']}: " + ", ".join(f"{k}={v:.4f}" for k, v in run["metrics"].items() if v is not None))
+
+
+def _train(r: StepExecutor, step: Step, say: Callable[[str], None], key: str) -> dict[str, Any]:
+    from mlopsctl.services import runs
+
+    s = r.settings
+    run = runs.train_and_track(_model_settings(r, step), data_path=s.resolve(step.deps[0]),
+                               run_name=f"pipeline-{step.name}",
+                               experiment=step.settings.get("experiment", s.train.experiment), notify=say)
+    _say_run(say, run)
     return {"run_id": run["id"], "metrics": run["metrics"]}
 
 
-def _evaluate(r: StepExecutor, step: Step, say: Callable[[str], None]) -> dict[str, Any]:
+def _tune(r: StepExecutor, step: Step, say: Callable[[str], None], key: str) -> dict[str, Any]:
+    """A study (the [tune] settings, ``trials`` from the step) whose best parameters are refitted through the train
+    path; the refit run is the step's product, so register/promote/evaluate steps take it like a train step's run.
+    The study is named after the step and its cache key: a run that crashed mid-study resumes it."""
+    from mlopsctl.services import tune
+
+    s = r.settings
+    settings = with_overrides(_model_settings(r, step), tune={"trials": step.settings.get("trials", s.tune.trials)})
+    out = tune.tune(settings, study=f"pipeline-{step.name}-{key[:12]}", data_path=s.resolve(step.deps[0]),
+                    experiment=step.settings.get("experiment", s.train.experiment), notify=say)
+    best = out["best"]
+    say(f"study {out['study']}: {out['complete']} complete, {out['pruned']} pruned, {out['failed']} failed; "
+        f"best trial {best['trial']} {out['metric']}={best['value']}")
+    _say_run(say, out["refit"])
+    return {"run_id": out["refit"]["id"], "metrics": out["refit"]["metrics"], "study": out["study"],
+            "best": best}
+
+
+def _evaluate(r: StepExecutor, step: Step, say: Callable[[str], None], key: str) -> dict[str, Any]:
     import io
 
     import pandas as pd
@@ -226,7 +255,7 @@ def _evaluate(r: StepExecutor, step: Step, say: Callable[[str], None]) -> dict[s
     return report
 
 
-def _register(r: StepExecutor, step: Step, say: Callable[[str], None]) -> dict[str, Any]:
+def _register(r: StepExecutor, step: Step, say: Callable[[str], None], key: str) -> dict[str, Any]:
     from sqlalchemy import select
 
     from mlopsctl import registry
@@ -244,7 +273,7 @@ def _register(r: StepExecutor, step: Step, say: Callable[[str], None]) -> dict[s
     return {"run_id": run_id, "model": name, "version": version}
 
 
-def _promote(r: StepExecutor, step: Step, say: Callable[[str], None]) -> dict[str, Any]:
+def _promote(r: StepExecutor, step: Step, say: Callable[[str], None], key: str) -> dict[str, Any]:
     from mlopsctl.services import gate, models
 
     made = r.source_product(step)
@@ -260,6 +289,6 @@ def _promote(r: StepExecutor, step: Step, say: Callable[[str], None]) -> dict[st
     return {"model": made["model"], "version": made["version"], "alias": alias, "decision": decision, "reason": why}
 
 
-_BUILTINS: dict[str, Callable[[StepExecutor, Step, Callable[[str], None]], dict[str, Any]]] = {
-    "train": _train, "evaluate": _evaluate, "register": _register, "promote": _promote,
+_BUILTINS: dict[str, Callable[[StepExecutor, Step, Callable[[str], None], str], dict[str, Any]]] = {
+    "train": _train, "tune": _tune, "evaluate": _evaluate, "register": _register, "promote": _promote,
 }
