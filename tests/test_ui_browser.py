@@ -274,7 +274,7 @@ def test_from_the_studies_list_to_a_study_and_one_of_its_trials(served_tuned, op
     study = tune.show_study(settings_for(tuned_template), STUDY)
     page = open_page()
     page.goto(served_tuned.url + "/studies")
-    assert page.locator("#studies-table tbody tr").count() == 2
+    assert page.locator("#studies-table tbody tr").count() == 3  # with the pipeline's tune step's study
     assert page.locator(f"tr[data-study='{STUDY}'] .best-value").inner_text() == fmt(study["best"]["value"])
     assert page.locator(f"tr[data-study='{FAILED_STUDY}'] td.failed").inner_text() == "2"
     shots(page, "studies")
@@ -313,12 +313,19 @@ def test_the_pipeline_dag_step_states_and_executions_by_step(served_tuned, open_
     page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
     page.goto(served_tuned.url + "/pipeline")
     nodes = page.locator("#dag svg.dag g.node")
-    assert nodes.count() == 5 and page.locator("#dag svg.dag path.edge").count() == 3
-    states = {n: page.locator(f"#step-{n}").get_attribute("data-state") for n in ("prep", "fit", "reg", "stats", "check")}
-    assert states == {"prep": "fresh", "fit": "fresh", "reg": "fresh", "stats": "stale", "check": "stale"}
+    assert nodes.count() == 6 and page.locator("#dag svg.dag path.edge").count() == 3
+    states = {n: page.locator(f"#step-{n}").get_attribute("data-state") for n in ("search", "prep", "fit", "reg", "stats", "check")}
+    assert states == {"search": "fresh", "prep": "fresh", "fit": "fresh", "reg": "fresh", "stats": "stale", "check": "stale"}
     assert "failed" in page.locator("#step-check .last").inner_text()
     assert XSS in page.locator("#step-prep").inner_text()  # shown as text, never run
     shots(page, "pipeline")
+    settle(page)
+    page.locator("#step-search a.study").click()  # the tune step's study
+    page.wait_for_url(re.compile(r".*/studies/pipeline-search-[0-9a-f]+$"))
+    assert page.locator("#trials tbody tr").count() == 2
+    settle(page)
+    page.go_back()
+    settle(page)
     settle(page)
     page.locator("#dag g.node[data-step='check']").click()  # a box links to its step's executions
     page.wait_for_url(re.compile(r".*/pipeline\?step=check#executions$"))

@@ -66,7 +66,8 @@ def test_the_studies_list_shows_what_the_services_return(client, tuned_template)
     s = settings_for(tuned_template)
     listed = {x["study"]: x for x in tune.list_studies(s)}
     body = get_json(client, "/api/studies")
-    assert [x["study"] for x in body["studies"]] == list(listed) and set(listed) == {STUDY, FAILED_STUDY}
+    piped = pipeline.executions(s, step="search")[-1]["result"]["study"]  # the pipeline's tune step's study
+    assert [x["study"] for x in body["studies"]] == list(listed) and set(listed) == {STUDY, FAILED_STUDY, piped}
     shown = {x["study"]: x for x in body["studies"]}
     best = tune.show_study(s, STUDY)["best"]
     assert shown[STUDY] == {**listed[STUDY], "direction": "maximize", "best_trial": best["trial"]}
@@ -139,26 +140,33 @@ def test_the_pipeline_page_shows_each_steps_state_and_last_execution(client, tun
     shown, states = pipeline.show(s)["steps"], {o["step"]: o for o in pipeline.status(s)["steps"]}
     body = get_json(client, "/api/pipeline")
     assert body["defined"] is True and body["problem"] is None
-    assert [st["name"] for st in body["steps"]] == [st["name"] for st in shown] == ["prep", "fit", "reg", "stats", "check"]
+    names = ["search", "prep", "fit", "reg", "stats", "check"]
+    assert [st["name"] for st in body["steps"]] == [st["name"] for st in shown] == names
     for st, want in zip(body["steps"], shown):
         assert {k: st[k] for k in want} == json.loads(json.dumps(want))
         assert (st["state"], st["reasons"]) == (states[st["name"]]["status"], states[st["name"]]["reasons"])
         assert st["last"] == json.loads(json.dumps(pipeline.executions(s, step=st["name"], limit=1)[0]))
     by = {st["name"]: st for st in body["steps"]}
-    assert [by[n]["state"] for n in ("prep", "fit", "reg", "stats", "check")] == ["fresh", "fresh", "fresh", "stale", "stale"]
+    assert [by[n]["state"] for n in names] == ["fresh", "fresh", "fresh", "fresh", "stale", "stale"]
     assert by["fit"]["upstream"] == ["prep"] and by["check"]["upstream"] == ["stats"]
     assert by["prep"]["last"]["status"] == "cached" and by["check"]["last"]["status"] == "failed"
     assert XSS_STDERR in by["check"]["last"]["message"] and by["stats"]["reasons"]
     assert body["executions"] == json.loads(json.dumps(pipeline.executions(s, limit=50)))
-    assert len(body["executions"]) == 10  # two runs of five steps (cached ones recorded too)
+    assert len(body["executions"]) == 12  # two runs of six steps (cached ones recorded too)
 
     text = get_html(client, "/pipeline")
-    assert text.count('class="node fresh"') == 3 and text.count('class="node stale"') == 1
+    assert text.count('class="node fresh"') == 4 and text.count('class="node stale"') == 1
     assert text.count('class="node failed"') == 1  # check: stale, and its last execution failed
     assert text.count('class="edge"') == sum(len(st["upstream"]) for st in shown) == 3
-    for name in ("prep", "fit", "reg", "stats", "check"):
+    for name in names:
         assert f'id="step-{name}" data-state="{by[name]["state"]}"' in text
     assert f"{fmt(by['fit']['last']['duration_s'], 3)} s" in row(text, 'id="step-fit"')
+    # what a step made links to it: the tune step's study, the register step's version
+    study = by["search"]["last"]["result"]["study"]
+    assert f'<a class="study" href="/studies/{study}">{study}</a>' in row(text, 'id="step-search"')
+    assert get_json(client, f"/api/studies/{study}")["counts"]["COMPLETE"] + \
+        get_json(client, f"/api/studies/{study}")["counts"]["PRUNED"] == 2
+    assert f'<a class="version" href="/models/{PIPED_MODEL}">{PIPED_MODEL}/1</a>' in row(text, 'id="step-reg"')
     # HTML in a param, a command's stderr: shown as text
     assert XSS not in text and esc(XSS) in text
     assert "<script>alert" not in text and esc(XSS_STDERR) in text
@@ -173,7 +181,7 @@ def test_executions_filtered_by_step(client, tuned_template):
     text = get_html(client, "/pipeline?step=fit")
     assert text.count('<tr data-step="fit">') == 2 and '<tr data-step="prep">' not in text and "<option selected>fit</option>" in text
     none = get_json(client, "/api/pipeline?step=no%20such%20step")
-    assert none["executions"] == [] and len(none["steps"]) == 5
+    assert none["executions"] == [] and len(none["steps"]) == 6
     assert "No executions of no such step yet." in get_html(client, "/pipeline?step=no%20such%20step")
     assert get_json(client, "/api/pipeline?limit=0", 400)["error"] == "InvalidInputError"
 

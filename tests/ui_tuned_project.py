@@ -3,15 +3,17 @@ studies and pipeline tests, tests/test_ui_studies.py and tests/test_ui_browser.p
 
 ``build_tuned_project(root)`` makes ``root/tuned`` from the breast-cancer example (10-tree forests):
 
-- study ``dt-search``: ``mlopsctl tune`` of a decision tree, 4 trials, 2 folds, refitted and registered as
+- study ``dt-search``: ``mlopsctl tune`` of a decision tree's ``max_depth`` (the ``[tune]`` space), 4 trials, 2 folds, refitted and registered as
   ``bc-tuned/1`` (promoted to @production through the gate);
 - study ``all-fail``: k-nearest neighbours whose every trial fails while scoring (``n_neighbors`` above the
   rows a fold has), stopped after 2 failures (``--max-failed 2``; the command exits 6);
-- a pipeline: ``prep`` (a command copying the training data; a param holding HTML), ``fit`` (uses train on
+- a pipeline: ``search`` (uses tune: a 2-trial study of ``max_depth``, the project's ``[tune]`` space, 2
+  folds), ``prep`` (a command copying the training data; a param holding HTML), ``fit`` (uses train on
   prep's output), ``reg`` (uses register, as ``bc-piped``), ``stats`` (a command reading ``notes.txt``) and
-  ``check`` (a command that fails with HTML on its stderr). It runs twice (the second time prep, fit, reg and
-  stats come from the cache; check fails both times), then ``notes.txt`` changes, so at the end prep, fit
-  and reg are fresh, stats is stale (its input changed) and check is stale (its last execution failed).
+  ``check`` (a command that fails with HTML on its stderr). It runs twice (the second time search, prep,
+  fit, reg and stats come from the cache; check fails both times), then ``notes.txt`` changes, so at the
+  end search, prep, fit and reg are fresh, stats is stale (its input changed) and check is stale (its last
+  execution failed).
 """
 
 from __future__ import annotations
@@ -34,6 +36,14 @@ XSS_STDERR = "<script>alert('xss')</script> notes are not ready"
 PY = shlex.quote(sys.executable)
 
 PIPELINE = f"""
+
+[tune]
+space = {{ max_depth = "int:2..8" }}
+cv = 2
+
+[pipeline.steps.search]
+uses = "tune"
+trials = 2
 
 [pipeline.steps.prep]
 cmd = "{PY} -c \\"import shutil; shutil.copy('data/train.csv', 'data/prepped.csv')\\""

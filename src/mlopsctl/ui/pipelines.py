@@ -19,7 +19,8 @@ from mlopsctl.ui.app import arg_int, page, settings, svg
 bp = Blueprint("pipelines", __name__)
 
 HOW_TO = ("This project has no pipeline yet. Declare its steps in .mlops.toml as [pipeline.steps.NAME] tables "
-          "(a shell command with its deps and outs, or uses = \"train\", \"evaluate\", \"register\", \"promote\"), "
+          "(a shell command with its deps and outs, or uses = \"train\", \"tune\", \"evaluate\", \"register\", "
+          "\"promote\"), "
           "then run mlopsctl pipeline run; README.md, section Pipelines, and .mlops.toml.example show how.")
 
 
