@@ -149,7 +149,7 @@ def test_compare_marks_what_differs(api):
     assert api("/api/compare?runs=" + ",".join(map(str, range(1, 13))))["runs"][11]["id"] == 12
 
 
-# ---- models, monitoring, events, watch, placeholders ------------------------------------------------------
+# ---- models, monitoring, events, watch, studies, pipeline ---------------------------------------------
 
 def test_models_and_a_models_history(api):
     [m] = api("/api/models")["models"]
@@ -226,10 +226,12 @@ def test_watch_jobs_and_quarantined_files(api):
     assert body["quarantine"].endswith("data/quarantine")
 
 
-@pytest.mark.parametrize("path", ["/api/studies", "/api/studies/lr-search", "/api/pipeline"])
-def test_pages_still_to_come_say_so(api, path):
-    body = api(path)
-    assert body["available"] is False and "not available in this version of mlopsctl yet" in body["message"]
+def test_a_project_without_studies_or_a_pipeline(api):
+    assert api("/api/studies") == {"studies": []}
+    assert api("/api/studies/lr-search", 404)["message"].startswith("study 'lr-search' does not exist")
+    body = api("/api/pipeline")
+    assert (body["defined"], body["steps"], body["executions"]) == (False, [], [])
+    assert "[pipeline.steps.NAME]" in body["how_to"]
 
 
 # ---- pages ------------------------------------------------------------------------------------------------
@@ -240,7 +242,7 @@ def test_pages_still_to_come_say_so(api, path):
     ("/compare?runs=3,4,5", 'class="chart scatter"'), ("/compare?runs=3,4,5&x=params.lr&y=metrics.auc", "auc vs params.lr"),
     ("/models", MODEL), (f"/models/{MODEL}", "try the shallow forest"), ("/monitoring", "15"),
     (f"/monitoring/{MODEL}", 'id="drift-grid"'), ("/events?kind=promoted", "events-table"),
-    ("/watch", "junk.csv"), ("/studies", "not-available"), ("/pipeline", "not-available"),
+    ("/watch", "junk.csv"), ("/studies", 'id="no-studies"'), ("/pipeline", 'id="no-pipeline"'),
 ])
 def test_every_page_renders(ui_template, path, needle):
     resp = client_for(ui_template).get(path)
@@ -351,7 +353,7 @@ def test_reading_pages_loads_no_scikit_learn_skl2onnx_joblib_or_training(ui_temp
     package and is left out here) leaves scikit-learn, skl2onnx, joblib and training unloaded (pickle is
     not checked: SQLAlchemy imports it)."""
     paths = ["/runs", "/api/runs?sort=metrics.auc", "/runs/1", "/compare?runs=1,2,3", "/models", f"/models/{MODEL}",
-             "/monitoring", "/events", "/watch", "/studies", "/runs/1/artifacts/model.joblib"]
+             "/monitoring", "/events", "/watch", "/studies", "/pipeline", "/runs/1/artifacts/model.joblib"]
     out = subprocess.run([sys.executable, "-c", PROBE, str(ui_template), json.dumps(paths)], capture_output=True,
                          text=True, timeout=120)
     assert out.returncode == 0, out.stderr

@@ -2,7 +2,9 @@
 on the real app served over HTTP on 127.0.0.1, on the project of tests/ui_project.py.
 
 It loads every page, clicks from the runs list to a run, ticks two runs and compares them, toggles "only
-differences", opens a model's history, signs in with the token and promotes, and sees the alias move; with
+differences", opens a model's history, signs in with the token and promotes, and sees the alias move; goes
+from the studies list to a study and its best trial's run, and from the pipeline's DAG to a step's
+executions (on tests/ui_tuned_project.py's project); with
 JavaScript off it reads the pages and compares through the plain forms and links. No page may log a console
 error. Screenshots are written under the test's tmp_path (``screenshots/``); with ``UI_SCREENSHOTS_DIR`` set
 they are copied there too (the README's pictures are made that way).
@@ -22,12 +24,13 @@ from typing import Iterator
 
 import pytest
 from ui_project import MODEL, TOKEN, copy_project, settings_for, ui_template  # noqa: F401
+from ui_tuned_project import FAILED_STUDY, STUDY, TUNED_MODEL, XSS, tuned_template  # noqa: F401
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-dev-shm-usage",
         "--disable-extensions", "--no-first-run", "--disable-sync", "--disable-component-update"]
 PAGES = ["/runs", "/runs/1", "/runs/3", "/compare?runs=3,4,5,6", "/models", f"/models/{MODEL}", "/monitoring",
-         f"/monitoring/{MODEL}", "/events", "/watch", "/studies", "/studies/lr-search", "/pipeline", "/login"]
+         f"/monitoring/{MODEL}", "/events", "/watch", "/studies", "/pipeline", "/login"]
 
 
 class Served:
@@ -120,9 +123,10 @@ def test_every_page_loads_without_console_errors(served, open_page, shots):
         assert "Traceback" not in page.content()
         name = re.sub(r"[^a-z0-9]+", "-", path.strip("/").lower()) or "root"
         shots(page, f"page-{name}")
-    assert page.locator("#not-available").count() == 0  # /login is the last page
+    page.goto(served.url + "/studies")
+    assert "No tuning studies yet" in page.locator("#no-studies").inner_text()
     page.goto(served.url + "/pipeline")
-    assert "not available in this version of mlopsctl yet" in page.locator("#not-available").inner_text()
+    assert "no pipeline yet" in page.locator("#no-pipeline").inner_text()
 
 
 def test_click_from_the_runs_list_to_a_run(served, open_page, shots):
@@ -246,3 +250,99 @@ def test_without_javascript_pages_read_and_compare_works_through_forms(served, o
     assert page.locator("#diff-toggle").inner_text() == "only differences: on"
     page.goto(served.url + f"/monitoring/{MODEL}")
     assert page.locator("#drift-grid tbody tr").count() == 30 and page.locator("#traffic svg").count() == 2
+
+
+# ---- studies and the pipeline (tests/ui_tuned_project.py) ------------------------------------------------------
+
+def settle(page) -> None:
+    """Wait until the page has fetched everything (its favicon too) before leaving it: a request that a fast
+    navigation cuts off would count as a failed request."""
+    page.wait_for_load_state("networkidle")
+
+
+@pytest.fixture
+def served_tuned(tuned_template: Path) -> Iterator[Served]:
+    s = Served(tuned_template)  # every test here only reads
+    yield s
+    s.close()
+
+
+def test_from_the_studies_list_to_a_study_and_one_of_its_trials(served_tuned, open_page, shots, tuned_template):
+    from mlopsctl.services import tune
+    from mlopsctl.ui.app import fmt
+
+    study = tune.show_study(settings_for(tuned_template), STUDY)
+    page = open_page()
+    page.goto(served_tuned.url + "/studies")
+    assert page.locator("#studies-table tbody tr").count() == 3  # with the pipeline's tune step's study
+    assert page.locator(f"tr[data-study='{STUDY}'] .best-value").inner_text() == fmt(study["best"]["value"])
+    assert page.locator(f"tr[data-study='{FAILED_STUDY}'] td.failed").inner_text() == "2"
+    shots(page, "studies")
+    settle(page)
+    page.click(f"#studies-table a:text-is('{STUDY}')")
+    page.wait_for_url(served_tuned.url + f"/studies/{STUDY}")
+    assert page.locator("#best-value").inner_text() == fmt(study["best"]["value"])
+    assert page.locator("#registered").inner_text() == f"{TUNED_MODEL}/1"
+    assert page.locator("#trials tbody tr").count() == 4
+    assert page.locator("#charts svg.history circle.trial").count() == 4
+    assert page.locator("#charts svg.bars rect.bar").count() == len(study["importance"])
+    shots(page, "study")
+    best = study["best"]
+    settle(page)
+    page.locator(f"#trial-{best['trial']} a").click()  # the best trial's run
+    page.wait_for_url(served_tuned.url + f"/runs/{best['run_id']}")
+    assert page.locator("h1").inner_text().startswith(f"Run {best['run_id']}")
+    settle(page)
+    page.go_back()
+    settle(page)
+    page.locator(f"#registered a:text-is('{TUNED_MODEL}/1')").click()
+    page.wait_for_url(served_tuned.url + f"/models/{TUNED_MODEL}")
+    settle(page)
+    page.goto(served_tuned.url + f"/studies/{FAILED_STUDY}")
+    assert page.locator("#trials tbody tr").count() == 2 and page.locator("svg.history").count() == 0
+    assert "n_neighbors" in page.locator("#trial-0 .reason").inner_text()
+    settle(page)
+    resp = page.goto(served_tuned.url + "/studies/%3Cscript%3Ealert(1)%3C%2Fscript%3E")
+    assert resp.status == 404 and "<script>alert(1)</script>" in page.locator("#error-message").inner_text()
+    page.problems.remove("console error: Failed to load resource: the server responded with a status of 404 (NOT FOUND)")
+
+
+def test_the_pipeline_dag_step_states_and_executions_by_step(served_tuned, open_page, shots):
+    dialogs: list[str] = []
+    page = open_page()
+    page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+    page.goto(served_tuned.url + "/pipeline")
+    nodes = page.locator("#dag svg.dag g.node")
+    assert nodes.count() == 6 and page.locator("#dag svg.dag path.edge").count() == 3
+    states = {n: page.locator(f"#step-{n}").get_attribute("data-state") for n in ("search", "prep", "fit", "reg", "stats", "check")}
+    assert states == {"search": "fresh", "prep": "fresh", "fit": "fresh", "reg": "fresh", "stats": "stale", "check": "stale"}
+    assert "failed" in page.locator("#step-check .last").inner_text()
+    assert XSS in page.locator("#step-prep").inner_text()  # shown as text, never run
+    shots(page, "pipeline")
+    settle(page)
+    page.locator("#step-search a.study").click()  # the tune step's study
+    page.wait_for_url(re.compile(r".*/studies/pipeline-search-[0-9a-f]+$"))
+    assert page.locator("#trials tbody tr").count() == 2
+    settle(page)
+    page.go_back()
+    settle(page)
+    settle(page)
+    page.locator("#dag g.node[data-step='check']").click()  # a box links to its step's executions
+    page.wait_for_url(re.compile(r".*/pipeline\?step=check#executions$"))
+    rows = page.locator("#executions-table tbody tr")
+    assert rows.count() == 2 and set(rows.evaluate_all("rs => rs.map(r => r.dataset.step)")) == {"check"}
+    settle(page)
+    page.select_option("#execution-filters select[name=step]", "prep")  # submits by itself
+    page.wait_for_url(re.compile(r".*step=prep.*"))
+    assert rows.count() == 2 and [rows.nth(i).locator(".status").inner_text() for i in range(2)] == ["cached", "ran"]
+    assert dialogs == []
+    plain = open_page(js=False)  # without the script: the filter's button, the study's tables and charts
+    plain.goto(served_tuned.url + "/pipeline")
+    settle(plain)
+    plain.select_option("#execution-filters select[name=step]", "fit")
+    plain.click("#execution-filters button[type=submit]")
+    plain.wait_for_url(re.compile(r".*/pipeline\?step=fit$"))
+    assert plain.locator("#executions-table tbody tr").count() == 2 and plain.locator("#dag svg.dag").count() == 1
+    settle(plain)
+    plain.goto(served_tuned.url + f"/studies/{STUDY}")
+    assert plain.locator("#trials tbody tr").count() == 4 and plain.locator("svg.history circle.trial").count() == 4

@@ -23,7 +23,7 @@ import csv
 import re
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pytest
 from served_projects import cli_ok, training_records
@@ -133,14 +133,20 @@ def settings_for(project: Path, **flags: Any):
 def ui_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The project above, built once per test session (read-only tests use it as is; tests that write use
     :func:`copy_project`)."""
+    return build_once(tmp_path_factory, "ui", build_ui_project)
+
+
+def build_once(tmp_path_factory: pytest.TempPathFactory, folder: str, build: Callable[[Path], Path]) -> Path:
+    """``build(root)`` in a new folder, with no MLOPS_* settings and outside any git repository; the store's
+    connections are closed afterwards (for the session fixtures of built projects)."""
     from served_projects import module_isolation
 
     from mlopsctl.store import db
 
-    root = tmp_path_factory.mktemp("ui")
+    root = tmp_path_factory.mktemp(folder)
     with module_isolation(root) as mp:
         mp.setenv("GIT_CEILING_DIRECTORIES", str(root.parent))
-        project = build_ui_project(root)
+        project = build(root)
     db.close_all()
     return project
 

@@ -1,5 +1,5 @@
 """Pages of what happened: ``/events`` (the audit trail, filtered), ``/watch`` (the watcher's jobs and the
-files it quarantined), and the places kept for pages still to come (``/studies``, ``/pipeline``)."""
+files it quarantined)."""
 
 from __future__ import annotations
 
@@ -25,23 +25,3 @@ def events() -> dict[str, Any]:
 def watch() -> dict[str, Any]:
     return activity.watch_activity(settings(), limit=request.args.get("limit"))
 
-
-def _not_yet(what: str, command: str) -> dict[str, Any]:
-    return {"available": False, "feature": what,
-            "message": f"{what} are not available in this version of mlopsctl yet; this page will show them "
-                       f"once `{command}` exists."}
-
-
-@page(bp, "/studies", "placeholder.html")
-def studies() -> dict[str, Any]:
-    return _not_yet("Tuning studies", "mlopsctl tune")
-
-
-@page(bp, "/studies/<name>", "placeholder.html")
-def study(name: str) -> dict[str, Any]:
-    return {**_not_yet("Tuning studies", "mlopsctl tune"), "study": name}
-
-
-@page(bp, "/pipeline", "placeholder.html")
-def pipeline() -> dict[str, Any]:
-    return _not_yet("Pipelines", "mlopsctl pipeline")

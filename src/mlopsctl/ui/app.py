@@ -51,7 +51,7 @@ def settings() -> Settings:
 def create_app(settings: Settings, *, host: str | None = None) -> Flask:
     """The dashboard for ``settings``' project. ``host`` (default ``ui.host``) decides whether reading needs
     the token too: it does when the dashboard listens beyond the loopback and a token is set."""
-    from mlopsctl.ui import activity, auth, models, monitor, runs
+    from mlopsctl.ui import activity, auth, models, monitor, pipelines, runs, studies
 
     token = settings.ui.token
     host = settings.ui.host if host is None else host
@@ -67,7 +67,7 @@ def create_app(settings: Settings, *, host: str | None = None) -> Flask:
                                  signed_in=auth.signed_in, writes_enabled=lambda: bool(state().token),
                                  csrf_token=auth.csrf_token, url_with=url_with)
     app.jinja_env.filters.update(fmt=fmt, short=short)
-    for bp in (auth.bp, runs.bp, models.bp, monitor.bp, activity.bp):
+    for bp in (auth.bp, runs.bp, models.bp, monitor.bp, activity.bp, studies.bp, pipelines.bp):
         app.register_blueprint(bp)
     _register_hooks(app)
     return app

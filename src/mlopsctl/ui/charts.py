@@ -2,7 +2,8 @@
 
 Time series over buckets reuse the monitoring report's :func:`~mlopsctl.monitoring.report.line_svg` and
 its palette; what the report has no use for is here: a metric over steps (numeric x), a scatter of two
-run fields, and parallel coordinates over many runs.
+run fields, parallel coordinates over many runs, a tuning study's optimisation history and parameter
+importance bars, and a pipeline's DAG.
 """
 
 from __future__ import annotations
@@ -154,3 +155,107 @@ def time_chart(title: str, series: dict[str, list[tuple[str, float]]], ylabel: s
     if not any(y is not None for pts in series.values() for _, y in pts):
         return f'<p class="muted">{_e(empty)}</p>'
     return line_svg(title, series, ylabel)
+
+
+def history_chart(title: str, points: list[dict[str, Any]], width: int = 560, height: int = 260) -> str:
+    """A study's optimisation history: each finished trial's value (``{"trial", "value", "best", "state",
+    "link"}``, in the order they finished) as a point linking to its run, and the running best as a step line."""
+    xs = list(range(len(points)))
+    ys = [as_number(p["value"]) for p in points] + [as_number(p["best"]) for p in points]
+    if not any(v is not None for v in ys):
+        return ""
+    pad_l, pad_b, pad_t, pad_r = 56, 30, 24, 90
+    w, h = width - pad_l - pad_r, height - pad_b - pad_t
+    x, y = Axis("trial", xs), Axis(title, ys)
+
+    def cy(v: float) -> float:
+        return pad_t + h - h * (v - y.lo) / (y.hi - y.lo)
+
+    def cx(i: int) -> float:
+        return pad_l + w * (x.frac(i) or 0)
+
+    parts = [_frame(width, height, title, "history"),
+             f'<line x1="{pad_l}" y1="{pad_t + h}" x2="{pad_l + w}" y2="{pad_t + h}" stroke="#999"/>'
+             f'<line x1="{pad_l}" y1="{pad_t}" x2="{pad_l}" y2="{pad_t + h}" stroke="#999"/>'
+             f'<text x="{pad_l - 4}" y="{pad_t + 8}" font-size="9" text-anchor="end">{_n(y.hi)}</text>'
+             f'<text x="{pad_l - 4}" y="{pad_t + h}" font-size="9" text-anchor="end">{_n(y.lo)}</text>'
+             f'<text x="{pad_l + w / 2}" y="{height - 8}" font-size="10" text-anchor="middle">trials, in the order they finished</text>']
+    best = [(cx(i), cy(b)) for i, p in enumerate(points) if (b := as_number(p["best"])) is not None]
+    if best:
+        path = f"M{best[0][0]:.1f},{best[0][1]:.1f}" + "".join(f" H{bx:.1f} V{by:.1f}" for bx, by in best[1:])
+        path += f" H{pad_l + w:.1f}"
+        parts.append(f'<path class="best" d="{path}" fill="none" stroke="{SERIES[1]}" stroke-width="2"/>'
+                     f'<text x="{pad_l + w + 4}" y="{best[-1][1] + 3:.1f}" font-size="10" fill="{SERIES[1]}">best {_n(as_number(points[-1]["best"]) or 0)}</text>')
+    for i, p in enumerate(points):
+        v = as_number(p["value"])
+        if v is None:
+            continue
+        fill = SERIES[0] if p["state"] == "COMPLETE" else "#bbb"
+        parts.append(f'<a href="{_e(p["link"])}"><circle class="trial" cx="{cx(i):.1f}" cy="{cy(v):.1f}" r="4" fill="{fill}">'
+                     f'<title>trial {_e(p["trial"])} ({_e(p["state"].lower())}): {_n(v)}</title></circle></a>')
+    return "".join(parts) + "</svg>"
+
+
+def bar_chart(title: str, values: dict[str, float], width: int = 420) -> str:
+    """Horizontal bars, largest first (a study's parameter importance); empty when there is nothing to draw."""
+    rows = sorted(((k, v) for k, v in values.items() if as_number(v) is not None), key=lambda kv: -kv[1])
+    if not rows:
+        return ""
+    pad_l, pad_r, pad_t, row_h = 130, 56, 24, 20
+    top = max(max(v for _, v in rows), 1e-12)
+    height = pad_t + row_h * len(rows) + 8
+    parts = [_frame(width, height, title, "bars")]
+    for k, (name, v) in enumerate(rows):
+        y0, bw = pad_t + row_h * k, (width - pad_l - pad_r) * max(v, 0) / top
+        label = name if len(name) <= 20 else name[:19] + "…"
+        parts.append(f'<text x="{pad_l - 6}" y="{y0 + 13}" font-size="11" text-anchor="end"><title>{_e(name)}</title>{_e(label)}</text>'
+                     f'<rect class="bar" x="{pad_l}" y="{y0 + 3}" width="{bw:.1f}" height="{row_h - 6}" fill="{SERIES[0]}"/>'
+                     f'<text x="{pad_l + bw + 4:.1f}" y="{y0 + 13}" font-size="10">{_n(v)}</text>')
+    return "".join(parts) + "</svg>"
+
+
+DAG_FILL = {"fresh": "#dcfce7", "stale": "#fef9c3", "failed": "#fee2e2"}
+
+
+def _layers(steps: list[dict[str, Any]]) -> dict[str, int]:
+    """Each step's column: the length of the longest chain of steps before it (``steps`` in run order)."""
+    layer: dict[str, int] = {}
+    for s in steps:
+        layer[s["name"]] = 1 + max((layer[u] for u in s["upstream"] if u in layer), default=-1)
+    return layer
+
+
+def dag_chart(steps: list[dict[str, Any]], node_w: int = 150, node_h: int = 42) -> str:
+    """A pipeline's DAG, left to right: one box per step (``{"name", "upstream", "label", "state", "link"}``,
+    in run order) filled by its state, an arrow from each step to the steps that use its outputs."""
+    if not steps:
+        return ""
+    layer = _layers(steps)
+    columns: dict[int, list[str]] = {}
+    for s in steps:
+        columns.setdefault(layer[s["name"]], []).append(s["name"])
+    gap_x, gap_y, pad = 60, 18, 12
+    where = {n: (pad + k * (node_w + gap_x), 28 + i * (node_h + gap_y)) for k, names in columns.items()
+             for i, n in enumerate(names)}
+    width = pad * 2 + len(columns) * node_w + (len(columns) - 1) * gap_x
+    height = 28 + max(len(c) for c in columns.values()) * (node_h + gap_y) + pad
+    parts = [_frame(width, height, "pipeline", "dag"),
+             '<defs><marker id="dag-arrow" viewBox="0 0 8 8" refX="8" refY="4" markerWidth="7" markerHeight="7" '
+             'orient="auto"><path d="M0,0 L8,4 L0,8 z" fill="#64748b"/></marker></defs>']
+    for s in steps:
+        x2, y2 = where[s["name"]]
+        for u in s["upstream"]:
+            x1, y1 = where[u][0] + node_w, where[u][1] + node_h / 2
+            mid = (x1 + x2) / 2
+            parts.append(f'<path class="edge" d="M{x1:.1f},{y1:.1f} C{mid:.1f},{y1:.1f} {mid:.1f},{y2 + node_h / 2:.1f} '
+                         f'{x2:.1f},{y2 + node_h / 2:.1f}" fill="none" stroke="#64748b" marker-end="url(#dag-arrow)">'
+                         f'<title>{_e(u)} → {_e(s["name"])}</title></path>')
+    for s in steps:
+        x, y = where[s["name"]]
+        name = s["name"] if len(s["name"]) <= 20 else s["name"][:19] + "…"
+        parts.append(f'<a href="{_e(s["link"])}"><g class="node {_e(s["state"])}" data-step="{_e(s["name"])}">'
+                     f'<rect x="{x}" y="{y}" width="{node_w}" height="{node_h}" rx="6" fill="{DAG_FILL.get(s["state"], "#eef2f7")}" '
+                     f'stroke="#94a3b8"/><title>{_e(s["name"])}: {_e(s["state"])}</title>'
+                     f'<text x="{x + 8}" y="{y + 17}" font-size="12" font-weight="600">{_e(name)}</text>'
+                     f'<text x="{x + 8}" y="{y + 33}" font-size="10" fill="#475569">{_e(s["label"])}</text></g></a>')
+    return "".join(parts) + "</svg>"
