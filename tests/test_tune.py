@@ -94,6 +94,7 @@ def test_tune_20_trials_2_jobs_cv_3_registers_a_gated_model(cli, make_project, s
     assert bests == sorted(bests) and bests[-1] == pytest.approx(out["best"]["value"])
     assert set(show["importance"]) == {"max_depth", "min_samples_leaf", "criterion"}
     assert sum(show["importance"].values()) == pytest.approx(1.0, abs=1e-3)
+    _importance_is_kept_while_its_trials_are(settings_of(project), out["run_id"], show)
     assert all(t["folds"] == 3 for t in show["trials"] if t["state"] == "COMPLETE")
     assert all(t["folds"] < 3 for t in show["trials"] if t["state"] == "PRUNED")
     listed = json.loads(cli("-C", project, "tune", "list", "--json").stdout)
@@ -222,6 +223,26 @@ def test_retrain_with_a_small_tune(make_project, settings_of):
     assert run["tags"]["tune.role"] == "refit" and run["study"] == "watch-job-1"
     shown = tune.show_study(settings, run["study"])
     assert shown["target"] == 3 and len(shown["trials"]) == 3 and shown["refit"]["run_id"] == run["id"]
+
+
+def _importance_is_kept_while_its_trials_are(settings, study_run_id: int, show: dict) -> None:
+    """The study stored its fANOVA importance as it finished; show reads it back while the complete trials are the
+    ones it was computed from, and computes it afresh once they are not (a resumed study)."""
+    from mlopsctl import tracking
+    from mlopsctl.project import open_project
+    from mlopsctl.services import tune as svc
+
+    store = open_project(settings).store
+    with store.read() as s:
+        stored = json.loads({t.key: t.value for t in tracking.get_run(s, study_run_id).tags}["tune.importance"])
+    assert stored["importance"] == show["importance"]
+    marker = {"max_depth": 1.0}
+    with store.session() as s:
+        tracking.set_tags(s, study_run_id, {"tune.importance": json.dumps({**stored, "importance": marker})})
+    assert svc.show_study(settings, "bc")["importance"] == marker
+    with store.session() as s:
+        tracking.set_tags(s, study_run_id, {"tune.importance": json.dumps({"key": "[]", "importance": marker})})
+    assert svc.show_study(settings, "bc")["importance"] == show["importance"]
 
 
 def test_tune_list_and_show_text(cli, make_project):
