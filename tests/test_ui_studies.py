@@ -221,10 +221,10 @@ def test_a_pipeline_that_does_not_build_is_explained_not_a_500(empty_project):
 
 
 def test_these_pages_load_no_scikit_learn(tuned_template):
-    """The list, the pipeline and a study without importance read without scikit-learn. (A study with
-    importance does load it: Optuna's fANOVA evaluator fits scikit-learn's random forest, in
-    services.tune.show_study.)"""
-    paths = ["/studies", "/api/studies", "/pipeline", "/api/pipeline?step=fit", f"/studies/{FAILED_STUDY}"]
+    """The list, the pipeline and the studies read without scikit-learn: a finished study's importance (Optuna's
+    fANOVA fits scikit-learn's random forest) was stored when it finished, so its page does not compute it."""
+    paths = ["/studies", "/api/studies", "/pipeline", "/api/pipeline?step=fit", f"/studies/{FAILED_STUDY}",
+             f"/studies/{STUDY}", f"/api/studies/{STUDY}"]
     out = subprocess.run([sys.executable, "-c", PROBE, str(tuned_template), json.dumps(paths)], capture_output=True,
                          text=True, timeout=120)
     assert out.returncode == 0, out.stderr
