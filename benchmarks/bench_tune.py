@@ -223,7 +223,7 @@ def main() -> None:
     text = "\n".join(lines) + "\n"
     print(text)
     if not args.no_write:
-        write_section("## Tuning (issue 17)", text)
+        write_section("## Tuning (issue 17)", text, keep="### Run to run")
 
 
 def _version(dist: str) -> str:
