@@ -1,7 +1,10 @@
-"""`mlopsctl serve` as a real server on 127.0.0.1: gunicorn (the default) and Flask's `--dev` server, started
-as subprocesses of the real CLI, driven by stock tritonclient[http] (JSON and binary tensors) and by MLflow
-payloads over http.client; the CLI's start-up errors; hot reload under load (zero non-200 responses while
-the alias moves twice); a clean SIGTERM shutdown.
+"""`mlopsctl serve` as a real server on 127.0.0.1: both fronts, granian (the default) and gunicorn
+(``--server gunicorn``), and Flask's `--dev` server, started as subprocesses of the real CLI, driven by stock
+tritonclient[http] (JSON and binary tensors) and by MLflow payloads over http.client; the CLI's start-up
+errors; on each front: hot reload under load (zero non-200 responses while the alias moves twice), metrics
+summed over workers, the bearer token, the body limit, request ids, the prediction log complete after
+SIGTERM, a slow request in flight at SIGTERM answered, a killed worker replaced, keep-alive connections
+spread over the workers, a clean SIGTERM shutdown.
 
 Models (trained once for the module through the CLI): breast-cancer bc/1..3 (10-tree forests;
 bc/1 at @production and @staging) and churn ch/1 (mixed types with missing values, @production).
@@ -34,6 +37,8 @@ from served_projects import make_served_project as _make_project
 from served_projects import training_records
 
 START_TIMEOUT = 60.0
+FRONTS = ("granian", "gunicorn")
+READY = {"granian": "(2 granian worker(s) × 1 thread(s))", "gunicorn": "(2 gunicorn sync worker(s))"}
 
 
 # ---- module projects ----------------------------------------------------------------------------------
@@ -153,10 +158,11 @@ def serving(project: Path, ref: str, *args: str, env: dict[str, str] | None = No
             pytest.fail(f"processes of the server were left behind after SIGTERM:\n{server.output}")
 
 
-@pytest.fixture(scope="module")
-def bc_server(projects) -> Iterator[Server]:
-    """gunicorn (2 workers) serving bc@production for the whole module."""
-    with serving(projects["bc"], "bc@production") as server:
+@pytest.fixture(scope="module", params=FRONTS)
+def bc_server(projects, request) -> Iterator[Server]:
+    """Each front (2 workers) serving bc@production for the whole module."""
+    with serving(projects["bc"], "bc@production", "--server", request.param) as server:
+        assert READY[request.param] in " ".join(server.output.split())  # rich wraps
         yield server
 
 
@@ -246,9 +252,9 @@ def _check_triton(client, app, records, model: str) -> None:
     np.testing.assert_array_equal(result.as_numpy("probabilities"), want_proba)
 
 
-# ---- gunicorn, tritonclient ---------------------------------------------------------------------------
+# ---- both fronts, tritonclient -------------------------------------------------------------------------
 
-def test_tritonclient_against_gunicorn(projects, reference, bc_server, triton):
+def test_tritonclient_against_each_front(projects, reference, bc_server, triton):
     records = training_records(projects["bc"], "diagnosis", 30)
     _check_triton(triton(bc_server.port), reference["bc"], records, "bc")
 
@@ -270,7 +276,7 @@ def test_tritonclient_errors_are_v2_errors(bc_server, triton):
     assert e.value.message().startswith("missing column(s) 'mean_texture', ")
 
 
-# ---- gunicorn, MLflow payloads ------------------------------------------------------------------------
+# ---- both fronts, MLflow payloads ----------------------------------------------------------------------
 
 def _json(port: int, method: str, path: str, body: Any = None, ctype: str | None = "application/json",
           raw: bytes | None = None) -> tuple[int, dict[str, str], Any]:
@@ -279,7 +285,7 @@ def _json(port: int, method: str, path: str, body: Any = None, ctype: str | None
     return status, headers, json.loads(payload) if payload.strip() else payload
 
 
-def test_mlflow_payloads_against_gunicorn(projects, reference, bc_server):
+def test_mlflow_payloads_against_each_front(projects, reference, bc_server):
     from mlopsctl import __version__
 
     port = bc_server.port
@@ -318,8 +324,9 @@ def test_mlflow_payloads_against_gunicorn(projects, reference, bc_server):
     assert request(port, "GET", "/version")[::2] == (200, __version__.encode())
 
 
-def test_predict_and_metrics_across_gunicorn_workers(projects, bc_server):
-    """/metrics under gunicorn aggregates every worker (prometheus_client multiprocess mode)."""
+def test_predict_and_metrics_across_workers(projects, bc_server):
+    """/metrics on either front sums every worker (prometheus_client multiprocess mode); each answer carries
+    the client's request id."""
     from prometheus_client.parser import text_string_to_metric_families
 
     def predict_200s() -> float:
@@ -348,7 +355,7 @@ def test_workers_and_threads_reach_gunicorn(projects, args, ready):
     """--workers / --threads (serve.threads) are what gunicorn runs, and the server answers; sync workers
     close the connection after each answer, gthread workers keep it alive."""
     record = json.dumps({"records": training_records(projects["bc"], "diagnosis", 1)}).encode()
-    with serving(projects["bc"], "bc@production", "--workers", "1", *args) as server:
+    with serving(projects["bc"], "bc@production", "--server", "gunicorn", "--workers", "1", *args) as server:
         assert ready in " ".join(server.output.split())  # rich wraps
         conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
         conn.request("POST", "/predict", record)
@@ -358,17 +365,18 @@ def test_workers_and_threads_reach_gunicorn(projects, args, ready):
         conn.close()
 
 
-def test_predictions_reach_the_store_under_gunicorn(projects):
-    """Under gunicorn (2 sync workers) every request answered — the last ones just before SIGTERM too — is
-    in the prediction log after the stop, with the inputs it was sent."""
+@pytest.mark.parametrize("front", FRONTS)
+def test_predictions_reach_the_store(projects, front):
+    """On either front (2 workers, one log writer each) every request answered — the last ones just before
+    SIGTERM too — is in the prediction log after the stop, with the inputs it was sent."""
     from mlopsctl.config import load_settings
     from mlopsctl.predlog_format import read_requests
     from mlopsctl.store.db import open_store
 
     records = training_records(projects["bc"], "diagnosis", 5)
     ids = []
-    with serving(projects["bc"], "bc@production") as server:
-        assert "(2 gunicorn sync worker(s))" in " ".join(server.output.split())
+    with serving(projects["bc"], "bc@production", "--server", front) as server:
+        assert READY[front] in " ".join(server.output.split())
         for i in range(40):
             rid = f"logged-{i}"
             status, headers, _ = request(server.port, "POST", "/predict",
@@ -417,18 +425,24 @@ def test_unknown_model_exits_3(projects, cli, assert_error):
     assert_error(result, 3, "bc has no version 9; versions are 1 to 3.")
 
 
-def test_cuda_on_a_cpu_only_machine_exits_5(projects, cli, assert_error):
+@pytest.mark.parametrize("front", FRONTS)
+def test_cuda_on_a_cpu_only_machine_exits_5(projects, cli, assert_error, front):
+    """The CUDA check runs before any worker starts, whichever the front (in-process here: a front that
+    started workers would not return)."""
     import onnxruntime as ort
 
     available = ort.get_available_providers()
     if "CUDAExecutionProvider" in available:
         pytest.skip("this machine has CUDA")
-    result = cli("-C", projects["bc"], "serve", "bc@production", "--device", "cuda", "--port", free_port())
+    result = cli("-C", projects["bc"], "serve", "bc@production", "--device", "cuda", "--server", front,
+                 "--port", free_port())
     assert_error(result, 5, f"--device cuda needs CUDAExecutionProvider, but this onnxruntime offers "
                             f"{', '.join(available)}; install onnxruntime-gpu in place of onnxruntime (README, "
                             "'On a GPU') on a machine with CUDA, or use --device cpu.")
     result = cli("-C", projects["bc"], "serve", "bc@production", "--device", "tpu", "--port", free_port())
     assert_error(result, 5, "serve.device in a command-line flag must be one of cpu, cuda, auto; got 'tpu'.")
+    result = cli("-C", projects["bc"], "serve", "bc@production", "--server", "uwsgi", "--port", free_port())
+    assert_error(result, 5, "serve.server in a command-line flag must be one of granian, gunicorn; got 'uwsgi'.")
 
 
 def test_port_in_use_exits_2(projects):
@@ -446,8 +460,9 @@ def test_port_in_use_exits_2(projects):
 
 # ---- hot reload under load ----------------------------------------------------------------------------
 
-def test_hot_reload_under_load(projects):
-    """4 clients send /predict without pause to gunicorn following bc@staging (polled every 0.2 s) while the
+@pytest.mark.parametrize("front", FRONTS)
+def test_hot_reload_under_load(projects, front):
+    """4 clients send /predict without pause to each front following bc@staging (polled every 0.2 s) while the
     alias moves 1 -> 2 -> 3 through the CLI: every response is a 200, and all clients end on version 3."""
     bc = projects["bc"]
     body = json.dumps({"records": training_records(bc, "diagnosis", 3)}).encode()
@@ -488,7 +503,7 @@ def test_hot_reload_under_load(projects):
         assert r.exit_code == 0, (r.stdout, r.stderr)
 
     _cli("-C", bc, "promote", "bc", 1, "--alias", "staging", "--force")
-    with serving(bc, "bc@staging", env=env) as server:
+    with serving(bc, "bc@staging", "--server", front, env=env) as server:
         threads = [threading.Thread(target=client, args=(k, server.port)) for k in range(4)]
         for t in threads:
             t.start()
@@ -530,18 +545,21 @@ def _children(pid: int) -> set[int]:
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc to find the workers")
-def test_a_worker_exit_leaves_the_server_serving(projects):
-    """gunicorn replaces a worker that exits (max-requests, a crash, an operator's SIGTERM): the other
-    worker keeps answering, the replacement boots, and /metrics still aggregates."""
+@pytest.mark.parametrize("front, sig", [("granian", signal.SIGKILL), ("gunicorn", signal.SIGKILL),
+                                        ("gunicorn", signal.SIGTERM)])
+def test_a_worker_exit_leaves_the_server_serving(projects, front, sig):
+    """Either front replaces a worker that dies (kill -9: a crash) or, on gunicorn, exits (max-requests,
+    an operator's SIGTERM): the other worker keeps answering, the replacement boots, and /metrics still
+    aggregates."""
     record = json.dumps({"records": training_records(projects["bc"], "diagnosis", 1)}).encode()
-    with serving(projects["bc"], "bc@production") as server:
+    with serving(projects["bc"], "bc@production", "--server", front) as server:
         master = server.proc.pid
         deadline = time.monotonic() + 30
         while len(_children(master)) < 2:
             assert time.monotonic() < deadline, "the two workers did not start"
             time.sleep(0.1)
         first = sorted(_children(master))
-        os.kill(first[0], signal.SIGTERM)
+        os.kill(first[0], sig)
         deadline = time.monotonic() + 30
         while not (first[0] not in _children(master) and len(_children(master)) == 2):
             assert server.proc.poll() is None, f"the server stopped:\n{server.output}"
@@ -560,14 +578,149 @@ def test_a_worker_exit_leaves_the_server_serving(projects):
 
 # ---- shutdown -----------------------------------------------------------------------------------------
 
-def test_sigterm_shuts_gunicorn_down_cleanly(projects):
+@pytest.mark.parametrize("front", FRONTS)
+def test_sigterm_shuts_down_cleanly(projects, front):
     """SIGTERM: the workers finish and exit normally, in seconds (no abort at exit, no kill after the 10 s
     graceful timeout)."""
     record = json.dumps({"records": training_records(projects["bc"], "diagnosis", 1)}).encode()
-    with serving(projects["bc"], "bc@production", stop_timeout=6) as server:
+    with serving(projects["bc"], "bc@production", "--server", front, stop_timeout=6) as server:
         assert request(server.port, "POST", "/predict", record)[0] == 200
     assert server.returncode == 0, (server.returncode, server.stop_seconds, server.output)
     out = server.output
     assert "SIGABRT" not in out and "terminate called" not in out, out
     assert "SIGKILL" not in out, out
     assert server.stop_seconds < 5, (server.stop_seconds, out)
+
+
+# ---- the token, the body limit, draining, keep-alive, on each front ------------------------------------
+
+@pytest.mark.parametrize("front", FRONTS)
+def test_token_and_body_limit_on_each_front(projects, front):
+    """serve.token guards /predict, /invocations and /metrics (health stays open); serve.max_body_mb answers
+    413 in the route's protocol, by Content-Length and for a chunked body; the server keeps serving."""
+    records = training_records(projects["bc"], "diagnosis", 2)
+    small = json.dumps({"records": records}).encode()
+    big = json.dumps({"records": records * 200}).encode()  # ~ 0.2 MB
+    env = _clean_env(MLOPS_SERVE_TOKEN="s3cret", MLOPS_SERVE_MAX_BODY_MB="0.05")
+    auth = {"Authorization": "Bearer s3cret"}
+    with serving(projects["bc"], "bc@production", "--server", front, env=env) as server:
+        port = server.port
+        status, headers, body = request(port, "POST", "/predict", small, {"X-Request-ID": "no-token"})
+        assert (status, headers["www-authenticate"], headers["x-request-id"]) == (401, "Bearer", "no-token")
+        assert json.loads(body)["error"] == "Unauthorized"
+        assert request(port, "POST", "/predict", small, {"Authorization": "Bearer nope"})[0] == 401
+        assert request(port, "GET", "/metrics")[0] == 401
+        assert request(port, "POST", "/invocations", json.dumps({"dataframe_records": records}).encode(),
+                       {"Content-Type": "application/json"})[0] == 401
+        assert request(port, "GET", "/v2/health/live")[0] == 200
+        status, _, body = request(port, "POST", "/predict", small, auth)
+        assert status == 200 and len(json.loads(body)["predictions"]) == 2
+        status, headers, body = request(port, "POST", "/predict", big, {**auth, "X-Request-ID": "too-big"})
+        assert status == 413
+        assert json.loads(body) == {"error": "RequestEntityTooLarge", "request_id": "too-big",
+                                    "message": "the request body is larger than 0.05 MiB (serve.max_body_mb)."}
+        status, _, body = request(port, "POST", "/invocations",
+                                  json.dumps({"dataframe_records": records * 200}).encode(),
+                                  {**auth, "Content-Type": "application/json"})
+        assert (status, json.loads(body)["error_code"]) == (413, "BAD_REQUEST")
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        try:  # no Content-Length: the limit holds on the bytes that arrive
+            conn.request("POST", "/predict", body=iter([big[i:i + 8192] for i in range(0, len(big), 8192)]),
+                         headers=auth, encode_chunked=True)
+            r = conn.getresponse()
+            assert (r.status, json.loads(r.read())["error"]) == (413, "RequestEntityTooLarge")
+        finally:
+            conn.close()
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        try:  # a chunked body under the limit is read whole
+            conn.request("POST", "/predict", body=iter([small[:10], small[10:]]), headers=auth, encode_chunked=True)
+            r = conn.getresponse()
+            assert (r.status, len(json.loads(r.read())["predictions"])) == (200, 2)
+        finally:
+            conn.close()
+        status, _, body = request(port, "GET", "/metrics", headers=auth)
+        assert status == 200 and b'mlops_requests_total{endpoint="predict",status="413"} 2.0' in body
+
+
+@pytest.mark.parametrize("front", FRONTS)
+def test_sigterm_lets_a_request_in_flight_finish(projects, front):
+    """A big request whose body is still arriving when SIGTERM comes gets its answer, and it is in the
+    prediction log after the stop."""
+    from mlopsctl.config import load_settings
+    from mlopsctl.predlog_format import read_requests
+    from mlopsctl.store.db import open_store
+
+    records = training_records(projects["bc"], "diagnosis", 20) * 500  # 10,000 rows, ~ 8 MB
+    body = json.dumps({"records": records}).encode()
+    rid = f"in-flight-{front}"
+    with serving(projects["bc"], "bc@production", "--server", front) as server:
+        sock = socket.create_connection(("127.0.0.1", server.port), timeout=30)
+        try:
+            sock.sendall(f"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                         f"Content-Length: {len(body)}\r\nX-Request-ID: {rid}\r\n\r\n".encode() + body[:4096])
+            time.sleep(0.5)
+            server.proc.send_signal(signal.SIGTERM)
+            time.sleep(1.0)
+            assert server.proc.poll() is None, "the server exited with a request in flight"
+            sock.sendall(body[4096:])
+            reply = http.client.HTTPResponse(sock)
+            reply.begin()
+            payload = json.loads(reply.read())
+        finally:
+            sock.close()
+        assert reply.status == 200, payload
+        assert payload["request_id"] == rid and len(payload["predictions"]) == 10_000
+        with pytest.raises(OSError):  # no new connection is taken once the stop began
+            request(server.port, "GET", "/v2/health/ready", timeout=2)
+    assert server.returncode in (0, -signal.SIGTERM), server.output
+    settings = load_settings({}, {}, projects["bc"])
+    logged = read_requests(open_store(settings.store_url, settings.store.busy_timeout_ms), [rid], list(records[0]))
+    assert logged[rid]["inputs"]["mean_radius"] == [r["mean_radius"] for r in records]
+
+
+def _socket_owner(workers: set[int], server_port: int, client_port: int) -> int | None:
+    """The worker process holding the server side of the loopback connection from ``client_port``."""
+    inode = None
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local, remote = fields[1].split(":"), fields[2].split(":")
+        if int(local[1], 16) == server_port and int(remote[1], 16) == client_port:
+            inode = fields[9]
+    assert inode is not None, f"no server socket for client port {client_port}"
+    for pid in workers:
+        try:
+            fds = list(Path(f"/proc/{pid}/fd").iterdir())
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                if os.readlink(fd) == f"socket:[{inode}]":
+                    return pid
+            except OSError:
+                continue
+    return None
+
+
+@pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="needs /proc to find the sockets' workers")
+def test_keep_alive_connections_spread_over_workers(projects):
+    """granian: 16 keep-alive clients, each connection open over several requests, are held by both workers
+    (which process holds each server socket, read from /proc). gunicorn's sync workers close every
+    connection; its gthread workers put all 16 on one worker (measured: benchmarks/RESULTS.md)."""
+    record = json.dumps({"records": training_records(projects["bc"], "diagnosis", 1)}).encode()
+    with serving(projects["bc"], "bc@production", "--server", "granian") as server:
+        workers = _children(server.proc.pid)
+        assert len(workers) == 2, workers
+        conns = [http.client.HTTPConnection("127.0.0.1", server.port, timeout=10) for _ in range(16)]
+        try:
+            for _ in range(3):
+                for c in conns:
+                    c.request("POST", "/predict", record)
+                    r = c.getresponse()
+                    assert r.status == 200 and json.loads(r.read())["version"] == 1
+            ports = [c.sock.getsockname()[1] for c in conns]  # still the first connection: kept alive
+            owners = [_socket_owner(workers, server.port, p) for p in ports]
+        finally:
+            for c in conns:
+                c.close()
+    assert None not in owners
+    assert set(owners) == workers, owners

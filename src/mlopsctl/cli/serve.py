@@ -21,13 +21,15 @@ def register(app: typer.Typer) -> None:
         host: Annotated[Optional[str], typer.Option(help="Address to bind (default 127.0.0.1).")] = None,
         port: Annotated[Optional[int], typer.Option(help="Port (default 8080).")] = None,
         workers: Annotated[Optional[int], typer.Option(help="Worker processes (default 2).")] = None,
+        server_: Annotated[Optional[str], typer.Option("--server", help=(
+            "HTTP front: granian (default: a Rust server, keep-alive, the fastest here) or gunicorn."))] = None,
         threads: Annotated[Optional[int], typer.Option(
-            help="Threads per worker. 1 (default): sync workers, the lowest p99. N > 1: gthread workers with "
-                 "keep-alive, for slow clients or many idle connections without a proxy in front.")] = None,
+            help="Python threads per worker running the app (default 1). On gunicorn 1 means sync workers, the "
+                 "lowest p99, and N > 1 gthread workers with keep-alive; granian keeps connections alive either way.")] = None,
         device: Annotated[Optional[str], typer.Option(
             help="cpu, cuda or auto (CUDA when present and it runs some of the model's arithmetic); the log and "
                  "/v2 metadata say where each node runs.")] = None,
-        dev: Annotated[bool, typer.Option("--dev", help="Flask's development server instead of gunicorn.")] = False,
+        dev: Annotated[bool, typer.Option("--dev", help="Flask's development server instead of --server.")] = False,
         allow_unauthenticated: Annotated[bool, typer.Option(
             "--allow-unauthenticated",
             help="Listen on a non-loopback --host without serve.token (refused otherwise).")] = False,
@@ -52,7 +54,7 @@ def register(app: typer.Typer) -> None:
         from mlopsctl.serving import server
 
         settings = settings_from(ctx, **{"serve.host": host, "serve.port": port, "serve.workers": workers,
-                                         "serve.threads": threads, "serve.device": device, "serve.dev": dev or None})
+                                         "serve.server": server_, "serve.threads": threads, "serve.device": device, "serve.dev": dev or None})
         s = settings.serve
         warning = check_exposure(s.host, s.token, allow_unauthenticated)
         if warning:
@@ -62,4 +64,4 @@ def register(app: typer.Typer) -> None:
             err_console().print(f"[green]Serving[/] {model or settings.registry.model_name} on {url}; Ctrl-C to stop.")
 
         server.run(settings, model, host=s.host, port=s.port, workers=s.workers, threads=s.threads, device=s.device,
-                   dev=s.dev, on_ready=ready)
+                   dev=s.dev, on_ready=ready, front=s.server)

@@ -1,4 +1,10 @@
-"""Run the app: gunicorn (the default) or Flask's development server (``--dev``)."""
+"""Run the app: granian (the default), gunicorn (``serve.server = "gunicorn"``) or Flask's development server
+(``--dev``).
+
+Both fronts start the same way: the preflight (the model resolves and verifies, the CUDA check in a child
+process) and the port check run in the parent, then the front forks its workers and each worker builds its
+own app (:func:`worker_app`): its own ONNX Runtime session, reload poller and prediction-log writer. The
+workers' Prometheus values live in one ``PROMETHEUS_MULTIPROC_DIR`` that /metrics sums over."""
 
 from __future__ import annotations
 
@@ -20,6 +26,7 @@ log = logging.getLogger("mlopsctl.serve")
 # Measured with sync workers (alternating live runs; benchmarks/RESULTS.md, profiling findings): p99 7.0 ms
 # at 5 ms, 6.1 ms at 0.5 ms, 5.4 ms at 0.1 ms.
 GIL_SWITCH_S = 0.0001
+GRACEFUL_TIMEOUT_S = 10  # a stopping worker's requests in flight get this long to finish
 
 
 def worker_class(threads: int) -> str:
@@ -61,10 +68,16 @@ def preflight(settings: Settings, model_ref: str | None, device: str) -> str:
     return str(ref)
 
 
+FRONTS = ("granian", "gunicorn")
+
+
 def run(settings: Settings, model_ref: str | None, *, host: str, port: int, workers: int, threads: int,
-        device: str, dev: bool = False, on_ready: Callable[[str], None] | None = None) -> None:
+        device: str, dev: bool = False, on_ready: Callable[[str], None] | None = None,
+        front: str = "granian") -> None:
     if device not in ("cpu", "cuda", "auto"):
         raise ConfigError(f"--device must be cpu, cuda or auto, got {device!r}.")
+    if front not in FRONTS:
+        raise ConfigError(f"--server must be granian or gunicorn, got {front!r}.")
     ref = preflight(settings, model_ref, device)
     check_port(host, port)
     if dev:
@@ -75,8 +88,89 @@ def run(settings: Settings, model_ref: str | None, *, host: str, port: int, work
             on_ready(f"http://{host}:{port} (Flask development server)")
         app.run(host=host, port=port, threaded=True, use_reloader=False)
         return
-    _run_gunicorn(settings, ref, host=host, port=port, workers=workers, device=device, on_ready=on_ready,
-                  threads=threads)
+    launch = _run_granian if front == "granian" else _run_gunicorn
+    launch(settings, ref, host=host, port=port, workers=workers, device=device, on_ready=on_ready, threads=threads)
+
+
+def worker_app(settings: Settings, ref: str, workers: int, device: str) -> Any:
+    """One worker's app, built after the fork."""
+    import gc
+    import sys
+
+    from mlopsctl.serving.app import create_app
+
+    app = create_app(settings, ref, workers=workers, device=device)
+    sys.setswitchinterval(GIL_SWITCH_S)
+    gc.freeze()  # the app, model and modules live as long as the worker: keep them out of GC passes
+    return app
+
+
+def _worker_exit(st: Any) -> None:
+    """A worker's last act: stop polling the alias and write what the prediction log holds."""
+    st.holder.stop()
+    if st.predlog is not None:
+        st.predlog.close()
+
+
+def _forget_dead_workers() -> None:
+    """Drop the live-gauge files of workers that are gone (a crashed worker's queue depth must not be
+    summed any more); gunicorn's ``child_exit`` does this as each worker exits, granian has no such hook,
+    so each new worker does it as it starts."""
+    from prometheus_client import multiprocess
+
+    from mlopsctl.common import pid_alive
+
+    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not path:
+        return
+    for name in os.listdir(path):
+        if name.startswith("gauge_live") and name.endswith(".db"):
+            pid = name[:-3].rsplit("_", 1)[-1]
+            if pid.isdigit() and not pid_alive(int(pid)):
+                multiprocess.mark_process_dead(int(pid), path)
+
+
+def _metrics_dir() -> str:
+    """A fresh ``PROMETHEUS_MULTIPROC_DIR`` for this server's workers (set in the environment they inherit)."""
+    path = tempfile.mkdtemp(prefix="mlopsctl-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
+    return path
+
+
+def _run_granian(settings: Settings, ref: str, *, host: str, port: int, workers: int, device: str,
+                 on_ready: Callable[[str], None] | None, threads: int) -> None:
+    """granian's WSGI interface: a Rust HTTP/1.1 server (keep-alive) in each worker, ``threads`` Python
+    threads per worker running the app. A worker that dies is replaced; SIGTERM lets the requests in flight
+    finish, then each worker flushes its prediction log (a ``multiprocessing`` finalizer: granian's workers
+    end through ``multiprocessing``, which runs those and not ``atexit`` handlers)."""
+    from granian.constants import Interfaces
+    from granian.log import LogLevels
+    from granian.server import Server
+
+    import mlopsctl.serving.app  # noqa: F401 - import once in the parent; workers inherit the modules
+
+    def load(_target: str) -> Any:
+        from multiprocessing.util import Finalize
+
+        _forget_dead_workers()
+        app = worker_app(settings, ref, workers, device)
+        Finalize(None, _worker_exit, args=(app.extensions["mlopsctl"],), exitpriority=10)
+        return app
+
+    server = Server("mlopsctl", address=host, port=port, interface=Interfaces.WSGI, workers=workers,
+                    blocking_threads=threads, respawn_failed_workers=True, workers_kill_timeout=GRACEFUL_TIMEOUT_S,
+                    log_level=LogLevels.warning)
+
+    @server.on_startup
+    def ready() -> None:
+        if on_ready:
+            on_ready(f"http://{host}:{port} ({workers} granian worker(s) × {threads} thread(s))")
+
+    metrics_dir = _metrics_dir()
+    try:
+        server.serve(target_loader=load)
+    finally:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
 def _run_gunicorn(settings: Settings, ref: str, *, host: str, port: int, workers: int, device: str,
@@ -85,8 +179,7 @@ def _run_gunicorn(settings: Settings, ref: str, *, host: str, port: int, workers
 
     import mlopsctl.serving.app  # noqa: F401 - import once in the master; workers inherit the modules
 
-    metrics_dir = tempfile.mkdtemp(prefix="mlopsctl-metrics-")
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    metrics_dir = _metrics_dir()
 
     def child_exit(_server: Any, worker: Any) -> None:
         from prometheus_client import multiprocess
@@ -109,7 +202,7 @@ def _run_gunicorn(settings: Settings, ref: str, *, host: str, port: int, workers
     options = {
         "bind": f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
         "workers": workers, "worker_class": kind, "threads": threads,
-        "timeout": 60, "graceful_timeout": 10, "keepalive": 5, "loglevel": "warning",
+        "timeout": 60, "graceful_timeout": GRACEFUL_TIMEOUT_S, "keepalive": 5, "loglevel": "warning",
         "accesslog": None, "child_exit": child_exit, "worker_exit": worker_exit, "when_ready": when_ready, "proc_name": "mlopsctl-serve",
     }
 
@@ -119,15 +212,7 @@ def _run_gunicorn(settings: Settings, ref: str, *, host: str, port: int, workers
                 self.cfg.set(k, v)
 
         def load(self):
-            import gc
-            import sys
-
-            from mlopsctl.serving.app import create_app
-
-            app = create_app(settings, ref, workers=workers, device=device)
-            sys.setswitchinterval(GIL_SWITCH_S)
-            gc.freeze()  # the app, model and modules live as long as the worker: keep them out of GC passes
-            return app
+            return worker_app(settings, ref, workers, device)
 
     master = os.getpid()
     try:
