@@ -20,6 +20,8 @@ Setup: benchmarks/serve_bench.py's project (``mlopsctl init --example breast-can
   requests, and stops it. Medians over rounds. Any non-2xx answer fails the run.
 * How the 8 connections spread over the workers: each worker's share of the server's CPU during the 8-client
   run (from /proc; an even spread is 50 % each).
+* ``--uwsgi``: also the bare app on uWSGI (``pip install pyuwsgi``; ``--http`` router with keep-alive, 2
+  processes): would another front serve the same app faster?
 * Hot reload under load: mlopsctl following ``bc@staging`` (polled every 0.2 s), wrk with 8 connections for
   8 s while the alias moves 1 -> 2 -> 1 (at 2 s and 4 s): non-2xx answers and socket errors (both must be 0), and the
   reloads the log shows.
@@ -66,6 +68,10 @@ class Front(sb.Server):
             self.cmd = [sb.PY, "-m", "granian", "--interface", "wsgi", "--workers", "2", "--blocking-threads",
                         str(threads), "--host", sb.HOST, "--port", str(self.port), "--working-dir", str(sb.BENCH),
                         "--log-level", "warning", "--no-ws", "serve_bare_app:app"]
+        elif front == "uwsgi":  # its HTTP router in front of 2 processes: keep-alive like the others
+            self.cmd = [str(sb.BIN / "uwsgi"), "--http", f"{sb.HOST}:{self.port}", "--http-keepalive", "--processes",
+                        "2", "--master", "--die-on-term", "--disable-logging", "--lazy-apps", "--chdir", str(sb.BENCH),
+                        "--wsgi-file", "serve_bare_app.py", "--callable", "app"]
 
 
 def pss_mb(pgid: int) -> float:
@@ -219,6 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, nargs="*", default=[],
                     help="also run mlopsctl on granian with these serve.threads values")
     ap.add_argument("--only", nargs="*", default=None, help="labels' short names to run: mg mu bg bu")
+    ap.add_argument("--uwsgi", action="store_true", help="also the bare app on uWSGI (pip install pyuwsgi)")
     args = ap.parse_args(argv)
     if args.quick:
         args.rounds, args.duration, args.big, args.reload_s = 1, 3.0, 3, 6.0
@@ -233,6 +240,9 @@ def main(argv: list[str] | None = None) -> int:
     for n in args.threads:
         labels[f"mg{n}"] = f"mlopsctl, granian, {n} threads"
         systems[f"mg{n}"] = ("mlopsctl", "granian", n)
+    if args.uwsgi:
+        labels["bw"] = "bare app, uWSGI (HTTP router, keep-alive)"
+        systems["bw"] = ("bare", "uwsgi", 1)
     keys = [k for k in systems if args.only is None or k in args.only]
     res: dict[str, list[dict]] = {labels[k]: [] for k in keys}
     loads = []
