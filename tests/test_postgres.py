@@ -387,7 +387,7 @@ def test_train_register_promote_predict_serve_end_to_end(make_project, cli, asse
     scored = (tmp_path / "scored.csv").read_text().splitlines()
     assert len(scored) == len((project / "data" / "train.csv").read_text().splitlines())
 
-    # `mlopsctl serve` (gunicorn), its store and prediction log on PostgreSQL through MLOPS_STORE_URL
+    # `mlopsctl serve` (granian, the default front), its store and prediction log on PostgreSQL through MLOPS_STORE_URL
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLOPS_", "PROMETHEUS_MULTIPROC_DIR"))}
     env["MLOPS_STORE_URL"] = pg_blank_url
@@ -410,7 +410,7 @@ def test_train_register_promote_predict_serve_end_to_end(make_project, cli, asse
         ids = []
         for i in range(20):
             status, body = http_json(port, "POST", "/predict", {"records": records[:1 + i % 5]},
-                                     {"X-Request-ID": f"gunicorn-{i}"})
+                                     {"X-Request-ID": f"pg-{i}"})
             assert status == 200, body
             assert (body["model"], body["version"], len(body["predictions"])) == (BC, 1, 1 + i % 5)
             ids.append(body["request_id"])
@@ -422,7 +422,7 @@ def test_train_register_promote_predict_serve_end_to_end(make_project, cli, asse
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=10)
     assert proc.returncode in (0, -signal.SIGTERM), log.read_text()
-    assert "gunicorn sync worker(s)" in " ".join(log.read_text().split())
+    assert "2 granian worker(s)" in " ".join(log.read_text().split())
     logged = read_requests(db.open_store(pg_blank_url), ids, list(records[0]))  # flushed at the stop
     assert set(logged) == set(ids)
     for i, rid in enumerate(ids):
