@@ -199,7 +199,7 @@ def render(args: argparse.Namespace, res: dict[str, list[dict]], reloads: dict[s
               f"- mlopsctl on granian / bare on granian: {ratio[1]:.2f}× / {ratio[8]:.2f}× / {ratio[32]:.2f}× at "
               f"1 / 8 / 32 clients (bare on gunicorn / bare on granian: "
               + " / ".join(f"{med(bu, c, 'rps') / med(bg, c, 'rps'):.2f}×" for c in CLIENTS) + ").",
-              f"- mlopsctl on granian / mlopsctl on gunicorn: " + " / ".join(f"{over_gunicorn[c]:.2f}×" for c in CLIENTS)
+              "- mlopsctl on granian / mlopsctl on gunicorn: " + " / ".join(f"{over_gunicorn[c]:.2f}×" for c in CLIENTS)
               + ".",
               f"- p99 at 8 clients, mlopsctl on granian: {med(mg, 8, 'p99_ms'):.2f} ms.",
               f"- PSS: mlopsctl / bare on granian {med(mg, 'pss_mb') / med(bg, 'pss_mb'):.2f}×, on gunicorn "
