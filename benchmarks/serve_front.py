@@ -37,11 +37,9 @@ import http.client
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import serve_bench as sb
 from _common import cpu_model, write_section
