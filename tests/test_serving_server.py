@@ -727,3 +727,21 @@ def test_keep_alive_connections_spread_over_workers(projects):
                 c.close()
     assert None not in owners
     assert set(owners) == workers, owners
+
+
+def test_a_new_granian_worker_drops_the_live_gauges_of_dead_workers_only(tmp_path, monkeypatch):
+    """granian has no child_exit hook: each new worker removes the live-gauge files of workers that are gone
+    (their queue depth must not be summed any more), and keeps the live ones' and every counter (a dead
+    worker's requests still count)."""
+    from mlopsctl.serving.server import _forget_dead_workers
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True)
+    dead, alive = int(gone.stdout), os.getpid()
+    files = [f"gauge_livesum_{dead}.db", f"gauge_liveall_{dead}.db", f"gauge_livesum_{alive}.db",
+             f"counter_{dead}.db", f"gauge_all_{dead}.db"]
+    for name in files:
+        (tmp_path / name).write_bytes(b"")
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    _forget_dead_workers()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(files[2:])
