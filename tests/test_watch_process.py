@@ -22,37 +22,12 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Callable
 
+from watch_helpers import MODEL, TARGET, drop, fresh_rows, q
 
-MODEL = "breast-cancer"
-TARGET = "diagnosis"
 SLOW = '{"n_estimators": 5000}'  # a training that is surely still running when we kill it
 
 
 # ---- fixtures and helpers -----------------------------------------------------------------------------
-
-
-def fresh_rows(project: Path, n: int, seed: int, noise: float = 0.02):
-    import numpy as np
-    import pandas as pd
-
-    df = pd.read_csv(project / "data" / "train.csv")
-    out = df.sample(n=n, random_state=seed).reset_index(drop=True)
-    features = [c for c in out.columns if c != TARGET]
-    rng = np.random.default_rng(seed)
-    out[features] = (out[features] * rng.normal(1.0, noise, size=(n, len(features)))).round(6)
-    return out
-
-
-def drop(df, path: Path) -> Path:
-    tmp = path.with_name(path.name + ".part")
-    df.to_csv(tmp, index=False)
-    tmp.rename(path)
-    return path
-
-
-def q(project: Path, sql: str, *args: Any) -> list[tuple]:
-    with contextlib.closing(sqlite3.connect(project / ".mlops" / "mlops.db", timeout=30)) as con:
-        return con.execute(sql, args).fetchall()
 
 
 def wait_for(cond: Callable[[], Any], timeout: float, what: str, proc: subprocess.Popen | None = None) -> Any:
