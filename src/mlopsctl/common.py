@@ -85,6 +85,19 @@ def atomic_write(dest: Path, mode: str = "wb", *, durable: bool = False, **open_
         fh.flush()
 
 
+@contextlib.contextmanager
+def flocked(path: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``path`` (created if missing) for the block: one process at a time."""
+    import fcntl
+
+    with open(path, "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def pid_alive(pid: int) -> bool:
     """Whether a process with this id exists (this one included); a process of another user counts."""
     if pid == os.getpid():

@@ -15,7 +15,6 @@ never migrated implicitly: opening one whose schema is behind is a StoreError th
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import sqlite3
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -27,6 +26,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+from mlopsctl.common import flocked
 from mlopsctl.errors import StoreError
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
@@ -264,13 +264,8 @@ def _migration_lock(url: str, engine: Engine | None = None) -> Iterator[None]:
     if path is None:
         yield
         return
-    lock_path = path.with_name(path.name + ".migrate.lock")
-    with open(lock_path, "a+") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    with flocked(path.with_name(path.name + ".migrate.lock")):
+        yield
 
 
 def backup_sqlite(path: Path, label: str) -> Path:

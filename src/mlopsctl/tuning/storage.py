@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from mlopsctl.common import flocked
 
 HEARTBEAT_S, GRACE_S = 20, 60  # PostgreSQL: a RUNNING trial without a heartbeat for GRACE_S has lost its worker
 
@@ -34,16 +35,6 @@ class Backend:
     workers: Path | None = None
 
 
-@contextlib.contextmanager
-def _flock(path: Path) -> Iterator[None]:
-    with open(path, "a+") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 def journal_backend(folder: Path, study: str) -> Backend:
     """``folder/<study>.journal`` (Optuna's journal), ``<study>.lock`` (our counting lock) and ``<study>.workers/``."""
     from optuna.storages import JournalStorage
@@ -54,7 +45,7 @@ def journal_backend(folder: Path, study: str) -> Backend:
     workers = folder / f"{study}.workers"
     workers.mkdir(exist_ok=True)
     storage = JournalStorage(JournalFileBackend(str(path), lock_obj=JournalFileOpenLock(str(path))))
-    return Backend(storage, str(path), lambda: _flock(folder / f"{study}.lock"), workers)
+    return Backend(storage, str(path), lambda: flocked(folder / f"{study}.lock"), workers)
 
 
 def postgres_backend(url: str, study: str, schema: str = "optuna") -> Backend:
