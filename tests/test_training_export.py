@@ -398,3 +398,37 @@ def test_evaluate_computes_only_the_metrics_asked_for_with_the_same_values(task)
     assert sorted(full) == sorted(names)
     for name in names:
         assert evaluate(model, X[150:], y[150:], task, only=(name,)) == {name: full[name]}
+
+
+def test_label_agreement_counts_a_tie_break_as_agreement_and_a_real_flip_as_not():
+    import numpy as np
+
+    ref_labels = np.array(["a", "a", "b", "a"])
+    ref_proba = np.array([[0.5, 0.5], [0.9, 0.1], [0.2, 0.8], [0.6, 0.4]])
+    onnx_proba = np.array([[0.49999994, 0.50000006], [0.9, 0.1], [0.2, 0.8], [0.6, 0.4]], dtype=np.float32)
+    diff = np.abs(onnx_proba.astype(np.float64) - ref_proba)
+    # row 0: scikit-learn's 0.5 / 0.5 tie broken the other way by float32 rounding; row 3: a real flip
+    labels = np.array(["b", "a", "b", "b"])
+    assert export.label_agreement(labels, ref_labels, ref_proba, diff) == 0.75
+    assert export.label_agreement(ref_labels, ref_labels, ref_proba, diff) == 1.0
+    three = np.array([[0.4, 0.4, 0.2], [0.1, 0.3, 0.6]])
+    assert export.label_agreement(np.array(["y", "x"]), np.array(["x", "z"]), three, np.zeros_like(three)) == 0.5
+
+
+def test_a_wide_table_whose_forest_ties_a_held_out_row_passes_parity(tmp_path):
+    """300 rows x 400 columns (the draw that found it): a 100-tree forest scores one held-out row exactly
+    0.5 / 0.5; before, that tie-break alone failed the parity check (label agreement 0.983) and the run could
+    not be registered."""
+    import numpy as np
+    import pandas as pd
+
+    from mlopsctl.config import load_settings
+    from mlopsctl.services import runs
+
+    rng = np.random.default_rng(0)
+    rng.normal(size=(200, 3)), rng.normal(scale=0.5, size=200), rng.normal(size=(12, 3))  # the draws before it
+    X = pd.DataFrame(rng.normal(size=(300, 400)), columns=[f"feat {i}.x" for i in range(400)])
+    X.assign(label=(X.iloc[:, 0] > 0).astype(int)).to_csv(tmp_path / "wide.csv", index=False)
+    (tmp_path / ".mlops.toml").write_text('[data]\ntarget = "label"\n')
+    run = runs.train_and_track(load_settings({}, {}, tmp_path), data_path=tmp_path / "wide.csv")
+    assert run["parity"]["passed"] is True and run["parity"]["label_agreement"] == 1.0
