@@ -513,6 +513,45 @@ def test_records_with_and_without_a_block_share_a_batch(store, contract):
         assert np.allclose(logged[rid]["outputs"]["probabilities"], [[0.25, 0.75]] * N)
 
 
+def test_a_window_of_many_slices_keeps_every_request_in_order(store, contract):
+    """The writer joins a window a slice of records at a time (``SLICE``): requests of 1-3 rows, the two
+    layouts (block or column by column) interleaved, over several slices and a slice boundary inside a run
+    of one layout: every request's rows come back as it sent them, at its offset."""
+    from mlopsctl.serving.predlog import SLICE, PredictionLog
+
+    n_requests = 2 * SLICE + 37
+    requests = []
+    for i in range(n_requests):
+        rows = 1 + i % 3
+        data = {k: v[i % 5:i % 5 + rows] for k, v in _data(i % 4).items()}
+        with_block = (i // 7) % 2 == 0  # runs of seven of one layout, then seven of the other
+        checked = contract.check(data if with_block else {**data, "flag": ["true" if v else "false" for v in data["flag"]]})
+        requests.append((f"q{i:04d}", data, checked, with_block))
+    log = PredictionLog(store, flush_interval=30.0)
+    try:
+        for rid, _data_, checked, with_block in requests:
+            assert log.submit(**_record(contract, checked, rid, with_block=with_block))
+        assert log.flush(timeout=60)
+        assert (log.written, log.write_errors) == (n_requests, 0)
+    finally:
+        log.close()
+    with store.session() as s:
+        assert s.query(PredictionBatch).count() == 1
+    logged = read_requests(store, [r[0] for r in requests], contract.feature_names)
+    offset = 0
+    for rid, data, checked, _with_block in requests:
+        got = logged[rid]
+        want = {k: [None if isinstance(v, float) and v != v else v for v in arr.tolist()]
+                for k, arr in contract.check(data).normalized.items()}
+        assert {k: [None if isinstance(v, float) and v != v else v for v in vals]
+                for k, vals in got["inputs"].items()} == want, rid
+        rows = len(checked.bad_rows)
+        assert got["outputs"]["label"] == (["a", "b"] * 2)[:rows], rid
+        offset += rows
+    with store.session() as s:
+        assert s.query(PredictionBatch).one().n_rows == offset
+
+
 def test_close_writes_what_is_queued(store, contract):
     from mlopsctl.serving.predlog import PredictionLog
 

@@ -17,8 +17,15 @@ popleft are single C calls: no lock per record), and a buffered record is compac
 its index row already serialised to JSON bytes by the request thread, the checked float64 block, the other
 columns' and the outputs' arrays, and the layout key. The writer thus does almost no per-record Python
 work: records leave the buffer, are grouped, joined (the index document is one ``bytes.join``, the inputs
-one concatenation per block or column) and freed by C loops (``islice``, ``groupby``, ``map``), so the GIL
-is held for short C calls only, and it is handed back between the stages of a flush (:func:`_pause`).
+one concatenation per block or column) and freed by C loops (``islice``, ``groupby``, ``map``), and it is
+handed back between the stages of a flush (:func:`_pause`).
+
+A C call holds the GIL until it returns, however long it runs: over a whole busy window (~4,000 records a
+worker a second at 8 clients) each of those loops and concatenations held it 1-3 ms (thread CPU time, a
+flush ~18 ms in all), and a request arriving meanwhile waited that long. So every loop and concatenation
+over records runs on slices of :data:`SLICE` records (:func:`_slices`), each a fraction of a millisecond;
+between them the request threads get the GIL within the worker's switch interval (0.1 ms,
+``serving.server.GIL_SWITCH_S``). The parts are joined once at the end: a few arrays per column.
 """
 
 from __future__ import annotations
@@ -41,7 +48,13 @@ from mlopsctl.store.models import PredictionBatch, utcnow
 log = logging.getLogger("mlopsctl.serve")
 INDEX_NOW_MAX = 256  # a window of at most this many records writes its index rows at once; a busier one defers them
 CATCH_UP_BATCHES = 20  # deferred batches a quiet window indexes
+SLICE = 256  # records per C loop or concatenation in the writer (see the module's text)
 PAUSE_S = 0.0002  # a real sleep: the GIL is free long enough for a waiting request thread to take it
+
+
+def _slices(seq: list[Record], n: int = SLICE) -> Any:
+    """``seq`` in consecutive slices of at most ``n`` records."""
+    return (seq[i:i + n] for i in range(0, len(seq), n))
 
 
 def _pause() -> None:
@@ -149,9 +162,13 @@ class PredictionLog:
         left = len(self._pending)
         while left > 0:
             take = min(left, self.batch_size)
-            # ``take`` poplefts in C (a record is never None, so the sentinel never ends it early)
-            batch = list(islice(iter(self._pending.popleft, None), take))
             left -= take
+            # poplefts in C, a slice at a time (a record is never None, so the sentinel never ends it early)
+            batch: list[Record] = []
+            pop = iter(self._pending.popleft, None)
+            while take > 0:
+                batch.extend(islice(pop, min(take, SLICE)))
+                take -= SLICE
             self._write(batch)
             batch.clear()  # compact records: freeing a window of them takes ~0.1 ms
 
@@ -162,8 +179,9 @@ class PredictionLog:
         from sqlalchemy import insert
 
         groups: dict[tuple[str, int], list[Record]] = {}  # by model version, in request order
-        for key, run in groupby(batch, itemgetter(_KEY)):  # C per record, Python once per run of one layout
-            groups.setdefault(key[:2], []).extend(run)
+        for part in _slices(batch):
+            for key, run in groupby(part, itemgetter(_KEY)):  # C per record, Python once per run of one layout
+                groups.setdefault(key[:2], []).extend(run)
         engine = self.store.engine
         defer = len(batch) > INDEX_NOW_MAX
         if not defer:  # a quiet window: catch up on deferred batches first, so the index stays in order
@@ -214,38 +232,43 @@ class PredictionLog:
 
 def _index_document(recs: list[Record]) -> str:
     """The JSON array of the records' index rows (``[request_id, endpoint, latency_ms, n_rows, created_at]``
-    each, serialised by :func:`make_record`): one join, no per-record Python."""
-    return (b"[" + b",".join(map(itemgetter(_META), recs)) + b"]").decode()
+    each, serialised by :func:`make_record`): one join a slice, no per-record Python."""
+    return (b"[" + b",".join([b",".join(map(itemgetter(_META), part)) for part in _slices(recs)]) + b"]").decode()
 
 
 def _encode(recs: list[Record]) -> bytes:
     """Arrow IPC bytes for one model version's records, in order. Consecutive records of one layout (a
     request checked on the vectorised path carries a block; one checked column by column does not) are
-    joined with one concatenation per block, other column and output. The GIL is handed back between
-    stages (:func:`_pause`)."""
+    joined with one concatenation per block, other column and output, a slice of :data:`SLICE` records at a
+    time (:func:`_add_run`); the slices' parts are joined once per column."""
     _model, _version, _block, names, out_keys = recs[0][_KEY]
     inputs: dict[str, list[Any]] = {name: [] for name in names}
     outputs: dict[str, list[Any]] = {name: [] for name in out_keys}
-    for layout, run in groupby(recs, itemgetter(_KEY)):
-        run = list(run)
-        _model, _version, block_columns, run_names, run_outs = layout
-        if run_names != names or run_outs != out_keys:
-            raise ValueError(f"records of one model version with different columns: {run_names} / {run_outs}, "
-                             f"then {names} / {out_keys}")
-        if block_columns:
-            blocks = list(map(itemgetter(_BLOCK), run))
-            joined = np.concatenate(blocks, axis=1) if len(blocks) > 1 else blocks[0]
-            for name, values in zip(block_columns, joined):
-                inputs[name].append(values)
-            _pause()
-        others = [n for n in names if n not in block_columns]
-        for j, name in enumerate(others):
-            inputs[name].append(_join(list(map(itemgetter(j), map(itemgetter(_OTHERS), run)))))
-        for j, name in enumerate(out_keys):
-            outputs[name].append(_join(list(map(itemgetter(j), map(itemgetter(_OUTS), run)))))
-        _pause()
+    for part in _slices(recs):
+        for layout, run in groupby(part, itemgetter(_KEY)):
+            _add_run(list(run), layout, names, out_keys, inputs, outputs)
+    _pause()
     return encode_columns({name: _join(parts) for name, parts in inputs.items()},
                           {name: _join(parts) for name, parts in outputs.items()})
+
+
+def _add_run(run: list[Record], layout: tuple, names: tuple[str, ...], out_keys: tuple[str, ...],
+             inputs: dict[str, list[Any]], outputs: dict[str, list[Any]]) -> None:
+    """Append a run of records of one layout (at most :data:`SLICE`) to the columns' parts."""
+    _model, _version, block_columns, run_names, run_outs = layout
+    if run_names != names or run_outs != out_keys:
+        raise ValueError(f"records of one model version with different columns: {run_names} / {run_outs}, "
+                         f"then {names} / {out_keys}")
+    if block_columns:
+        blocks = list(map(itemgetter(_BLOCK), run))
+        joined = np.concatenate(blocks, axis=1) if len(blocks) > 1 else blocks[0]
+        for name, values in zip(block_columns, joined):
+            inputs[name].append(values)
+    others = [n for n in names if n not in block_columns]
+    for j, name in enumerate(others):
+        inputs[name].append(_join(list(map(itemgetter(j), map(itemgetter(_OTHERS), run)))))
+    for j, name in enumerate(out_keys):
+        outputs[name].append(_join(list(map(itemgetter(j), map(itemgetter(_OUTS), run)))))
 
 
 def _join(parts: list[Any]) -> np.ndarray:
