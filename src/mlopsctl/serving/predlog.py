@@ -236,7 +236,7 @@ def _index_document(recs: list[Record]) -> str:
     return (b"[" + b",".join([b",".join(map(itemgetter(_META), part)) for part in _slices(recs)]) + b"]").decode()
 
 
-def _encode(recs: list[Record]) -> bytes:
+def _encode(recs: list[Record]) -> memoryview:
     """Arrow IPC bytes for one model version's records, in order. Consecutive records of one layout (a
     request checked on the vectorised path carries a block; one checked column by column does not) are
     joined with one concatenation per block, other column and output, a slice of :data:`SLICE` records at a
