@@ -18,7 +18,7 @@ from typing import Any
 
 from mlopsctl.common import parse_value
 from mlopsctl.errors import InvalidInputError
-from mlopsctl.tuning.space import Param, parse_spec
+from mlopsctl.tuning.space import Param, parse_spec, value_text
 
 API_VERSION = "kubeflow.org/v1beta1"
 CONTAINER = "training-container"
@@ -35,22 +35,14 @@ def k8s_name(name: str) -> str:
 def parameter(p: Param) -> dict[str, Any]:
     space: dict[str, Any]
     if p.kind == "choice":
-        space = {"list": [_text(c) for c in p.choices]}
+        space = {"list": [value_text(c) for c in p.choices]}
     else:
-        space = {"min": _text(p.low), "max": _text(p.high)}
+        space = {"min": value_text(p.low), "max": value_text(p.high)}
         if p.step is not None:
-            space["step"] = _text(p.step)
+            space["step"] = value_text(p.step)
         if p.log:
             space["distribution"] = "logUniform"
     return {"name": p.name, "parameterType": _TYPES[p.kind], "feasibleSpace": space}
-
-
-def _text(v: Any) -> str:
-    if v is None:
-        return "none"
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    return str(v)
 
 
 def experiment(

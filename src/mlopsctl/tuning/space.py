@@ -35,12 +35,12 @@ class Param:
     @property
     def spec(self) -> str:
         if self.kind == "choice":
-            return "choice:" + ",".join(_text(c) for c in self.choices)
-        out = f"{self.kind}:{_text(self.low)}..{_text(self.high)}"
+            return "choice:" + ",".join(value_text(c) for c in self.choices)
+        out = f"{self.kind}:{value_text(self.low)}..{value_text(self.high)}"
         if self.log:
             out += ":log"
         if self.step is not None:
-            out += f":step={_text(self.step)}"
+            out += f":step={value_text(self.step)}"
         return out
 
     def contains(self, value: Any) -> bool:
@@ -88,7 +88,8 @@ class Param:
         return trial.suggest_float(self.name, self.low, self.high, step=self.step, log=self.log)
 
 
-def _text(v: Any) -> str:
+def value_text(v: Any) -> str:
+    """A bound or choice as the search-space syntax and Katib's feasibleSpace write it."""
     if v is None:
         return "none"
     if isinstance(v, bool):
