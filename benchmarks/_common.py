@@ -1,4 +1,5 @@
-"""What the benchmark scripts share: rewriting their own section of RESULTS.md, and MLflow's separate venv."""
+"""What the benchmark scripts share: rewriting their own section of RESULTS.md, and the separate venvs of MLflow
+and the other peers."""
 
 from __future__ import annotations
 
@@ -37,27 +38,36 @@ def ensure_mlflow(install: bool, env: dict[str, str], say: Callable[[str], None]
                   imports: tuple[str, ...] = ("mlflow", "sklearn")) -> tuple[Path | None, str]:
     """(python of the MLflow venv, MLflow's version) or (None, why not). The venv is ``MLFLOW_VENV``, never
     the project's; it is created and ``packages`` pip-installed when ``imports`` fail and ``install`` is set."""
-    py = MLFLOW_VENV / "bin" / "python"
-    check = [str(py), "-c", f"import {', '.join(imports)}; print(mlflow.__version__)"]
+    return ensure_venv(MLFLOW_VENV, packages, imports, install, env, say)
+
+
+def ensure_venv(venv: Path, packages: tuple[str, ...], imports: tuple[str, ...], install: bool, env: dict[str, str],
+                say: Callable[[str], None]) -> tuple[Path | None, str]:
+    """(python of ``venv``, the version of ``imports[0]``) or (None, why not). The venv is a separate one, never
+    the project's; it is created and ``packages`` pip-installed when ``imports`` fail and ``install`` is set."""
+    py = venv / "bin" / "python"
+    check = [str(py), "-c", f"import {', '.join(imports)}; print({imports[0]}.__version__)"]
     if py.exists():
         p = subprocess.run(check, env=env, capture_output=True, text=True)
         if p.returncode == 0:
             return py, p.stdout.strip()
     if not install:
         return None, "not installed (--no-install)"
-    say(f"installing {' + '.join(packages)} into {MLFLOW_VENV} (a separate venv) ...")
+    say(f"installing {' + '.join(packages)} into {venv} (a separate venv) ...")
     try:
         if not py.exists():
-            subprocess.run([sys.executable, "-m", "venv", str(MLFLOW_VENV)], check=True, env=env,
+            subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, env=env,
                            capture_output=True, timeout=300)
-        pip = subprocess.run([str(MLFLOW_VENV / "bin" / "pip"), "install", "-q", *packages], env=env,
+        pip = subprocess.run([str(venv / "bin" / "pip"), "install", "-q", *packages], env=env,
                              capture_output=True, text=True, timeout=1800)
     except (OSError, subprocess.SubprocessError) as e:
         return None, f"install failed ({type(e).__name__}: {e})"
     if pip.returncode != 0:
-        return None, "pip install mlflow failed: " + (pip.stderr.strip().splitlines() or ["?"])[-1]
+        lines = pip.stderr.strip().splitlines()  # pip's warnings come first; its error is the last ERROR line
+        return None, f"pip install {packages[0]} failed: " + ([x for x in lines if x.startswith("ERROR")] or lines
+                                                              or ["?"])[-1]
     p = subprocess.run(check, env=env, capture_output=True, text=True)
-    return (py, p.stdout.strip()) if p.returncode == 0 else (None, "mlflow installed but does not import")
+    return (py, p.stdout.strip()) if p.returncode == 0 else (None, f"{packages[0]} installed but does not import")
 
 
 def cpu_model(default: str = "?") -> str:

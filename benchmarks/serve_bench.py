@@ -139,23 +139,37 @@ def precompile(paths: list[Path]) -> None:
                            stderr=subprocess.DEVNULL)
 
 
-def process_cpu_s(pgid: int) -> dict[int, float]:
-    """User + system CPU seconds, by pid, of every live process in process group ``pgid`` (the server we started:
-    gunicorn master and workers, or MLflow's uvicorn), read from /proc. Robust to a shared machine: it
-    counts the work the server did, not the share of the cores it got."""
-    tick = os.sysconf("SC_CLK_TCK")
-    out: dict[int, float] = {}
+def server_stats(pgid: int) -> dict[int, list[str]]:
+    """The /proc/<pid>/stat fields after "comm)" (state ppid pgrp ... utime(11) stime(12)), by pid, of every live
+    process in process group ``pgid`` (the server we started: gunicorn master and workers, MLflow's uvicorn) or
+    descended from one (BentoML's circus starts each worker in a session of its own)."""
+    stats: dict[int, list[str]] = {}
     for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            with open(f"/proc/{d}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid:  # fields after "comm)": state ppid pgrp ... utime(11) stime(12)
-            out[int(d)] = (int(fields[11]) + int(fields[12])) / tick
-    return out
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    stats[int(d)] = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+
+    def member(pid: int) -> bool:
+        seen = set()
+        while pid in stats and pid not in seen:
+            if int(stats[pid][2]) == pgid:
+                return True
+            seen.add(pid)
+            pid = int(stats[pid][1])
+        return False
+
+    return {pid: fields for pid, fields in stats.items() if member(pid)}
+
+
+def process_cpu_s(pgid: int) -> dict[int, float]:
+    """User + system CPU seconds, by pid, of every live process of the server in process group ``pgid``
+    (``server_stats``), read from /proc. Robust to a shared machine: it counts the work the server did, not the
+    share of the cores it got."""
+    tick = os.sysconf("SC_CLK_TCK")
+    return {pid: (int(f[11]) + int(f[12])) / tick for pid, f in server_stats(pgid).items()}
 
 
 def loadavg() -> float:

@@ -22,6 +22,9 @@ Setup: benchmarks/serve_bench.py's project (``mlopsctl init --example breast-can
   run (from /proc; an even spread is 50 % each).
 * ``--uwsgi``: also the bare app on uWSGI (``pip install pyuwsgi``; ``--http`` router with keep-alive, 2
   processes): would another front serve the same app faster?
+* ``--peers``: also ``mlflow models serve``, MLServer and BentoML (benchmarks/serve_peers.py: each in its own venv
+  under benchmarks/.work/, installed when missing; the same fitted model; one row in each one's own format), in
+  the same rounds, measured the same way; ``--peer-rounds N`` runs them in the first N rounds only.
 * Hot reload under load: mlopsctl following ``bc@staging`` (polled every 0.2 s), wrk with 8 connections for
   8 s while the alias moves 1 -> 2 -> 1 (at 2 s and 4 s): non-2xx answers and socket errors (both must be 0), and the
   reloads the log shows.
@@ -33,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import http.client
 import os
 import platform
 import statistics
@@ -42,6 +44,7 @@ import threading
 import time
 
 import serve_bench as sb
+import serve_peers as sp
 from _common import cpu_model, write_section
 
 SECTION = "## Serving on granian (issue 21)"
@@ -70,48 +73,29 @@ class Front(sb.Server):
             self.cmd = [str(sb.BIN / "uwsgi"), "--http", f"{sb.HOST}:{self.port}", "--http-keepalive", "--processes",
                         "2", "--master", "--die-on-term", "--disable-logging", "--lazy-apps", "--chdir", str(sb.BENCH),
                         "--wsgi-file", "serve_bare_app.py", "--callable", "app"]
+        self.body1, self.body_big = p.body1, p.body_big
 
 
 def pss_mb(pgid: int) -> float:
-    """The PSS of every process in group ``pgid`` (the server: its parent and workers), in MB."""
+    """The PSS of every process of the server in group ``pgid`` (its parent, workers and their children), in MB."""
     total = 0
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
+    for pid in sb.server_stats(pgid):
         try:
-            with open(f"/proc/{d}/stat") as f:
-                if int(f.read().rsplit(")", 1)[1].split()[2]) != pgid:
-                    continue
-            with open(f"/proc/{d}/smaps_rollup") as f:
+            with open(f"/proc/{pid}/smaps_rollup") as f:
                 total += next(int(line.split()[1]) for line in f if line.startswith("Pss:"))
         except (OSError, StopIteration, ValueError):
             continue
     return total / 1024
 
 
-def big_request(port: int, body: bytes) -> float:
-    conn = http.client.HTTPConnection(sb.HOST, port, timeout=60)
-    try:
-        t0 = time.perf_counter()
-        conn.request("POST", "/predict", body, {"Content-Type": "application/json"})
-        r = conn.getresponse()
-        r.read()
-        wall = time.perf_counter() - t0
-    finally:
-        conn.close()
-    if r.status != 200:
-        raise RuntimeError(f"10,000-row request: {r.status}")
-    return wall
-
-
-def cell(srv: Front, p: sb.Project, args: argparse.Namespace) -> dict:
+def cell(srv: Front | sp.PeerServer, args: argparse.Namespace) -> dict:
     out: dict = {"ready_s": srv.start()}
     try:
-        sb.wrk(srv.url, p.body1, args.warmup)
+        sb.wrk(srv.url, srv.body1, args.warmup)
         time.sleep(sb.SETTLE_S)
         for c in CLIENTS:
             cpu0 = sb.process_cpu_s(srv.proc.pid)
-            res = sb.wrk(srv.url, p.body1, args.duration, threads=min(2, c), conns=c)
+            res = sb.wrk(srv.url, srv.body1, args.duration, threads=min(2, c), conns=c)
             cpu1 = sb.process_cpu_s(srv.proc.pid)
             if res["non2xx"] or res["socket_errors"]:
                 raise RuntimeError(f"{srv.spec.label}: {res['non2xx']} non-2xx, {res['socket_errors']} socket errors "
@@ -122,7 +106,7 @@ def cell(srv: Front, p: sb.Project, args: argparse.Namespace) -> dict:
             out[c] = res
         out["pss_mb"] = pss_mb(srv.proc.pid)
         time.sleep(sb.SETTLE_S)
-        out["big_s"] = statistics.median(big_request(srv.port, p.body_big) for _ in range(args.big))
+        out["big_s"] = statistics.median(sp.post(srv, srv.body_big)[0] for _ in range(args.big))
         out["load1"] = sb.loadavg()
     finally:
         srv.stop()
@@ -166,7 +150,7 @@ def project() -> sb.Project:
 
 
 def render(args: argparse.Namespace, res: dict[str, list[dict]], reloads: dict[str, dict], labels: dict[str, str],
-           loads: list[float]) -> str:
+           loads: list[float], peers: tuple[list[sp.Peer], dict[str, str]] = ([], {})) -> str:
     def med(label: str, key, sub: str | None = None) -> float:
         runs = res[label]
         return statistics.median(r[key][sub] if sub else r[key] for r in runs)
@@ -177,8 +161,9 @@ def render(args: argparse.Namespace, res: dict[str, list[dict]], reloads: dict[s
              f"{sb.commit()}, {dt.date.today()}, {platform.python_version()}, {cpu_model()} ({os.cpu_count()} cores, "
              f"shared); 1-minute load during the run {min(loads):.1f}–{max(loads):.1f}. {args.rounds} round(s) × "
              f"{args.duration:g} s per client count, medians. Model: the breast-cancer random forest (100 trees) "
-             "of benchmarks/serve_bench.py; payload: one row, `{\"records\": [row]}` on `/predict` for every "
-             "system. Bare app: benchmarks/serve_bare_app.py (no checks, log, metrics or request ids). "
+             "of benchmarks/serve_bench.py; payload: one row, `{\"records\": [row]}` on `/predict` for mlopsctl "
+             "and the bare apps (the peers': below). Bare app: benchmarks/serve_bare_app.py (no checks, log, "
+             "metrics or request ids). "
              f"2 workers everywhere; granian with {args.granian_threads} Python thread(s) per worker, gunicorn "
              "sync workers. mlopsctl with every feature at its default (checks, prediction log, metrics).", "",
              "| server | req/s at 1 / 8 / 32 clients | p99 ms at 1 / 8 / 32 | CPU µs/req at 8 | PSS after load "
@@ -207,7 +192,36 @@ def render(args: argparse.Namespace, res: dict[str, list[dict]], reloads: dict[s
               "- hot reload under load (8 connections, the alias moved twice): " + "; ".join(
                   f"{front}: {r['requests']:,} requests, {r['non2xx']} non-2xx, {r['socket_errors']} socket errors, "
                   f"{r['reloads']} worker reloads logged" for front, r in reloads.items()) + "."]
+    if args.peers:
+        lines += sp.lines([x for x in peers[0] if x.label in res], peers[1], lambda label: med(label, 8, "rps"), mg,
+                          min(args.rounds, args.peer_rounds or args.rounds))
     return "\n".join(lines) + "\n"
+
+
+def rounds(keys: list[str], makers: dict, labels: dict[str, str], peer_keys: set[str], skipped: dict[str, str],
+           args: argparse.Namespace) -> tuple[dict[str, list[dict]], list[float]]:
+    """Every system once a round, the order rotating; the peers only in the first ``--peer-rounds``. A peer that
+    fails a cell is dropped (with its reason in ``skipped``); any other system's failure ends the run."""
+    res: dict[str, list[dict]] = {labels[k]: [] for k in keys}
+    loads = []
+    for r in range(args.rounds):
+        sb.say(f"round {r + 1}/{args.rounds} (load {sb.loadavg():.1f})")
+        order = keys[r % len(keys):] + keys[:r % len(keys)]
+        for k in order:
+            if k in peer_keys and (labels[k] not in res or r >= (args.peer_rounds or args.rounds)):
+                continue
+            try:
+                out = cell(makers[k](), args)
+            except RuntimeError as e:
+                if k not in peer_keys:
+                    raise
+                skipped[labels[k]] = f"failed in round {r + 1}: {str(e).strip().splitlines()[0]}"
+                sb.say(f"    dropping {labels[k]}: {skipped[labels[k]]}")
+                del res[labels[k]]
+                continue
+            loads.append(out["load1"])
+            res[labels[k]].append(out)
+    return res, loads
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -222,8 +236,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--granian-threads", type=int, default=1, help="Python threads per granian worker (both apps)")
     ap.add_argument("--threads", type=int, nargs="*", default=[],
                     help="also run mlopsctl on granian with these serve.threads values")
-    ap.add_argument("--only", nargs="*", default=None, help="labels' short names to run: mg mu bg bu")
+    ap.add_argument("--only", nargs="*", default=None,
+                    help="labels' short names to run: mg mu bg bu (mlflow mlserver bentoml with --peers)")
     ap.add_argument("--uwsgi", action="store_true", help="also the bare app on uWSGI (pip install pyuwsgi)")
+    ap.add_argument("--peers", action="store_true", help="also MLflow, MLServer and BentoML (serve_peers.py; each "
+                    "in its own venv under benchmarks/.work/, installed when missing)")
+    ap.add_argument("--peer-rounds", type=int, default=None, help="run the peers in the first N rounds only")
     args = ap.parse_args(argv)
     if args.quick:
         args.rounds, args.duration, args.big, args.reload_s = 1, 3.0, 3, 6.0
@@ -241,21 +259,21 @@ def main(argv: list[str] | None = None) -> int:
     if args.uwsgi:
         labels["bw"] = "bare app, uWSGI (HTTP router, keep-alive)"
         systems["bw"] = ("bare", "uwsgi", 1)
-    keys = [k for k in systems if args.only is None or k in args.only]
-    res: dict[str, list[dict]] = {labels[k]: [] for k in keys}
-    loads = []
-    for r in range(args.rounds):
-        sb.say(f"round {r + 1}/{args.rounds} (load {sb.loadavg():.1f})")
-        order = keys[r % len(keys):] + keys[:r % len(keys)]
-        for k in order:
-            kind, front, threads = systems[k]
-            out = cell(Front(labels[k], kind, front, p, threads=threads), p, args)
-            loads.append(out["load1"])
-            res[labels[k]].append(out)
+    peers: tuple[list[sp.Peer], dict[str, str]] = ([], {})
+    if args.peers:
+        sb.say("peers: install (when missing), start once, compare their answer for the row with mlopsctl's")
+        peers = sp.prepare(p, Front(labels["mg"], "mlopsctl", "granian", p, threads=t))
+    makers = {k: (lambda k=k: Front(labels[k], systems[k][0], systems[k][1], p, threads=systems[k][2]))
+              for k in systems}
+    for peer in peers[0]:
+        labels[peer.key] = peer.label
+        makers[peer.key] = lambda peer=peer: sp.PeerServer(peer, p)
+    keys = [k for k in makers if args.only is None or k in args.only]
+    res, loads = rounds(keys, makers, labels, {peer.key for peer in peers[0]}, peers[1], args)
     reloads = {front: hot_reload(p, front, args) for front in ("granian", "gunicorn")}
     if not {"mg", "mu", "bg", "bu"} <= set(keys):
         return 0
-    text = render(args, res, reloads, labels, loads)
+    text = render(args, res, reloads, labels, loads, peers)
     print(text)
     if not (args.no_write or args.quick):
         write_section(SECTION, text, keep=FINDINGS)
