@@ -3,8 +3,10 @@ and the other peers."""
 
 from __future__ import annotations
 
+import os
 import re
 import resource
+import signal
 import subprocess
 import sys
 import time
@@ -89,3 +91,28 @@ def timed(run: Callable[..., Any], *args: Any) -> tuple[float, float]:
     elapsed = time.perf_counter() - t
     r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     return elapsed, (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
+
+
+def stop_group(proc: subprocess.Popen, timeout: float = 30) -> None:
+    """SIGTERM to the process group of a server started in its own session; SIGKILL to it after ``timeout`` s."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+
+
+def proc_stats() -> dict[int, list[str]]:
+    """The /proc/<pid>/stat fields after "comm)" (state ppid pgrp ... utime(11) stime(12)) of every live process,
+    by pid."""
+    stats: dict[int, list[str]] = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    stats[int(d)] = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+    return stats

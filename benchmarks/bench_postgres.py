@@ -50,7 +50,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from _common import cpu_model, write_section
+from _common import cpu_model, proc_stats, stop_group, write_section
 from bench_registry import timeit
 from serve_bench import free_port, loadavg, process_cpu_s, wrk
 
@@ -128,15 +128,8 @@ class Postgres:
             return None
         tick = os.sysconf("SC_CLK_TCK")
         total = 0.0
-        for d in os.listdir("/proc"):
-            if not d.isdigit():
-                continue
-            try:
-                with open(f"/proc/{d}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(d) == self.postmaster or int(fields[1]) == self.postmaster:  # fields: state ppid ...
+        for pid, fields in proc_stats().items():
+            if pid == self.postmaster or int(fields[1]) == self.postmaster:  # fields: state ppid ...
                 total += (int(fields[11]) + int(fields[12])) / tick
         return total
 
@@ -273,7 +266,6 @@ def bench_registry(pg: Postgres, rounds: int, n: int, warmup: int) -> dict[str, 
 @contextlib.contextmanager
 def server(project_dir: Path, env: dict[str, str]) -> Iterator[tuple[int, subprocess.Popen]]:
     import http.client
-    import signal
 
     port = free_port()
     log = open(WORK / f"serve-{port}.log", "wb")
@@ -297,13 +289,7 @@ def server(project_dir: Path, env: dict[str, str]) -> Iterator[tuple[int, subpro
             time.sleep(0.05)
         yield port, proc
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(10)
+        stop_group(proc)
 
 
 def logged_requests(url: str) -> int:

@@ -63,7 +63,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from _common import cpu_model, ensure_mlflow, write_section
+from _common import cpu_model, ensure_mlflow, proc_stats, write_section
 
 REPO = Path(__file__).resolve().parents[1]
 BENCH = REPO / "benchmarks"
@@ -143,14 +143,7 @@ def server_stats(pgid: int) -> dict[int, list[str]]:
     """The /proc/<pid>/stat fields after "comm)" (state ppid pgrp ... utime(11) stime(12)), by pid, of every live
     process in process group ``pgid`` (the server we started: gunicorn master and workers, MLflow's uvicorn) or
     descended from one (BentoML's circus starts each worker in a session of its own)."""
-    stats: dict[int, list[str]] = {}
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                with open(f"/proc/{d}/stat") as f:
-                    stats[int(d)] = f.read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
+    stats = proc_stats()
 
     def member(pid: int) -> bool:
         seen = set()

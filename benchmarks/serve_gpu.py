@@ -32,16 +32,15 @@ import http.client
 import json
 import os
 import platform
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from serve_bench import HOST, LUA, free_port, median, wrk  # noqa: E402
+from serve_bench import HOST, free_port, median, wrk  # noqa: E402
 
-from _common import write_section  # noqa: E402
+from _common import stop_group, write_section  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SECTION = "## Serving on a GPU (issue 4)"
@@ -236,12 +235,7 @@ def serve(d: Path, device: str, env_extra: dict | None = None, load: bool = True
     except Exception as e:  # keep what was measured
         res["error"] = f"{type(e).__name__}: {e}"
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
+        stop_group(proc)
     return res
 
 

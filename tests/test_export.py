@@ -18,7 +18,6 @@ import os
 import re
 import shlex
 import shutil
-import signal
 import stat
 import string
 import subprocess
@@ -30,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from served_projects import cli_ok, make_served_project, module_isolation, training_records
-from test_serving_server import free_port, request
+from test_serving_server import free_port, request, stop_server
 
 REPO = Path(__file__).resolve().parents[1]
 ODD_NAME = "Odd_Model.2"
@@ -410,12 +409,7 @@ def test_dockerfile_steps_run_without_docker_and_serve_a_prediction(projects, cl
         assert (got["model"], got["version"]) == ("ch", 1)
         assert got["predictions"] == expected["predictions"] and got["probabilities"] == expected["probabilities"]
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
+        stop_server(proc)
 
     from mlopsctl.predlog_format import read_requests
     from mlopsctl.store.db import close_all, open_store

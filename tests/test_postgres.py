@@ -25,6 +25,7 @@ from typing import Any, Callable, Iterator
 
 import pytest
 from served_projects import cli_ok, module_isolation, training_records
+from test_serving_server import stop_server
 from sqlalchemy import func, select, text
 
 from mlopsctl import registry, tracking
@@ -415,12 +416,7 @@ def test_train_register_promote_predict_serve_end_to_end(make_project, cli, asse
             assert (body["model"], body["version"], len(body["predictions"])) == (BC, 1, 1 + i % 5)
             ids.append(body["request_id"])
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
+        stop_server(proc)
     assert proc.returncode in (0, -signal.SIGTERM), log.read_text()
     assert "2 granian worker(s)" in " ".join(log.read_text().split())
     logged = read_requests(db.open_store(pg_blank_url), ids, list(records[0]))  # flushed at the stop

@@ -106,6 +106,18 @@ class Server:
         return self.log.read_text(errors="replace")
 
 
+def stop_server(proc: subprocess.Popen, timeout: float = 30) -> int:
+    """SIGTERM to a server we started (its own session), SIGKILL to its whole group if it has not stopped
+    after ``timeout`` s; its exit status."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        return proc.wait(timeout=10)
+
+
 def _gone(pgid: int) -> bool:
     try:
         os.killpg(pgid, 0)
@@ -142,13 +154,7 @@ def serving(project: Path, ref: str, *args: str, env: dict[str, str] | None = No
         yield server
     finally:
         t0 = time.monotonic()
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-        try:
-            server.returncode = proc.wait(timeout=stop_timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            server.returncode = proc.wait(timeout=10)
+        server.returncode = stop_server(proc, stop_timeout)
         server.stop_seconds = time.monotonic() - t0
         deadline = time.monotonic() + 10
         while not _gone(proc.pid) and time.monotonic() < deadline:
