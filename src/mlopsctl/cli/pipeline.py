@@ -1,7 +1,5 @@
 """``mlopsctl pipeline run | status | show | step | compile | lineage`` and ``mlopsctl report``."""
 
-from __future__ import annotations
-
 import sys
 import threading
 from pathlib import Path
