@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import Text, cast, select, text
-from test_pipeline import CONFIG, make_cmd_project, settings, sha
+from test_pipeline import CONFIG, builtin_project, make_cmd_project, settings, sha
 
 from mlopsctl.errors import StoreError
 from mlopsctl.services import pipeline as svc
@@ -74,6 +74,28 @@ def test_a_fully_cached_run_and_status_import_no_orm(tmp_path):
     # the probe sees the ORM when a command does load it
     other, _, _ = probe(root, "runs", "list", "--json")
     assert other["code"] == 0 and loaded(other["modules"], ("sqlalchemy.orm", "mlopsctl.store.models")) != []
+
+
+def test_cached_builtin_steps_check_their_run_and_version_without_the_orm(tmp_path):
+    root = builtin_project(tmp_path / "p")
+    first = svc.run_pipeline(settings(root))
+    assert first["ran"] == ["prepare", "train", "register", "promote", "other"]
+    db.close_all()
+
+    run, out, _ = probe(root, "pipeline", "run")
+    assert run["code"] == 0 and out.startswith("pipeline run 2: 0 ran, 5 cached in ")
+    assert loaded(run["modules"], NOT_ON_THE_CACHED_PATH) == []
+
+    # the cache check reads the train step's run: a run that is no longer FINISHED is no cache hit
+    import sqlite3
+
+    train_run = {s["step"]: s for s in first["steps"]}["train"]["result"]["run_id"]
+    with sqlite3.connect(root / ".mlops" / "mlops.db") as con:
+        con.execute("UPDATE runs SET status = 'FAILED' WHERE id = ?", (train_run,))
+    con.close()
+    status, out, _ = probe(root, "pipeline", "status", "--json")
+    assert json.loads(out)["stale"] == ["train", "register", "promote"]
+    assert loaded(status["modules"], NOT_ON_THE_CACHED_PATH) == []
 
 
 def text_rows(store: db.Store, table, ids: list[int]) -> list[tuple]:
