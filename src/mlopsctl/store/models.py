@@ -13,7 +13,7 @@ from sqlalchemy import JSON, ForeignKey, Index, LargeBinary, String, Text, Uniqu
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from mlopsctl.store import tables
-from mlopsctl.store.tables import NAMING, utcnow  # noqa: F401 - the names callers import from here
+from mlopsctl.store.tables import utcnow
 
 
 class Base(DeclarativeBase):
