@@ -91,3 +91,23 @@ def test_python_dash_m_mlopsctl_version(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "mlopsctl", "--version"], cwd=tmp_path, env=clean_env(),
                           capture_output=True, text=True, timeout=60)
     assert (proc.returncode, proc.stdout) == (0, f"mlopsctl {mlopsctl.__version__}\n")
+
+
+def _callbacks(app):
+    if app.registered_callback is not None:
+        yield app.registered_callback.callback
+    for command in app.registered_commands:
+        yield command.callback
+    for group in app.registered_groups:
+        yield from _callbacks(group.typer_instance)
+
+
+def test_commands_give_typer_evaluated_annotations():
+    """Typer reads every command's annotations at each start; a string annotation (``from __future__ import
+    annotations`` in a command module) costs it an eval, each start, for every command."""
+    from mlopsctl.cli.main import app
+
+    callbacks = list(_callbacks(app))
+    assert len(callbacks) > 30
+    assert sorted(f"{cb.__module__}.{cb.__qualname__}" for cb in callbacks
+                  if any(isinstance(a, str) for a in cb.__annotations__.values())) == []

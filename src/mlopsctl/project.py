@@ -10,13 +10,14 @@ need without going through the use-case layer.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mlopsctl.artifacts import ArtifactStore
 from mlopsctl.config import Settings
-from mlopsctl.contract import Contract
-from mlopsctl.registry import LoadedModel, ModelRef, parse_ref, resolve
 from mlopsctl.store.db import Store, open_store
+
+if TYPE_CHECKING:  # the registry maps the ORM models: imported where used, so opening a project costs no ORM
+    from mlopsctl.registry import LoadedModel, ModelRef
 
 
 @dataclass(frozen=True)
@@ -27,11 +28,16 @@ class Project:
 
     def ref(self, ref: str | ModelRef, alias: str | None = None) -> ModelRef:
         """``name`` (at ``alias``, else ``registry.alias``), ``name/3`` or ``name@alias`` as a ModelRef."""
+        from mlopsctl.registry import ModelRef, parse_ref
+
         return ref if isinstance(ref, ModelRef) else parse_ref(ref, alias or self.settings.registry.alias)
 
     def load_model(self, ref: str | ModelRef, alias: str | None = None) -> LoadedModel:
         """Resolve a reference in a read transaction, then read its ONNX file and contract, each verified
         against its sha256."""
+        from mlopsctl.contract import Contract
+        from mlopsctl.registry import LoadedModel, resolve
+
         ref = self.ref(ref, alias)
         with self.store.read() as s:
             mv = resolve(s, ref)
@@ -41,6 +47,8 @@ class Project:
 
     def current_version(self, ref: ModelRef) -> int:
         """The version ``ref`` points at now (one indexed read; the server's hot reload polls this)."""
+        from mlopsctl.registry import resolve
+
         with self.store.read() as s:
             return resolve(s, ref).version
 

@@ -1,8 +1,6 @@
 """``mlopsctl db current | upgrade``: the store's schema, migrated on request (a shared store never is
 implicitly; a SQLite store also migrates itself when it is opened)."""
 
-from __future__ import annotations
-
 import typer
 
 from mlopsctl.cli._console import JsonFlag, console, print_json, settings_from

@@ -1,7 +1,5 @@
 """``mlopsctl export``."""
 
-from __future__ import annotations
-
 from pathlib import Path
 from typing import Annotated, Optional
 

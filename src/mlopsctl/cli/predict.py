@@ -1,7 +1,5 @@
 """``mlopsctl predict``."""
 
-from __future__ import annotations
-
 from pathlib import Path
 from typing import Annotated, Optional
 

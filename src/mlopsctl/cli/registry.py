@@ -1,7 +1,5 @@
 """``mlopsctl register | promote | rollback | events`` and ``models list | show``."""
 
-from __future__ import annotations
-
 from typing import Annotated, Any, Optional
 
 import typer

@@ -1,7 +1,5 @@
 """``mlopsctl runs list | show | compare``."""
 
-from __future__ import annotations
-
 from typing import Annotated, Optional
 
 import typer

@@ -1,7 +1,5 @@
 """``mlopsctl tune [...]``, ``tune list | show | export-katib | trial``."""
 
-from __future__ import annotations
-
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Optional

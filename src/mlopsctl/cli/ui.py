@@ -1,7 +1,5 @@
 """``mlopsctl ui``: the dashboard."""
 
-from __future__ import annotations
-
 import sys
 from typing import Annotated, Optional
 

@@ -19,15 +19,17 @@ import sqlite3
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterator, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Iterator, TypeVar
 
-from sqlalchemy import Engine, create_engine, event, inspect
+from sqlalchemy import Connection, Engine, create_engine, event, inspect
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, OperationalError
-from sqlalchemy.orm import Session, sessionmaker
 
 from mlopsctl.common import flocked
 from mlopsctl.errors import StoreError
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 CONNECT_TIMEOUT_S = 10  # a server store that does not answer: fail after this, not after the OS's minutes
@@ -37,23 +39,35 @@ T = TypeVar("T")
 
 @dataclass
 class Store:
-    """An open, migrated store: one engine per process and URL, and a session factory."""
+    """An open, migrated store: one engine per process and URL. ORM sessions import ``sqlalchemy.orm`` on first
+    use; :meth:`transaction` gives the same transactions on Core connections (:mod:`mlopsctl.store.tables`)."""
 
     url: str = field(repr=False)  # may hold a password
     engine: Engine
-    sessions: sessionmaker[Session]
-    read_sessions: sessionmaker[Session]
+    read_engine: Engine = field(init=False, repr=False)  # its transactions begin read-only (plain BEGIN on SQLite)
 
-    @contextlib.contextmanager
-    def session(self) -> Iterator[Session]:
+    def __post_init__(self) -> None:
+        self.read_engine = self.engine.execution_options(mlops_readonly=True)
+
+    def session(self) -> contextlib.AbstractContextManager[Session]:
         """One short write transaction: committed on success, rolled back on any error."""
-        with unavailable_as_store_error(self.url), self.sessions.begin() as s:
-            yield s
+        return self._session(self.engine)
+
+    def read(self) -> contextlib.AbstractContextManager[Session]:
+        """A read-only transaction; on SQLite it takes no write lock, so it never waits for writers."""
+        return self._session(self.read_engine)
 
     @contextlib.contextmanager
-    def read(self) -> Iterator[Session]:
-        """A read-only transaction; on SQLite it takes no write lock, so it never waits for writers."""
-        with unavailable_as_store_error(self.url), self.read_sessions.begin() as s:
+    def transaction(self, *, write: bool) -> Iterator[Connection]:
+        """What :meth:`session` (``write=True``) or :meth:`read` (``write=False``) begins, on a Core connection."""
+        with unavailable_as_store_error(self.url), (self.engine if write else self.read_engine).begin() as conn:
+            yield conn
+
+    @contextlib.contextmanager
+    def _session(self, engine: Engine) -> Iterator[Session]:
+        from sqlalchemy.orm import Session
+
+        with unavailable_as_store_error(self.url), Session(engine, expire_on_commit=False) as s, s.begin():
             yield s
 
     def dispose(self) -> None:
@@ -176,8 +190,7 @@ def open_store(url: str, busy_timeout_ms: int = 30000, migrate: bool | None = No
     except BaseException:
         engine.dispose()
         raise
-    store = Store(url=url, engine=engine, sessions=sessionmaker(engine, expire_on_commit=False),
-                  read_sessions=sessionmaker(engine.execution_options(mlops_readonly=True), expire_on_commit=False))
+    store = Store(url=url, engine=engine)
     _STORES[key] = store
     return store
 

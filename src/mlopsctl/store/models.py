@@ -1,31 +1,23 @@
-"""SQLAlchemy 2.x typed models. The only place that defines tables.
+"""SQLAlchemy 2.x typed models. With :mod:`mlopsctl.store.tables` (the tables a cached pipeline run touches,
+as Core ``Table`` objects that the classes here map), the only place that defines tables.
 
 Schema changes go in a new Alembic migration under ``store/migrations/versions``; never edit a merged one.
 """
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any, Optional
 
-from sqlalchemy import JSON, ForeignKey, Index, LargeBinary, MetaData, String, Text, UniqueConstraint, text
+from sqlalchemy import JSON, ForeignKey, Index, LargeBinary, String, Text, UniqueConstraint, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-NAMING = {
-    "ix": "ix_%(column_0_label)s",
-    "uq": "uq_%(table_name)s_%(column_0_name)s",
-    "ck": "ck_%(table_name)s_%(constraint_name)s",
-    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
-    "pk": "pk_%(table_name)s",
-}
-
-
-def utcnow() -> datetime:
-    return datetime.now(timezone.utc).replace(tzinfo=None)
+from mlopsctl.store import tables
+from mlopsctl.store.tables import utcnow
 
 
 class Base(DeclarativeBase):
-    metadata = MetaData(naming_convention=NAMING)
+    metadata = tables.metadata
     type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
 
 
@@ -65,23 +57,7 @@ class DatasetVersion(Base):
 
 
 class Run(Base):
-    __tablename__ = "runs"
-    id: Mapped[int] = mapped_column(primary_key=True)
-    experiment_id: Mapped[int] = mapped_column(ForeignKey("experiments.id", ondelete="CASCADE"), index=True)
-    name: Mapped[str] = mapped_column(String(200))
-    status: Mapped[str] = mapped_column(String(16), index=True)  # RUNNING | FINISHED | FAILED | PRUNED (a tuning trial)
-    failure_reason: Mapped[Optional[str]] = mapped_column(Text)
-    started_at: Mapped[datetime] = mapped_column(default=utcnow)
-    ended_at: Mapped[Optional[datetime]]
-    duration_s: Mapped[Optional[float]]
-    dataset_version_id: Mapped[Optional[int]] = mapped_column(ForeignKey("dataset_versions.id", ondelete="SET NULL"))
-    task: Mapped[Optional[str]] = mapped_column(String(32))
-    model_class: Mapped[Optional[str]] = mapped_column(String(300))
-    seed: Mapped[Optional[int]]
-    git_commit: Mapped[Optional[str]] = mapped_column(String(64))
-    environment: Mapped[dict[str, Any]] = mapped_column(default=dict)
-    parity: Mapped[Optional[dict[str, Any]]]
-    pid: Mapped[Optional[int]]
+    __table__ = tables.runs
     experiment: Mapped[Experiment] = relationship(back_populates="runs")
     dataset_version: Mapped[Optional[DatasetVersion]] = relationship()
     params: Mapped[list[Param]] = relationship(cascade="all, delete-orphan", order_by="Param.key")
@@ -129,10 +105,7 @@ class Artifact(Base):
 # ---- registry (m002_registry) -------------------------------------------------------------------------
 
 class RegisteredModel(Base):
-    __tablename__ = "registered_models"
-    id: Mapped[int] = mapped_column(primary_key=True)
-    name: Mapped[str] = mapped_column(String(100), unique=True)
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    __table__ = tables.registered_models
     versions: Mapped[list[ModelVersion]] = relationship(back_populates="model", order_by="ModelVersion.version")
     aliases: Mapped[list[Alias]] = relationship(back_populates="model", order_by="Alias.name")
 
@@ -140,27 +113,7 @@ class RegisteredModel(Base):
 class ModelVersion(Base):
     """An immutable version: which run, which ONNX file (by sha256), which contract, which data."""
 
-    __tablename__ = "model_versions"
-    __table_args__ = (
-        UniqueConstraint("model_id", "version", name="uq_model_versions_model_id_version"),
-        UniqueConstraint("model_id", "run_id", name="uq_model_versions_model_id_run_id"),
-    )
-    id: Mapped[int] = mapped_column(primary_key=True)
-    model_id: Mapped[int] = mapped_column(ForeignKey("registered_models.id", ondelete="CASCADE"))
-    version: Mapped[int]
-    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="RESTRICT"), index=True)
-    onnx_sha256: Mapped[str] = mapped_column(String(64))
-    contract_sha256: Mapped[str] = mapped_column(String(64))
-    heldout_sha256: Mapped[Optional[str]] = mapped_column(String(64))
-    task: Mapped[str] = mapped_column(String(32))
-    dataset_version_id: Mapped[Optional[int]] = mapped_column(ForeignKey("dataset_versions.id", ondelete="SET NULL"))
-    dataset_fingerprint: Mapped[Optional[str]] = mapped_column(String(64))
-    git_commit: Mapped[Optional[str]] = mapped_column(String(64))
-    metrics: Mapped[dict[str, Any]]
-    parity: Mapped[dict[str, Any]]
-    gate: Mapped[Optional[dict[str, Any]]]  # the latest gate report for this version
-    created_by: Mapped[str] = mapped_column(String(200))
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    __table__ = tables.model_versions
     model: Mapped[RegisteredModel] = relationship(back_populates="versions")
 
 
@@ -323,16 +276,7 @@ class PipelineRun(Base):
     """One `mlopsctl pipeline run` (or `pipeline step`, or a watch retrain): which steps were asked for, how
     it ended. Its steps' executions hang off it."""
 
-    __tablename__ = "pipeline_runs"
-    id: Mapped[int] = mapped_column(primary_key=True)
-    trigger: Mapped[str] = mapped_column(String(20))  # cli | step | watch
-    targets: Mapped[list[Any]] = mapped_column(default=list)  # the steps asked for ([] = all)
-    options: Mapped[dict[str, Any]] = mapped_column(default=dict)  # force, no_cache, jobs
-    status: Mapped[str] = mapped_column(String(20), index=True)  # running | succeeded | failed | interrupted
-    message: Mapped[Optional[str]] = mapped_column(Text)
-    started_at: Mapped[datetime] = mapped_column(default=utcnow)
-    ended_at: Mapped[Optional[datetime]]
-    duration_s: Mapped[Optional[float]]
+    __table__ = tables.pipeline_runs
 
 
 class PipelineExecution(Base):
@@ -340,25 +284,4 @@ class PipelineExecution(Base):
     restored from the cache, how it ended, the sha256 of each output, its logs, and the run and model version
     it produced (lineage: model version -> register -> train -> the data file -> the step that wrote it)."""
 
-    __tablename__ = "pipeline_executions"
-    __table_args__ = (Index("ix_pipeline_executions_key", "key", "id"),
-                      Index("ix_pipeline_executions_step", "step", "id"))
-    id: Mapped[int] = mapped_column(primary_key=True)
-    pipeline_run_id: Mapped[int] = mapped_column(ForeignKey("pipeline_runs.id", ondelete="CASCADE"), index=True)
-    step: Mapped[str] = mapped_column(String(100))
-    kind: Mapped[str] = mapped_column(String(20))  # cmd | train | evaluate | register | promote | tune
-    key: Mapped[str] = mapped_column(String(64))
-    status: Mapped[str] = mapped_column(String(16))  # ran | cached | failed | skipped
-    exit_code: Mapped[Optional[int]]
-    duration_s: Mapped[float] = mapped_column(default=0.0)
-    inputs: Mapped[dict[str, Any]] = mapped_column(default=dict)  # what the key was computed from
-    outputs: Mapped[dict[str, Any]] = mapped_column(default=dict)  # path -> {sha256, size} or a folder's files
-    result: Mapped[dict[str, Any]] = mapped_column(default=dict)  # what a built-in step produced (run, version, ...)
-    stdout_sha256: Mapped[Optional[str]] = mapped_column(String(64))
-    stderr_sha256: Mapped[Optional[str]] = mapped_column(String(64))
-    message: Mapped[Optional[str]] = mapped_column(Text)
-    run_id: Mapped[Optional[int]] = mapped_column(ForeignKey("runs.id", ondelete="SET NULL"), index=True)
-    model_version_id: Mapped[Optional[int]] = mapped_column(ForeignKey("model_versions.id", ondelete="SET NULL"),
-                                                            index=True)
-    source_id: Mapped[Optional[int]] = mapped_column(ForeignKey("pipeline_executions.id", ondelete="SET NULL"))
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    __table__ = tables.pipeline_executions

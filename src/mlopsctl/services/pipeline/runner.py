@@ -58,36 +58,38 @@ class Runner(StepExecutor):
             deps[d] = sha
         return keys.inputs(step, self.settings, deps, {u: self.digests[u] for u in step.upstream}), []
 
+    # The cache checks and the records use SQLAlchemy Core on store.tables: a fully cached run imports no ORM.
+
     def _hit(self, step: Step, key: str) -> Any:
-        """The newest good execution with this key whose products are still there, or None."""
+        """The newest good execution (a row of pipeline_executions) with this key whose products are still
+        there, or None."""
         from sqlalchemy import select
 
-        from mlopsctl.store.models import ModelVersion, PipelineExecution, Run
+        from mlopsctl.store.tables import model_versions, pipeline_executions as pe, runs
 
-        with self.project.store.read() as s:
-            rows = s.scalars(select(PipelineExecution).where(PipelineExecution.key == key,
-                                                             PipelineExecution.status.in_(GOOD))
-                             .order_by(PipelineExecution.id.desc()).limit(5)).all()
+        with self.project.store.transaction(write=False) as conn:
+            rows = conn.execute(select(pe).where(pe.c.key == key, pe.c.status.in_(GOOD))
+                                .order_by(pe.c.id.desc()).limit(5)).all()
             for e in rows:
-                if step.kind in ("train", "evaluate") and (e.run_id is None or getattr(s.get(Run, e.run_id), "status", None) != "FINISHED"):
+                if step.kind in ("train", "evaluate") and (e.run_id is None or conn.scalar(
+                        select(runs.c.status).where(runs.c.id == e.run_id)) != "FINISHED"):
                     continue
-                if step.kind in ("register", "promote") and (e.model_version_id is None or s.get(ModelVersion, e.model_version_id) is None):
+                if step.kind in ("register", "promote") and (e.model_version_id is None or conn.scalar(
+                        select(model_versions.c.id).where(model_versions.c.id == e.model_version_id)) is None):
                     continue
                 if not all(self.project.artifacts.path(sha).exists() for sha in blobs(e.outputs)):
                     continue
-                s.expunge(e)
                 return e
         return None
 
     def _last_good_inputs(self, name: str) -> dict[str, Any] | None:
         from sqlalchemy import select
 
-        from mlopsctl.store.models import PipelineExecution
+        from mlopsctl.store.tables import pipeline_executions as pe
 
-        with self.project.store.read() as s:
-            return s.scalar(select(PipelineExecution.inputs).where(PipelineExecution.step == name,
-                                                                   PipelineExecution.status.in_(GOOD))
-                            .order_by(PipelineExecution.id.desc()).limit(1))
+        with self.project.store.transaction(write=False) as conn:
+            return conn.scalar(select(pe.c.inputs).where(pe.c.step == name, pe.c.status.in_(GOOD))
+                               .order_by(pe.c.id.desc()).limit(1))
 
     def why_run(self, step: Step, step_inputs: dict[str, Any]) -> list[str]:
         if step.name in self.force:
@@ -134,21 +136,22 @@ class Runner(StepExecutor):
     # ---- running -------------------------------------------------------------------------------------
 
     def start(self, targets: list[str], options: dict[str, Any]) -> None:
-        from mlopsctl.store.models import PipelineRun
+        from sqlalchemy import insert
 
-        with self.project.store.session() as s:
-            run = PipelineRun(trigger=self.trigger, targets=targets, options=options, status="running")
-            s.add(run)
-            s.flush()
-            self.pipeline_run_id = run.id
+        from mlopsctl.store.tables import pipeline_runs
+
+        with self.project.store.transaction(write=True) as conn:
+            self.pipeline_run_id = conn.execute(insert(pipeline_runs).values(
+                trigger=self.trigger, targets=targets, options=options, status="running")).inserted_primary_key[0]
 
     def finish(self, status: str, message: str | None, t0: float) -> None:
-        from mlopsctl.store.models import PipelineRun, utcnow
+        from sqlalchemy import update
 
-        with self.project.store.session() as s:
-            run = s.get(PipelineRun, self.pipeline_run_id)
-            run.status, run.message, run.ended_at = status, message, utcnow()
-            run.duration_s = time.perf_counter() - t0
+        from mlopsctl.store.tables import pipeline_runs, utcnow
+
+        with self.project.store.transaction(write=True) as conn:
+            conn.execute(update(pipeline_runs).where(pipeline_runs.c.id == self.pipeline_run_id).values(
+                status=status, message=message, ended_at=utcnow(), duration_s=time.perf_counter() - t0))
         self.cache.save()
 
     def run(self, names: list[str], jobs: int, restore_only: Iterable[str] = ()) -> list[Outcome]:
@@ -252,24 +255,21 @@ class Runner(StepExecutor):
 
     def _record(self, step: Step, o: Outcome, step_inputs: dict[str, Any] | None, *, source_id: int | None = None,
                 logs: tuple[str | None, str | None] | None = None) -> None:
-        from sqlalchemy import select
+        from sqlalchemy import insert, select
 
-        from mlopsctl.store.models import ModelVersion, PipelineExecution, RegisteredModel
+        from mlopsctl.store.tables import model_versions as mv, pipeline_executions, registered_models as rm
 
         if self.pipeline_run_id is None:
             return
         r = o.result or {}
-        with self.project.store.session() as s:
+        with self.project.store.transaction(write=True) as conn:
             mv_id = None
             if r.get("model") and r.get("version"):
-                mv_id = s.scalar(select(ModelVersion.id).join(RegisteredModel).where(
-                    RegisteredModel.name == r["model"], ModelVersion.version == r["version"]))
-            e = PipelineExecution(
+                mv_id = conn.scalar(select(mv.c.id).join(rm, rm.c.id == mv.c.model_id).where(
+                    rm.c.name == r["model"], mv.c.version == r["version"]))
+            o.execution_id = conn.execute(insert(pipeline_executions).values(
                 pipeline_run_id=self.pipeline_run_id, step=step.name, kind=step.kind, key=o.key or "",
                 status=o.status, exit_code=o.exit_code, duration_s=o.duration_s, inputs=step_inputs or {},
                 outputs=o.outputs, result=jsonable(r), stdout_sha256=(logs or (None, None))[0],
                 stderr_sha256=(logs or (None, None))[1], message=o.message or "; ".join(o.reasons) or None,
-                run_id=r.get("run_id"), model_version_id=mv_id, source_id=source_id)
-            s.add(e)
-            s.flush()
-            o.execution_id = e.id
+                run_id=r.get("run_id"), model_version_id=mv_id, source_id=source_id)).inserted_primary_key[0]
