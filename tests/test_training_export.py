@@ -432,3 +432,25 @@ def test_a_wide_table_whose_forest_ties_a_held_out_row_passes_parity(tmp_path):
     (tmp_path / ".mlops.toml").write_text('[data]\ntarget = "label"\n')
     run = runs.train_and_track(load_settings({}, {}, tmp_path), data_path=tmp_path / "wide.csv")
     assert run["parity"]["passed"] is True and run["parity"]["label_agreement"] == 1.0
+
+
+def test_a_tested_estimator_is_known_to_convert_without_asking_skl2onnx() -> None:
+    """check_convertible answers for the tested scikit-learn estimators without importing skl2onnx (~0.3 s):
+    skl2onnx agrees for every one of them; a subclass or a namesake is still asked."""
+    from sklearn.ensemble import RandomForestClassifier
+
+    for paths in estimators.TESTED_ESTIMATORS.values():
+        for path in paths:
+            cls = estimators.resolve_class(path)
+            assert estimators.is_tested(cls) and export.has_converter(cls), path
+
+    class Forest(RandomForestClassifier):
+        pass
+
+    namesake = type("RandomForestClassifier", (), {"fit": None, "get_params": None})
+    assert not estimators.is_tested(Forest) and export.has_converter(Forest)
+    assert not estimators.is_tested(namesake)
+    with pytest.raises(TrainingError, match="cannot be exported to ONNX"):
+        estimators.check_convertible(namesake, "classification")
+    for path in ("sklearn.semi_supervised.LabelPropagation", "lightgbm.LGBMClassifier"):
+        assert not estimators.is_tested(estimators.resolve_class(path)), path
