@@ -333,6 +333,22 @@ def test_parity_check_catches_a_graph_that_does_not_match_its_pipeline() -> None
     assert corrupted.max_abs_diff > export.MAX_PROBA_DIFF, corrupted
 
 
+def test_the_parity_check_scores_with_the_session_it_is_given() -> None:
+    """train() builds one ONNX Runtime session for the held-out and the training-row checks: a check given a
+    session scores with it (a session of another model fails the check) and agrees with one that builds its own."""
+    from mlopsctl.scoring import Scorer
+
+    a = _train("sklearn.ensemble.RandomForestClassifier", "breast_cancer", "classification")
+    b = _train("sklearn.linear_model.LogisticRegression", "breast_cancer", "classification")
+    X = _heldout_features(a)
+    own = export.parity_check(a.pipeline, a.onnx_bytes, a.contract, X)
+    assert own.passed and own.rows == len(X)
+    assert export.parity_check(a.pipeline, a.onnx_bytes, a.contract, X, Scorer(a.onnx_bytes, a.contract)) == own
+    other = export.parity_check(a.pipeline, a.onnx_bytes, a.contract, X, Scorer(b.onnx_bytes, b.contract))
+    assert other.max_abs_diff > own.max_abs_diff and other.max_abs_diff > 0.01
+    assert a.parity.training is not None and a.parity.training.passed and a.parity.passed
+
+
 # ---- failing fast, before any fitting -----------------------------------------------------------------
 
 @pytest.mark.parametrize(

@@ -130,14 +130,15 @@ class Parity:
 
 
 def with_training_rows(held_out: Parity, pipeline: Any, model_bytes: bytes, contract: Contract, frame: Any,
-                       seed: int) -> Parity:
+                       seed: int, scorer: Scorer | None = None) -> Parity:
     """``held_out`` with the same check on the training rows ``frame`` (a seeded sample of
-    ``TRAINING_PARITY_ROWS`` when there are more); passed only when both pass."""
+    ``TRAINING_PARITY_ROWS`` when there are more); passed only when both pass. ``scorer``: the session that
+    checked ``held_out``, if the caller kept it."""
     from dataclasses import replace
 
     if len(frame) > TRAINING_PARITY_ROWS:
         frame = frame.sample(TRAINING_PARITY_ROWS, random_state=seed)
-    training = parity_check(pipeline, model_bytes, contract, frame)
+    training = parity_check(pipeline, model_bytes, contract, frame, scorer)
     return replace(held_out, training=training, passed=held_out.passed and training.passed)
 
 
@@ -166,14 +167,16 @@ def label_agreement(labels: np.ndarray, ref_labels: np.ndarray, ref_proba: np.nd
     return float(np.mean(~differ))
 
 
-def parity_check(pipeline: Any, model_bytes: bytes, contract: Contract, frame: Any) -> Parity:
-    """Score ``frame`` (a normalized DataFrame) with scikit-learn and ONNX Runtime and compare."""
+def parity_check(pipeline: Any, model_bytes: bytes, contract: Contract, frame: Any,
+                 scorer: Scorer | None = None) -> Parity:
+    """Score ``frame`` (a normalized DataFrame) with scikit-learn and ONNX Runtime and compare; ``scorer``: a
+    session of ``model_bytes`` to score with (else one is created)."""
     import pandas as pd
 
     if len(frame) == 0:
         raise TrainingError("the parity check needs at least one held-out row.")
     normalized = {c: frame[c].to_numpy() for c in contract.feature_names}
-    got = Scorer(model_bytes, contract).run(normalized)
+    got = (scorer or Scorer(model_bytes, contract)).run(normalized)
     X = pd.DataFrame(normalized)
     if contract.task == "classification":
         ref_proba = np.asarray(pipeline.predict_proba(X), dtype=np.float64)
