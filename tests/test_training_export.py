@@ -349,6 +349,30 @@ def test_the_parity_check_scores_with_the_session_it_is_given() -> None:
     assert a.parity.training is not None and a.parity.training.passed and a.parity.passed
 
 
+def test_the_export_skips_skl2onnxs_search_for_pipeline_options_and_converts_the_same_graph(monkeypatch) -> None:
+    """skl2onnx walks every fitted attribute of the model (each tree of a forest) looking for Pipelines among the
+    option keys; options keyed by the final estimator alone skip that walk, and the graph is the one skl2onnx
+    makes through it."""
+    import onnx
+    from skl2onnx import convert_sklearn
+    from skl2onnx.common import utils_sklearn
+
+    a = _train("sklearn.ensemble.RandomForestClassifier", "mixed", "classification")
+    walks = []
+    walk = utils_sklearn.enumerate_model_names
+    monkeypatch.setattr(utils_sklearn, "enumerate_model_names", lambda *args, **kw: walks.append(1) or walk(*args, **kw))
+    ours = onnx.load_from_string(export.export_onnx(a.pipeline, a.contract)[0])
+    assert walks == []
+    final = a.pipeline.steps[-1][1]
+    searched = convert_sklearn(a.pipeline, initial_types=export._initial_types(a.contract),
+                               options={id(final): {"zipmap": False}})  # a plain dict: skl2onnx's own search
+    assert len(walks) >= 2
+    for model in (ours, searched):
+        model.graph.name, model.doc_string = "", ""  # a fresh uuid per conversion; ours is described
+    assert ours.SerializeToString() == searched.SerializeToString()
+    assert [o.name for o in ours.graph.output] == [a.contract.outputs["label"], a.contract.outputs["probabilities"]]
+
+
 # ---- failing fast, before any fitting -----------------------------------------------------------------
 
 @pytest.mark.parametrize(
