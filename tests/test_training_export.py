@@ -333,6 +333,46 @@ def test_parity_check_catches_a_graph_that_does_not_match_its_pipeline() -> None
     assert corrupted.max_abs_diff > export.MAX_PROBA_DIFF, corrupted
 
 
+def test_the_parity_check_scores_with_the_session_it_is_given() -> None:
+    """train() builds one ONNX Runtime session for the held-out and the training-row checks: a check given a
+    session scores with it (a session of another model fails the check) and agrees with one that builds its own."""
+    from mlopsctl.scoring import Scorer
+
+    a = _train("sklearn.ensemble.RandomForestClassifier", "breast_cancer", "classification")
+    b = _train("sklearn.linear_model.LogisticRegression", "breast_cancer", "classification")
+    X = _heldout_features(a)
+    own = export.parity_check(a.pipeline, a.onnx_bytes, a.contract, X)
+    assert own.passed and own.rows == len(X)
+    assert export.parity_check(a.pipeline, a.onnx_bytes, a.contract, X, Scorer(a.onnx_bytes, a.contract)) == own
+    other = export.parity_check(a.pipeline, a.onnx_bytes, a.contract, X, Scorer(b.onnx_bytes, b.contract))
+    assert other.max_abs_diff > own.max_abs_diff and other.max_abs_diff > 0.01
+    assert a.parity.training is not None and a.parity.training.passed and a.parity.passed
+
+
+def test_the_export_skips_skl2onnxs_search_for_pipeline_options_and_converts_the_same_graph(monkeypatch) -> None:
+    """skl2onnx walks every fitted attribute of the model (each tree of a forest) looking for Pipelines among the
+    option keys; options keyed by the final estimator alone skip that walk, and the graph is the one skl2onnx
+    makes through it."""
+    import onnx
+    from skl2onnx import convert_sklearn
+    from skl2onnx.common import utils_sklearn
+
+    a = _train("sklearn.ensemble.RandomForestClassifier", "mixed", "classification")
+    walks = []
+    walk = utils_sklearn.enumerate_model_names
+    monkeypatch.setattr(utils_sklearn, "enumerate_model_names", lambda *args, **kw: walks.append(1) or walk(*args, **kw))
+    ours = onnx.load_from_string(export.export_onnx(a.pipeline, a.contract)[0])
+    assert walks == []
+    final = a.pipeline.steps[-1][1]
+    searched = convert_sklearn(a.pipeline, initial_types=export._initial_types(a.contract),
+                               options={id(final): {"zipmap": False}})  # a plain dict: skl2onnx's own search
+    assert len(walks) >= 2
+    for model in (ours, searched):
+        model.graph.name, model.doc_string = "", ""  # a fresh uuid per conversion; ours is described
+    assert ours.SerializeToString() == searched.SerializeToString()
+    assert [o.name for o in ours.graph.output] == [a.contract.outputs["label"], a.contract.outputs["probabilities"]]
+
+
 # ---- failing fast, before any fitting -----------------------------------------------------------------
 
 @pytest.mark.parametrize(
@@ -432,3 +472,25 @@ def test_a_wide_table_whose_forest_ties_a_held_out_row_passes_parity(tmp_path):
     (tmp_path / ".mlops.toml").write_text('[data]\ntarget = "label"\n')
     run = runs.train_and_track(load_settings({}, {}, tmp_path), data_path=tmp_path / "wide.csv")
     assert run["parity"]["passed"] is True and run["parity"]["label_agreement"] == 1.0
+
+
+def test_a_tested_estimator_is_known_to_convert_without_asking_skl2onnx() -> None:
+    """check_convertible answers for the tested scikit-learn estimators without importing skl2onnx (~0.3 s):
+    skl2onnx agrees for every one of them; a subclass or a namesake is still asked."""
+    from sklearn.ensemble import RandomForestClassifier
+
+    for paths in estimators.TESTED_ESTIMATORS.values():
+        for path in paths:
+            cls = estimators.resolve_class(path)
+            assert estimators.is_tested(cls) and export.has_converter(cls), path
+
+    class Forest(RandomForestClassifier):
+        pass
+
+    namesake = type("RandomForestClassifier", (), {"fit": None, "get_params": None})
+    assert not estimators.is_tested(Forest) and export.has_converter(Forest)
+    assert not estimators.is_tested(namesake)
+    with pytest.raises(TrainingError, match="cannot be exported to ONNX"):
+        estimators.check_convertible(namesake, "classification")
+    for path in ("sklearn.semi_supervised.LabelPropagation", "lightgbm.LGBMClassifier"):
+        assert not estimators.is_tested(estimators.resolve_class(path)), path

@@ -19,6 +19,7 @@ from mlopsctl import labels
 from mlopsctl.contract import Contract
 from mlopsctl.data import build_contract, split_target
 from mlopsctl.errors import InvalidInputError
+from mlopsctl.scoring import Scorer
 from mlopsctl.training import boosters, estimators, export, metrics
 
 Progress = Callable[[str], None]
@@ -223,8 +224,9 @@ def train(prepared: Prepared, progress: Progress = lambda stage: None) -> TrainR
     with _stage("export", progress, timings):
         onnx_bytes, contract = export.export_onnx(pipeline, contract)
     with _stage("parity", progress, timings):
-        parity = export.with_training_rows(export.parity_check(pipeline, onnx_bytes, contract, Xn_test),
-                                           pipeline, onnx_bytes, contract, Xn_train, spec.seed)
+        scorer = Scorer(onnx_bytes, contract)  # one ONNX Runtime session for both checks
+        parity = export.with_training_rows(export.parity_check(pipeline, onnx_bytes, contract, Xn_test, scorer),
+                                           pipeline, onnx_bytes, contract, Xn_train, spec.seed, scorer)
     model_info, importance = _model_info(pipeline, onnx_bytes, prepared, booster)
     heldout = X_test.copy()  # the target in the training file's label type, as the gate will read it
     heldout[spec.target] = contract.decode_labels(y_test.to_numpy()) if task == "classification" else y_test.to_numpy()

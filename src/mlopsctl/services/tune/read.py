@@ -178,17 +178,21 @@ def _cached_importance(tags: dict[str, str], spec: dict[str, Any], complete: lis
     return _importance(spec, complete)
 
 
-def store_importance(settings: Settings, name: str) -> None:
-    """Compute the study's parameter importance once, as it finishes, and keep it on the study run. Only a cache:
-    when this fails (it runs in a thread beside the refit), ``show_study`` computes the importance itself."""
+def store_importance(settings: Settings, study_run_id: int, spec: dict[str, Any], finished: list[dict[str, Any]]) -> None:
+    """Compute the study's parameter importance once, as it finishes, and keep it on the study run. ``finished``:
+    its finished trials as Optuna has them (``Snapshot.finished``), the same numbers, values and parameters that
+    ``show_study`` reads back from the trial runs (one value, told to Optuna and logged as the last running mean).
+    Only a cache: when this fails or its trials no longer match the runs, ``show_study`` computes the importance
+    itself."""
     from mlopsctl import tracking
 
     try:
-        shown = show_study(settings, name)
-        complete = [t for t in shown["trials"] if t["state"] == "COMPLETE" and t["value"] is not None]
+        complete = sorted(({"trial": t["number"], "value": t["value"], "params": t["params"]} for t in finished
+                           if t["state"] == "COMPLETE" and t["value"] is not None), key=lambda t: t["trial"])
+        importance = _importance(spec, complete)
         with open_project(settings).store.session() as s:
-            tracking.set_tags(s, shown["run_id"], {"tune.importance": json.dumps(
-                {"key": _importance_key(complete), "importance": shown["importance"]})})
+            tracking.set_tags(s, study_run_id, {"tune.importance": json.dumps(
+                {"key": _importance_key(complete), "importance": importance})})
     except Exception:  # noqa: BLE001 - a cache that could not be written is not an error of the study
         return
 

@@ -68,10 +68,12 @@ def _study_spec(spec: dict[str, Any]):
 
 @dataclass
 class Loaded:
-    """One process's view of a study's data: prepared, split and folded once."""
+    """One process's view of a study's data: prepared, split and folded once; ``frame``: the table as read (what
+    the refit trains on)."""
 
     prepared: Any
     folds: Any
+    frame: Any = None
 
 
 def _load(settings: Settings, spec: dict[str, Any]) -> Loaded:
@@ -86,7 +88,7 @@ def _load(settings: Settings, spec: dict[str, Any]) -> Loaded:
     s = _spec_settings(settings, spec)
     df = data.read_table(path, delimiter=s.data.delimiter, decimal=s.data.decimal, suffix=spec["data"]["suffix"])
     prepared = training.prepare(df, runs.train_spec(s, Path(spec["data"]["path"])))
-    return Loaded(prepared, cv.make_folds(prepared, spec["cv"], spec["metric"]))
+    return Loaded(prepared, cv.make_folds(prepared, spec["cv"], spec["metric"]), df)
 
 
 def _check_space(space: dict[str, Any], prepared: Any) -> None:
@@ -144,7 +146,7 @@ def _new_spec(settings: Settings, name: str, data_path: Path | None, notify: Cal
                  "decimal": settings.data.decimal, "test_size": settings.train.test_size,
                  "max_categories": settings.train.max_categories},
     }
-    return spec, Loaded(prepared, folds), dv_id
+    return spec, Loaded(prepared, folds, df), dv_id
 
 
 # ---- studies in the store -----------------------------------------------------------------------------------
