@@ -85,7 +85,9 @@ def test_tune_20_trials_2_jobs_cv_3_registers_a_gated_model(cli, make_project, s
     assert {k: run["params"][f"model.{k}"] for k in out["best"]["params"]} == {
         k: v if isinstance(v, str) else repr(v) for k, v in out["best"]["params"].items()}
 
-    # tune show: trials, best over time, fANOVA importance; tune list
+    # tune show: trials, best over time, fANOVA importance (computed by the first show, not by the study); tune list
+    study_tags = json.loads(cli("-C", project, "runs", "show", out["run_id"], "--json").stdout)["tags"]
+    assert "tune.importance" not in study_tags and study_tags["tune.best_trial"] == str(out["best"]["trial"])
     show = json.loads(cli("-C", project, "tune", "show", "bc", "--json").stdout)
     assert [t["trial"] for t in show["trials"]] == list(range(20))
     assert show["counts"] == {"COMPLETE": out["complete"], "PRUNED": out["pruned"], "FAILED": 0, "RUNNING": 0}
@@ -226,8 +228,8 @@ def test_retrain_with_a_small_tune(make_project, settings_of):
 
 
 def _importance_is_kept_while_its_trials_are(settings, study_run_id: int, show: dict) -> None:
-    """The study stored its fANOVA importance as it finished; show reads it back while the complete trials are the
-    ones it was computed from, and computes it afresh once they are not (a resumed study)."""
+    """The first show stored the fANOVA importance it computed; show reads it back while the complete trials are the
+    ones it was computed from, and computes it afresh (and keeps that) once they are not (a resumed study)."""
     from mlopsctl import tracking
     from mlopsctl.project import open_project
     from mlopsctl.services import tune as svc
@@ -243,6 +245,9 @@ def _importance_is_kept_while_its_trials_are(settings, study_run_id: int, show: 
     with store.session() as s:
         tracking.set_tags(s, study_run_id, {"tune.importance": json.dumps({"key": "[]", "importance": marker})})
     assert svc.show_study(settings, "bc")["importance"] == show["importance"]
+    with store.read() as s:
+        kept = json.loads({t.key: t.value for t in tracking.get_run(s, study_run_id).tags}["tune.importance"])
+    assert kept == stored
 
 
 def test_tune_list_and_show_text(cli, make_project):

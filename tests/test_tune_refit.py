@@ -79,8 +79,8 @@ def test_a_changed_file_is_still_refused_before_the_refit(make_project):
 
 
 def test_the_importance_kept_after_a_resume_covers_every_trial(cli, make_project, settings_of):
-    """The importance is computed from Optuna's trials (the journal: this process's and the earlier ones') and
-    keyed like `tune show` keys the trial runs, so show reads it back instead of computing it again."""
+    """A show between two commands of one study keeps the importance of the first one's trials; after the resume,
+    show computes it again over every trial (the first command's and the resumed one's) and keeps that."""
     from mlopsctl import tracking
     from mlopsctl.project import open_project
     from mlopsctl.services import tune
@@ -88,9 +88,13 @@ def test_the_importance_kept_after_a_resume_covers_every_trial(cli, make_project
     project = make_project("breast-cancer", model=TREE, params="{}")
     args = ("-C", project, "tune", "--cv", 2, "--pruner", "none", "--study", "i", *SPACE, "--json")
     assert cli(*args, "--trials", 4).exit_code == 0
+    settings = settings_of(project)
+    first = tune.show_study(settings, "i")
+    with open_project(settings).store.read() as s:
+        stored = json.loads({t.key: t.value for t in tracking.get_run(s, first["run_id"]).tags}["tune.importance"])
+    assert [n for n, _ in json.loads(stored["key"])] == [0, 1, 2, 3] and stored["importance"] == first["importance"]
     again = cli(*args, "--trials", 7)  # a resume: trials 0-3 are the first command's
     assert again.exit_code == 0, again.stderr
-    settings = settings_of(project)
     shown = tune.show_study(settings, "i")
     assert [t["trial"] for t in shown["trials"]] == list(range(7))
     with open_project(settings).store.read() as s:
@@ -131,8 +135,8 @@ print("@@" + json.dumps(seen))
 
 def test_only_the_refits_export_imports_skl2onnx(make_project, settings_of):
     """A fresh `mlopsctl tune` process: no trial starts with skl2onnx, onnx or ONNX Runtime imported (a tested
-    scikit-learn model needs no skl2onnx to know it converts); the importance is stored before the refit starts,
-    which is handed the table and dataset version the study read, and whose export imports them."""
+    scikit-learn model needs no skl2onnx to know it converts); the refit is handed the table and dataset version
+    the study read, and its export imports them; nothing computes the parameter importance (the first show does)."""
     from mlopsctl.services import runs
 
     project = make_project("breast-cancer", model=TREE, params="{}")
@@ -146,11 +150,11 @@ def test_only_the_refits_export_imports_skl2onnx(make_project, settings_of):
     assert len(seen["trials"]) == 3
     assert all(not t["skl2onnx"] and not t["onnx"] and not t["onnxruntime"] for t in seen["trials"]), seen["trials"]
     refit = seen["refit"]
-    assert refit["loaded"] == {"skl2onnx": False, "onnx": False, "onnxruntime": False, "optuna.importance": True}
+    assert refit["loaded"] == {"skl2onnx": False, "onnx": False, "onnxruntime": False, "optuna.importance": False}
     assert refit["frame"] is True
     study = runs.show_run(settings_of(project), str(out["run_id"]))
-    assert refit["dataset_version_id"] is not None and "tune.importance" in study["tags"]
-    assert seen["end"]["skl2onnx"] and seen["end"]["onnxruntime"]
+    assert refit["dataset_version_id"] is not None and "tune.importance" not in study["tags"]
+    assert seen["end"]["skl2onnx"] and seen["end"]["onnxruntime"] and not seen["end"]["optuna.importance"]
 
 
 WORKER = """

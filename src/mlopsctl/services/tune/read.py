@@ -145,7 +145,7 @@ def show_study(settings: Settings, name: str) -> dict[str, Any]:
         "counts": {s_: sum(t["state"] == s_ for t in trials) for s_ in ("COMPLETE", "PRUNED", "FAILED", "RUNNING")},
         "best": ({"trial": best["trial"], "value": best["value"], "params": best["params"], "run_id": best["run_id"]}
                  if best else None),
-        "trials": trials, "best_over_time": over_time, "importance": _cached_importance(tags, spec, complete), "refit": refit,
+        "trials": trials, "best_over_time": over_time, "importance": _cached_importance(settings, run.id, tags, spec, complete), "refit": refit,
     }
 
 
@@ -166,34 +166,32 @@ def _importance_key(complete: list[dict[str, Any]]) -> str:
     return json.dumps(sorted((t["trial"], t["value"]) for t in complete))
 
 
-def _cached_importance(tags: dict[str, str], spec: dict[str, Any], complete: list[dict[str, Any]]) -> dict[str, float] | None:
-    """The importance stored when the study finished (tag ``tune.importance``) while its complete trials are still
-    the ones it was computed from; else computed now (fANOVA fits a forest: 0.3 s and scikit-learn's import)."""
+def _cached_importance(settings: Settings, study_run_id: int, tags: dict[str, str], spec: dict[str, Any],
+                       complete: list[dict[str, Any]]) -> dict[str, float] | None:
+    """The importance kept on the study run (tag ``tune.importance``) while its complete trials are still the ones it
+    was computed from; else computed now (fANOVA fits a forest: ~0.2 s and scikit-learn's import) and kept for the
+    next reader. The study itself never computes it: the first `tune show` (or the dashboard's study page) does."""
     try:
         stored = json.loads(tags.get("tune.importance") or "null")
     except ValueError:
         stored = None
-    if isinstance(stored, dict) and stored.get("key") == _importance_key(complete):
+    key = _importance_key(complete)
+    if isinstance(stored, dict) and stored.get("key") == key:
         return stored.get("importance")
-    return _importance(spec, complete)
+    importance = _importance(spec, complete)
+    _keep_importance(settings, study_run_id, key, importance)
+    return importance
 
 
-def store_importance(settings: Settings, study_run_id: int, spec: dict[str, Any], finished: list[dict[str, Any]]) -> None:
-    """Compute the study's parameter importance once, as it finishes, and keep it on the study run. ``finished``:
-    its finished trials as Optuna has them (``Snapshot.finished``), the same numbers, values and parameters that
-    ``show_study`` reads back from the trial runs (one value, told to Optuna and logged as the last running mean).
-    Only a cache: when this fails or its trials no longer match the runs, ``show_study`` computes the importance
-    itself."""
+def _keep_importance(settings: Settings, study_run_id: int, key: str, importance: dict[str, float] | None) -> None:
+    """Store the importance on the study run. Only a cache: a store that cannot be written to now (a read-only
+    file, a busy database) costs the next reader the computation, not this one its answer."""
     from mlopsctl import tracking
 
     try:
-        complete = sorted(({"trial": t["number"], "value": t["value"], "params": t["params"]} for t in finished
-                           if t["state"] == "COMPLETE" and t["value"] is not None), key=lambda t: t["trial"])
-        importance = _importance(spec, complete)
         with open_project(settings).store.session() as s:
-            tracking.set_tags(s, study_run_id, {"tune.importance": json.dumps(
-                {"key": _importance_key(complete), "importance": importance})})
-    except Exception:  # noqa: BLE001 - a cache that could not be written is not an error of the study
+            tracking.set_tags(s, study_run_id, {"tune.importance": json.dumps({"key": key, "importance": importance})})
+    except Exception:  # noqa: BLE001 - see the docstring
         return
 
 

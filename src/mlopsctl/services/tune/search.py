@@ -19,7 +19,6 @@ from mlopsctl.config_checks import parse_duration
 from mlopsctl.errors import ConflictError, TrainingError
 from mlopsctl.project import open_project
 from mlopsctl.services import runs
-from mlopsctl.services.tune.read import store_importance
 from mlopsctl.services.tune.recorder import Recorder, _evaluate
 from mlopsctl.services.tune.spec import Loaded, _backend, _create_study_run, _default_name, _get_study, _load, _new_spec, _resume_spec, _spec_settings, _study_run, _study_spec
 
@@ -80,9 +79,8 @@ def tune(
     if snap.best_number is None:
         raise TrainingError(f"study {name!r} has no complete trial ({snap.pruned} pruned, {snap.failed} failed); "
                             f"see `mlopsctl tune show {name}`.")
-    # fANOVA fits a forest (~0.3 s): before the refit, not beside it in a thread, where both compete for the GIL
-    # and together took ~0.1 s longer than one after the other
-    store_importance(settings, run_id, spec, snap.finished)
+    # the parameter importance (fANOVA fits a forest: ~0.2 s and its imports) is computed by the first `tune show`,
+    # which keeps it on the study run: a search that nobody inspects does not pay for it
     result["refit"] = _refit(settings, spec, run_id, snap, loaded, dv_id, experiment, notify)
     if register is not None:
         result["registered"] = _register(settings, result["refit"]["id"], register)
