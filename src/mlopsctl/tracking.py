@@ -41,7 +41,8 @@ def create_run(s: Session, experiment: str, name: str | None = None, **fields: A
     return run
 
 
-def _key(key: str) -> str:
+def check_key(key: str) -> str:
+    """A param, tag or metric key, checked: 1 to MAX_KEY characters."""
     key = str(key)
     if not key or len(key) > MAX_KEY:
         raise InvalidInputError(f"key {key[:40]!r} must be 1 to {MAX_KEY} characters.")
@@ -50,7 +51,7 @@ def _key(key: str) -> str:
 
 def log_params(s: Session, run_id: int, params: dict[str, Any]) -> None:
     for k, v in params.items():
-        s.merge(Param(run_id=run_id, key=_key(k), value=param_text(v)))
+        s.merge(Param(run_id=run_id, key=check_key(k), value=param_text(v)))
 
 
 def param_text(v: Any) -> str:
@@ -69,7 +70,7 @@ def metric_rows(run_id: int, metrics: dict[str, float], step: int = 0, ts: datet
             value = float(v)
         except (TypeError, ValueError):
             raise InvalidInputError(f"metric {k!r} must be a number, got {v!r}.") from None
-        rows.append({"run_id": run_id, "key": _key(k), "value": value, "step": int(step), "timestamp": ts})
+        rows.append({"run_id": run_id, "key": check_key(k), "value": value, "step": int(step), "timestamp": ts})
     return rows
 
 
@@ -85,7 +86,7 @@ def insert_metric_rows(s: Session, rows: list[dict]) -> None:
 
 def set_tags(s: Session, run_id: int, tags: dict[str, Any]) -> None:
     for k, v in tags.items():
-        s.merge(Tag(run_id=run_id, key=_key(k), value=str(v)))
+        s.merge(Tag(run_id=run_id, key=check_key(k), value=str(v)))
 
 
 def add_artifact(s: Session, run_id: int, name: str, sha256: str, size: int, media_type: str) -> None:
@@ -112,11 +113,16 @@ def finish_run(s: Session, run_id: int, status: str = FINISHED, reason: str | No
     run = s.get(Run, run_id)
     if run is None:
         raise NotFoundError(f"run {run_id} does not exist.")
-    run.status = status
-    run.failure_reason = reason
-    run.ended_at = utcnow()
-    run.duration_s = (run.ended_at - run.started_at).total_seconds()
+    for k, v in ending(run.started_at, status, reason).items():
+        setattr(run, k, v)
     return run
+
+
+def ending(started_at: datetime, status: str, reason: str | None) -> dict[str, Any]:
+    """The columns a run's end sets, now: status, failure reason, end time and duration."""
+    ended = utcnow()
+    return {"status": status, "failure_reason": reason, "ended_at": ended,
+            "duration_s": (ended - started_at).total_seconds()}
 
 
 def get_run(s: Session, ref: str | int) -> Run:
