@@ -18,6 +18,7 @@ import http.client
 import io
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -462,6 +463,57 @@ def test_port_in_use_exits_2(projects):
     assert proc.returncode == 2, (proc.stdout, proc.stderr)
     assert proc.stderr == f"Error: 127.0.0.1:{port} is already in use; stop the other server or pass --port.\n"
     assert proc.stdout == ""
+
+
+# ---- what the server loads ------------------------------------------------------------------------------
+
+# the ORM and what maps or uses it: the server resolves, polls, logs and reads monitoring results through
+# SQLAlchemy Core (mlopsctl.registry_core, mlopsctl.store.tables)
+NOT_IN_THE_SERVER = ("sqlalchemy.orm", "mlopsctl.store.models", "mlopsctl.registry")
+
+
+def _imported(output: str) -> set[str]:
+    """The modules that ``PYTHONPROFILEIMPORTTIME`` reports in a server's log (parent and workers)."""
+    return {m.group(1) for m in re.finditer(r"^import time:\s+\d+ \|\s+\d+ \|\s*(\S+)$", output, re.MULTILINE)}
+
+
+def test_the_server_loads_no_orm(projects):
+    """From the preflight to the stop (a hot reload, the prediction log written, /metrics scraped with a
+    recorded drift result), no process of the server imports SQLAlchemy's ORM or the mapped classes (~0.18 s
+    of start-up and their memory in every process); the same run answers, reloads and logs."""
+    from mlopsctl.config import load_settings
+    from mlopsctl.monitoring.window import record_result
+    from mlopsctl.predlog_format import read_requests
+    from mlopsctl.store.db import open_store
+
+    bc = projects["bc"]
+    settings = load_settings({}, {}, bc)
+    store = open_store(settings.store_url, settings.store.busy_timeout_ms)
+    record_result(store, "bc", 1, "drift", 0.25, {"features": 1})
+    body = json.dumps({"records": training_records(bc, "diagnosis", 2)}).encode()
+    _cli("-C", bc, "promote", "bc", 1, "--alias", "staging", "--force")
+    env = _clean_env(MLOPS_SERVE_RELOAD_INTERVAL="0.2", PYTHONPROFILEIMPORTTIME="1")
+    ids = []
+    with serving(bc, "bc@staging", env=env) as server:
+        for i in range(6):
+            status, _, payload = request(server.port, "POST", "/predict", body, {"X-Request-ID": f"orm-{i}"})
+            assert status == 200 and json.loads(payload)["version"] == 1
+            ids.append(f"orm-{i}")
+        _cli("-C", bc, "promote", "bc", 2, "--alias", "staging", "--force")
+        deadline = time.monotonic() + 20
+        while json.loads(request(server.port, "POST", "/predict", body)[2])["version"] != 2:
+            assert time.monotonic() < deadline, server.output[-2000:]
+            time.sleep(0.05)
+        status, _, metrics = request(server.port, "GET", "/metrics")
+        assert status == 200
+        assert 'mlops_drift_share{model="bc",version="1"} 0.25' in metrics.decode()
+    assert server.returncode in (0, -signal.SIGTERM)
+    logged = read_requests(store, ids, list(training_records(bc, "diagnosis", 1)[0]))
+    assert set(logged) == set(ids)
+    imported = _imported(server.output)
+    assert {"sqlalchemy", "mlopsctl.registry_core", "mlopsctl.store.tables", "onnxruntime", "flask"} <= imported
+    assert sorted(m for m in imported if any(m == n or m.startswith(n + ".") for n in NOT_IN_THE_SERVER)) == []
+    _cli("-C", bc, "promote", "bc", 1, "--alias", "staging", "--force")
 
 
 # ---- hot reload under load ----------------------------------------------------------------------------
