@@ -803,3 +803,42 @@ def test_a_new_granian_worker_drops_the_live_gauges_of_dead_workers_only(tmp_pat
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
     _forget_dead_workers()
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(files[2:])
+
+
+def test_the_start_runs_without_gc_and_leaves_it_on(projects, monkeypatch, cli, assert_error):
+    """The preflight, the imports before the fork and a worker's app build run with the cyclic GC off (its
+    passes over the start-up's objects were ~10 % of the imports' time); after them, and after a start
+    that fails, it is on again, and a worker's objects are frozen out of later passes."""
+    import gc
+
+    from mlopsctl.config import load_settings
+    from mlopsctl.serving import app as app_module, server
+
+    seen: dict[str, bool] = {}
+    preflight, create_app = server.preflight, app_module.create_app
+
+    def watched_preflight(*args, **kwargs):
+        seen["preflight"] = gc.isenabled()
+        return preflight(*args, **kwargs)
+
+    def watched_create_app(*args, **kwargs):
+        seen["create_app"] = gc.isenabled()
+        return create_app(*args, **kwargs)
+
+    monkeypatch.setattr(server, "preflight", watched_preflight)
+    monkeypatch.setattr(app_module, "create_app", watched_create_app)
+    assert gc.isenabled()
+    result = cli("-C", projects["bc"], "serve", "bc@nowhere", "--port", free_port())
+    assert_error(result, 3, "bc has no alias 'nowhere'; its aliases are production, staging.")
+    assert seen == {"preflight": False} and gc.isenabled()
+
+    frozen = gc.get_freeze_count()
+    try:
+        app = server.worker_app(load_settings({"serve.log_predictions": False}, {}, projects["bc"]), "bc/1", 1, "cpu")
+        assert seen == {"preflight": False, "create_app": False} and gc.isenabled()
+        assert gc.get_freeze_count() > frozen
+        assert app.test_client().post("/predict", json={"records": training_records(projects["bc"], "diagnosis", 1)}
+                                      ).get_json()["version"] == 1
+    finally:
+        gc.unfreeze()
+        sys.setswitchinterval(0.005)
