@@ -468,8 +468,8 @@ def test_port_in_use_exits_2(projects):
 # ---- what the server loads ------------------------------------------------------------------------------
 
 # the ORM and what maps or uses it: the server resolves, polls, logs and reads monitoring results through
-# SQLAlchemy Core (mlopsctl.registry_core, mlopsctl.store.tables)
-NOT_IN_THE_SERVER = ("sqlalchemy.orm", "mlopsctl.store.models", "mlopsctl.registry")
+# SQLAlchemy Core (mlopsctl.registry_core, mlopsctl.store.tables); and rich (the ready line is plain text)
+NOT_IN_THE_SERVER = ("sqlalchemy.orm", "mlopsctl.store.models", "mlopsctl.registry", "rich")
 
 
 def _imported(output: str) -> set[str]:
@@ -480,7 +480,7 @@ def _imported(output: str) -> set[str]:
 def test_the_server_loads_no_orm(projects):
     """From the preflight to the stop (a hot reload, the prediction log written, /metrics scraped with a
     recorded drift result), no process of the server imports SQLAlchemy's ORM or the mapped classes (~0.18 s
-    of start-up and their memory in every process); the same run answers, reloads and logs."""
+    of start-up and their memory in every process), nor rich; the same run answers, reloads and logs."""
     from mlopsctl.config import load_settings
     from mlopsctl.monitoring.window import record_result
     from mlopsctl.predlog_format import read_requests

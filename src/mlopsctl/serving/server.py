@@ -82,12 +82,9 @@ def run(settings: Settings, model_ref: str | None, *, host: str, port: int, work
         raise ConfigError(f"--device must be cpu, cuda or auto, got {device!r}.")
     if front not in FRONTS:
         raise ConfigError(f"--server must be granian or gunicorn, got {front!r}.")
-    with _gc_paused():
+    if dev:
         ref = preflight(settings, model_ref, device)
         check_port(host, port)
-        if not dev:
-            _preload(settings, front)
-    if dev:
         from mlopsctl.serving.app import create_app
 
         app = create_app(settings, ref, workers=1, device=device)
@@ -95,21 +92,34 @@ def run(settings: Settings, model_ref: str | None, *, host: str, port: int, work
             on_ready(f"http://{host}:{port} (Flask development server)")
         app.run(host=host, port=port, threaded=True, use_reloader=False)
         return
-    launch = _run_granian if front == "granian" else _run_gunicorn
-    launch(settings, ref, host=host, port=port, workers=workers, device=device, on_ready=on_ready, threads=threads)
+    parent = os.getpid()
+    metrics_dir = ""
+    try:
+        with _gc_paused():
+            ref = preflight(settings, model_ref, device)
+            check_port(host, port)
+            metrics_dir = _metrics_dir()  # before prometheus_client is imported: it reads the variable then
+            _preload(settings, front)
+        launch = _run_granian if front == "granian" else _run_gunicorn
+        launch(settings, ref, host=host, port=port, workers=workers, device=device, on_ready=on_ready, threads=threads)
+    finally:
+        if metrics_dir and os.getpid() == parent:  # gunicorn's workers leave through this frame too
+            shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
 @contextlib.contextmanager
 def _gc_paused() -> Iterator[None]:
-    """No cyclic garbage collection while the server starts: the passes over the objects that importing
-    SQLAlchemy, numpy, Flask and ONNX Runtime creates were ~10 % of that import time (alternating runs; the
-    objects live as long as the process anyway, and the workers freeze them out of later passes)."""
+    """No cyclic garbage collection while the server starts, and what the start built frozen out of later
+    passes when it succeeds: the passes over the objects that importing SQLAlchemy, numpy, Flask and ONNX
+    Runtime creates were ~10 % of that import time (alternating runs), and the first pass after the pause
+    would have walked them all (~30 ms). They live as long as the process: the modules, the app, the model."""
     import gc
 
     enabled = gc.isenabled()
     gc.disable()
     try:
         yield
+        gc.freeze()
     finally:
         if enabled:
             gc.enable()
@@ -117,15 +127,13 @@ def _gc_paused() -> Iterator[None]:
 
 def worker_app(settings: Settings, ref: str, workers: int, device: str) -> Any:
     """One worker's app, built after the fork."""
-    import gc
     import sys
 
     from mlopsctl.serving.app import create_app
 
-    with _gc_paused():
+    with _gc_paused():  # the app, model and modules live as long as the worker: frozen out of GC passes
         app = create_app(settings, ref, workers=workers, device=device)
     sys.setswitchinterval(GIL_SWITCH_S)
-    gc.freeze()  # the app, model and modules live as long as the worker: keep them out of GC passes
     return app
 
 
@@ -190,6 +198,8 @@ def _preload(settings: Settings, front: str) -> None:
     held ~10 MB more per worker after load; the ``ARROW_DEFAULT_MEMORY_POOL`` environment variable still
     chooses). Never onnxruntime: its thread pools do not survive a fork."""
     import msgspec  # noqa: F401 - the records decoder's, imported when a worker builds its model
+    import prometheus_client.multiprocess  # noqa: F401 - each new granian worker's first import (_forget_dead_workers)
+
     import mlopsctl.serving.app  # noqa: F401
 
     if front == "granian":
@@ -240,18 +250,12 @@ def _run_granian(settings: Settings, ref: str, *, host: str, port: int, workers:
         if on_ready:
             on_ready(f"http://{host}:{port} ({workers} granian worker(s) × {threads} thread(s))")
 
-    metrics_dir = _metrics_dir()
-    try:
-        server.serve(target_loader=load)
-    finally:
-        shutil.rmtree(metrics_dir, ignore_errors=True)
+    server.serve(target_loader=load)
 
 
 def _run_gunicorn(settings: Settings, ref: str, *, host: str, port: int, workers: int, device: str,
                   on_ready: Callable[[str], None] | None, threads: int) -> None:
     from gunicorn.app.base import BaseApplication
-
-    metrics_dir = _metrics_dir()
 
     def child_exit(_server: Any, worker: Any) -> None:
         from prometheus_client import multiprocess
@@ -286,9 +290,4 @@ def _run_gunicorn(settings: Settings, ref: str, *, host: str, port: int, workers
         def load(self):
             return worker_app(settings, ref, workers, device)
 
-    master = os.getpid()
-    try:
-        App().run()
-    finally:
-        if os.getpid() == master:  # workers leave run() through this frame too (SystemExit after fork)
-            shutil.rmtree(metrics_dir, ignore_errors=True)
+    App().run()
