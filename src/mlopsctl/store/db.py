@@ -195,13 +195,6 @@ def open_store(url: str, busy_timeout_ms: int = 30000, migrate: bool | None = No
     return store
 
 
-def release_connections() -> None:
-    """Close the pooled connections of every cached store but keep the stores (a process about to fork: its
-    children open their own connections on the same engines, without opening and checking the store again)."""
-    for store in _STORES.values():
-        store.dispose()
-
-
 def close_all() -> None:
     """Dispose every cached engine (tests, and processes that fork)."""
     for store in _STORES.values():
