@@ -18,6 +18,7 @@ import http.client
 import io
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -464,6 +465,57 @@ def test_port_in_use_exits_2(projects):
     assert proc.stdout == ""
 
 
+# ---- what the server loads ------------------------------------------------------------------------------
+
+# the ORM and what maps or uses it: the server resolves, polls, logs and reads monitoring results through
+# SQLAlchemy Core (mlopsctl.registry_core, mlopsctl.store.tables); and rich (the ready line is plain text)
+NOT_IN_THE_SERVER = ("sqlalchemy.orm", "mlopsctl.store.models", "mlopsctl.registry", "rich")
+
+
+def _imported(output: str) -> set[str]:
+    """The modules that ``PYTHONPROFILEIMPORTTIME`` reports in a server's log (parent and workers)."""
+    return {m.group(1) for m in re.finditer(r"^import time:\s+\d+ \|\s+\d+ \|\s*(\S+)$", output, re.MULTILINE)}
+
+
+def test_the_server_loads_no_orm(projects):
+    """From the preflight to the stop (a hot reload, the prediction log written, /metrics scraped with a
+    recorded drift result), no process of the server imports SQLAlchemy's ORM or the mapped classes (~0.18 s
+    of start-up and their memory in every process), nor rich; the same run answers, reloads and logs."""
+    from mlopsctl.config import load_settings
+    from mlopsctl.monitoring.window import record_result
+    from mlopsctl.predlog_format import read_requests
+    from mlopsctl.store.db import open_store
+
+    bc = projects["bc"]
+    settings = load_settings({}, {}, bc)
+    store = open_store(settings.store_url, settings.store.busy_timeout_ms)
+    record_result(store, "bc", 1, "drift", 0.25, {"features": 1})
+    body = json.dumps({"records": training_records(bc, "diagnosis", 2)}).encode()
+    _cli("-C", bc, "promote", "bc", 1, "--alias", "staging", "--force")
+    env = _clean_env(MLOPS_SERVE_RELOAD_INTERVAL="0.2", PYTHONPROFILEIMPORTTIME="1")
+    ids = []
+    with serving(bc, "bc@staging", env=env) as server:
+        for i in range(6):
+            status, _, payload = request(server.port, "POST", "/predict", body, {"X-Request-ID": f"orm-{i}"})
+            assert status == 200 and json.loads(payload)["version"] == 1
+            ids.append(f"orm-{i}")
+        _cli("-C", bc, "promote", "bc", 2, "--alias", "staging", "--force")
+        deadline = time.monotonic() + 20
+        while json.loads(request(server.port, "POST", "/predict", body)[2])["version"] != 2:
+            assert time.monotonic() < deadline, server.output[-2000:]
+            time.sleep(0.05)
+        status, _, metrics = request(server.port, "GET", "/metrics")
+        assert status == 200
+        assert 'mlops_drift_share{model="bc",version="1"} 0.25' in metrics.decode()
+    assert server.returncode in (0, -signal.SIGTERM)
+    logged = read_requests(store, ids, list(training_records(bc, "diagnosis", 1)[0]))
+    assert set(logged) == set(ids)
+    imported = _imported(server.output)
+    assert {"sqlalchemy", "mlopsctl.registry_core", "mlopsctl.store.tables", "onnxruntime", "flask"} <= imported
+    assert sorted(m for m in imported if any(m == n or m.startswith(n + ".") for n in NOT_IN_THE_SERVER)) == []
+    _cli("-C", bc, "promote", "bc", 1, "--alias", "staging", "--force")
+
+
 # ---- hot reload under load ----------------------------------------------------------------------------
 
 @pytest.mark.parametrize("front", FRONTS)
@@ -751,3 +803,42 @@ def test_a_new_granian_worker_drops_the_live_gauges_of_dead_workers_only(tmp_pat
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
     _forget_dead_workers()
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(files[2:])
+
+
+def test_the_start_runs_without_gc_and_leaves_it_on(projects, monkeypatch, cli, assert_error):
+    """The preflight, the imports before the fork and a worker's app build run with the cyclic GC off (its
+    passes over the start-up's objects were ~10 % of the imports' time); after them, and after a start
+    that fails, it is on again, and a worker's objects are frozen out of later passes."""
+    import gc
+
+    from mlopsctl.config import load_settings
+    from mlopsctl.serving import app as app_module, server
+
+    seen: dict[str, bool] = {}
+    preflight, create_app = server.preflight, app_module.create_app
+
+    def watched_preflight(*args, **kwargs):
+        seen["preflight"] = gc.isenabled()
+        return preflight(*args, **kwargs)
+
+    def watched_create_app(*args, **kwargs):
+        seen["create_app"] = gc.isenabled()
+        return create_app(*args, **kwargs)
+
+    monkeypatch.setattr(server, "preflight", watched_preflight)
+    monkeypatch.setattr(app_module, "create_app", watched_create_app)
+    assert gc.isenabled()
+    result = cli("-C", projects["bc"], "serve", "bc@nowhere", "--port", free_port())
+    assert_error(result, 3, "bc has no alias 'nowhere'; its aliases are production, staging.")
+    assert seen == {"preflight": False} and gc.isenabled()
+
+    frozen = gc.get_freeze_count()
+    try:
+        app = server.worker_app(load_settings({"serve.log_predictions": False}, {}, projects["bc"]), "bc/1", 1, "cpu")
+        assert seen == {"preflight": False, "create_app": False} and gc.isenabled()
+        assert gc.get_freeze_count() > frozen
+        assert app.test_client().post("/predict", json={"records": training_records(projects["bc"], "diagnosis", 1)}
+                                      ).get_json()["version"] == 1
+    finally:
+        gc.unfreeze()
+        sys.setswitchinterval(0.005)

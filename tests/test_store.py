@@ -435,3 +435,25 @@ def test_a_password_in_the_url_is_never_shown(pg_url, cli, assert_error):
     shown = u.render_as_string(hide_password=True)
     assert result.stderr.startswith(f"Error: cannot open the store at {shown}: connection failed: ")
     assert result.stderr.count("\n") == 1
+
+
+def test_a_disposed_store_stays_open_with_new_connections(tmp_path):
+    """What the server's parent does before forking its workers (Store.dispose): its connections are closed (a
+    child must not share one), the store stays cached, so a worker's open_store is the same store (no second
+    open and schema check) and opens a new connection."""
+    url = url_of(tmp_path / "s.db")
+    store = db.open_store(url)
+    with store.transaction(write=False) as conn:
+        first = conn.connection.dbapi_connection
+    assert store.engine.pool.checkedin() == 1
+    store.dispose()
+    assert store.engine.pool.checkedin() == 0
+    with pytest.raises(sqlite3.ProgrammingError, match="closed"):
+        first.execute("select 1")
+    assert db.open_store(url) is store
+    with store.transaction(write=False) as conn:
+        assert conn.connection.dbapi_connection is not first
+        assert conn.scalar(text("select count(*) from registered_models")) == 0
+    db.close_all()
+    assert db.open_store(url) is not store
+    db.close_all()

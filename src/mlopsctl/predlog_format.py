@@ -222,14 +222,13 @@ def insert_index_values(conn: Any, rows: list[tuple]) -> None:
     column types' own bind processors, so the stored form is SQLAlchemy's."""
     from sqlalchemy import insert
 
-    from mlopsctl.store.models import PredictionRecord
+    from mlopsctl.store.tables import predictions as table
 
     dialect = conn.dialect
     mark = {"qmark": "?", "format": "%s", "pyformat": "%s"}.get(dialect.paramstyle)
     if mark is None:  # a driver with named parameters: SQLAlchemy's executemany
-        conn.execute(insert(PredictionRecord), [dict(zip(INDEX_COLUMNS, r)) for r in rows])
+        conn.execute(insert(table), [dict(zip(INDEX_COLUMNS, r)) for r in rows])
         return
-    table = PredictionRecord.__table__
     procs = [table.c[c].type.dialect_impl(dialect).bind_processor(dialect) for c in INDEX_COLUMNS]
     head = (f"INSERT INTO {dialect.identifier_preparer.format_table(table)} "
             f"({', '.join(dialect.identifier_preparer.quote(c) for c in INDEX_COLUMNS)}) VALUES ")
@@ -248,9 +247,8 @@ def insert_index_json(conn: Any, model: str, version: int, batch_id: int, doc: s
     """SQLite (>= 3.38): every index row of one batch in one statement over its index document, so the
     GIL is released once. A row's offset in the batch is the running sum of the rows before it. Returns
     the number of rows written."""
-    from mlopsctl.store.models import PredictionRecord
+    from mlopsctl.store.tables import predictions as table
 
-    table = PredictionRecord.__table__
     quote = conn.dialect.identifier_preparer.quote
     columns = ", ".join(quote(c) for c in INDEX_COLUMNS)
     return conn.exec_driver_sql(
@@ -280,8 +278,9 @@ def index_pending(engine: Any, max_batches: int | None = None) -> int:
     its rows, so no batch is indexed twice or lost."""
     from sqlalchemy import select, update
 
-    from mlopsctl.store.models import PredictionBatch as B
+    from mlopsctl.store.tables import prediction_batches
 
+    B = prediction_batches.c
     indexed = batches = 0
     while max_batches is None or batches < max_batches:
         limit = PENDING_PER_TRANSACTION if max_batches is None else min(PENDING_PER_TRANSACTION, max_batches - batches)
@@ -299,7 +298,7 @@ def index_pending(engine: Any, max_batches: int | None = None) -> int:
                     continue
                 model, version, doc = row
                 indexed += write_index(conn, model, version, batch_id, doc)
-                conn.execute(update(B).where(B.id == batch_id).values(pending_index=None))
+                conn.execute(update(prediction_batches).where(B.id == batch_id).values(pending_index=None))
     return indexed
 
 
@@ -307,8 +306,8 @@ def has_pending(engine: Any) -> bool:
     """Whether some batch's index rows are still deferred."""
     from sqlalchemy import select
 
-    from mlopsctl.store.models import PredictionBatch as B
+    from mlopsctl.store.tables import prediction_batches as B
 
     with engine.connect() as conn:
         return conn.execution_options(mlops_readonly=True).execute(
-            select(B.id).where(B.pending_index.is_not(None)).limit(1)).first() is not None
+            select(B.c.id).where(B.c.pending_index.is_not(None)).limit(1)).first() is not None

@@ -16,8 +16,8 @@ from mlopsctl.artifacts import ArtifactStore
 from mlopsctl.config import Settings
 from mlopsctl.store.db import Store, open_store
 
-if TYPE_CHECKING:  # the registry maps the ORM models: imported where used, so opening a project costs no ORM
-    from mlopsctl.registry import LoadedModel, ModelRef
+if TYPE_CHECKING:  # imported where used: opening a project costs no ORM, resolving a reference neither
+    from mlopsctl.registry_core import LoadedModel, ModelRef
 
 
 @dataclass(frozen=True)
@@ -28,7 +28,7 @@ class Project:
 
     def ref(self, ref: str | ModelRef, alias: str | None = None) -> ModelRef:
         """``name`` (at ``alias``, else ``registry.alias``), ``name/3`` or ``name@alias`` as a ModelRef."""
-        from mlopsctl.registry import ModelRef, parse_ref
+        from mlopsctl.registry_core import ModelRef, parse_ref
 
         return ref if isinstance(ref, ModelRef) else parse_ref(ref, alias or self.settings.registry.alias)
 
@@ -36,28 +36,27 @@ class Project:
         """Resolve a reference in a read transaction, then read its ONNX file and contract, each verified
         against its sha256."""
         from mlopsctl.contract import Contract
-        from mlopsctl.registry import LoadedModel, resolve
+        from mlopsctl.registry_core import LoadedModel, resolve_row
 
         ref = self.ref(ref, alias)
-        with self.store.read() as s:
-            mv = resolve(s, ref)
-            version, onnx_sha, contract_sha, heldout = mv.version, mv.onnx_sha256, mv.contract_sha256, mv.heldout_sha256
-        return LoadedModel(ref.name, version, onnx_sha, self.artifacts.get_bytes(onnx_sha),
-                           Contract.from_json(self.artifacts.get_bytes(contract_sha)), heldout)
+        with self.store.transaction(write=False) as conn:
+            mv = resolve_row(conn, ref)
+        return LoadedModel(ref.name, mv.version, mv.onnx_sha256, self.artifacts.get_bytes(mv.onnx_sha256),
+                           Contract.from_json(self.artifacts.get_bytes(mv.contract_sha256)), mv.heldout_sha256)
 
     def current_version(self, ref: ModelRef) -> int:
         """The version ``ref`` points at now (one indexed read; the server's hot reload polls this)."""
-        from mlopsctl.registry import resolve
+        from mlopsctl.registry_core import resolve_row
 
-        with self.store.read() as s:
-            return resolve(s, ref).version
+        with self.store.transaction(write=False) as conn:
+            return resolve_row(conn, ref).version
 
     def latest_monitor_results(self, model: str) -> dict[str, Any]:
         """The newest drift share and live metric recorded for ``model`` (the server's /metrics gauges)."""
-        from mlopsctl.registry import latest_monitor_results
+        from mlopsctl.registry_core import latest_monitor_results
 
-        with self.store.read() as s:
-            return latest_monitor_results(s, model)
+        with self.store.transaction(write=False) as conn:
+            return latest_monitor_results(conn, model)
 
 
 def open_project(settings: Settings) -> Project:

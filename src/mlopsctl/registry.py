@@ -10,21 +10,18 @@ model row that does not exist yet cannot be locked: :func:`get_or_create_model` 
 from __future__ import annotations
 
 import getpass
-import re
 import socket
-from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, selectinload
 
-from mlopsctl.contract import Contract
-from mlopsctl.errors import ConflictError, InvalidInputError, NotFoundError
+from mlopsctl.errors import ConflictError
+from mlopsctl import registry_core
+from mlopsctl.registry_core import (NAME_RE, NAME_RULE, LoadedModel, ModelRef,  # noqa: F401 - re-exported
+                                    parse_ref, resolve_row, unknown_model, unknown_version, validate_name)
 from mlopsctl.store.db import get_or_create
 from mlopsctl.store.models import Alias, AliasMove, Event, ModelVersion, RegisteredModel, utcnow
-
-NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}\Z")
-NAME_RULE = "1-100 characters: letters, digits, '.', '_' or '-', starting with a letter or digit"
 
 
 def actor() -> str:
@@ -35,46 +32,13 @@ def actor() -> str:
     return f"{user}@{socket.gethostname()}"
 
 
-def validate_name(name: str, what: str = "model name") -> str:
-    if not isinstance(name, str) or not NAME_RE.match(name):
-        raise InvalidInputError(f"{what} {name!r} is invalid; use {NAME_RULE}.")
-    return name
-
-
-@dataclass(frozen=True)
-class ModelRef:
-    name: str
-    version: int | None = None
-    alias: str | None = None
-
-    def __str__(self) -> str:
-        if self.version is not None:
-            return f"{self.name}/{self.version}"
-        return f"{self.name}@{self.alias}" if self.alias else self.name
-
-
-def parse_ref(ref: str, default_alias: str | None = None) -> ModelRef:
-    """``name`` (the default alias), ``name/3`` (a version) or ``name@alias``."""
-    text = (ref or "").strip()
-    if "/" in text:
-        name, _, v = text.partition("/")
-        if not (v.isascii() and v.isdigit()) or int(v) < 1:
-            raise InvalidInputError(f"model reference {ref!r} has an invalid version {v!r}; use e.g. {name or 'my-model'}/3.")
-        return ModelRef(validate_name(name), version=int(v))
-    if "@" in text:
-        name, _, alias = text.partition("@")
-        return ModelRef(validate_name(name), alias=validate_name(alias, "alias"))
-    return ModelRef(validate_name(text), alias=default_alias)
-
-
 # ---- models and versions ------------------------------------------------------------------------------
 
 def get_model(s: Session, name: str, *, lock: bool = False) -> RegisteredModel:
     q = select(RegisteredModel).where(RegisteredModel.name == name)
     model = s.scalar(q.with_for_update() if lock else q)
     if model is None:
-        known = s.scalars(select(RegisteredModel.name).order_by(RegisteredModel.name).limit(20)).all()
-        raise NotFoundError(f"model {name!r} does not exist; registered: {', '.join(known) or '(none yet)'}.")
+        raise unknown_model(s.connection(), name)
     return model
 
 
@@ -103,10 +67,7 @@ def create_version(s: Session, model: RegisteredModel, **fields: Any) -> ModelVe
 def get_version(s: Session, model: RegisteredModel, version: int) -> ModelVersion:
     mv = s.scalar(select(ModelVersion).where(ModelVersion.model_id == model.id, ModelVersion.version == version))
     if mv is None:
-        latest = s.scalar(select(func.max(ModelVersion.version)).where(ModelVersion.model_id == model.id))
-        raise NotFoundError(
-            f"{model.name} has no version {version}; " + (f"versions are 1 to {latest}." if latest else "it has no versions yet.")
-        )
+        raise unknown_version(s.connection(), model.name, model.id, version)
     return mv
 
 
@@ -116,35 +77,8 @@ def alias_holder(s: Session, model: RegisteredModel, alias: str) -> ModelVersion
 
 
 def resolve(s: Session, ref: ModelRef) -> ModelVersion:
-    """The version a reference points at (one indexed query for ``name@alias``)."""
-    if ref.version is not None:
-        return get_version(s, get_model(s, ref.name), ref.version)
-    if ref.alias is None:
-        raise InvalidInputError(f"model reference {ref.name!r} needs a version or an alias, as in {ref.name}/3 or {ref.name}@production.")
-    mv = s.scalar(
-        select(ModelVersion).join(Alias, Alias.version_id == ModelVersion.id).join(RegisteredModel, RegisteredModel.id == Alias.model_id)
-        .where(RegisteredModel.name == ref.name, Alias.name == ref.alias)
-    )
-    if mv is None:
-        model = get_model(s, ref.name)  # raises when the model is unknown
-        names = [a.name for a in model.aliases]
-        raise NotFoundError(
-            f"{ref.name} has no alias {ref.alias!r}; "
-            + (f"its aliases are {', '.join(names)}." if names else f"promote a version first (mlopsctl promote {ref.name} 1 --alias {ref.alias}).")
-        )
-    return mv
-
-
-@dataclass
-class LoadedModel:
-    """A resolved version with its verified ONNX bytes and contract (what predict and serve need)."""
-
-    name: str
-    version: int
-    onnx_sha256: str
-    onnx: bytes
-    contract: Contract
-    heldout_sha256: str | None = None
+    """The version a reference points at (:func:`mlopsctl.registry_core.resolve_row` on the session's connection)."""
+    return s.get_one(ModelVersion, resolve_row(s.connection(), ref).id)
 
 
 # ---- aliases ------------------------------------------------------------------------------------------
@@ -214,13 +148,5 @@ def list_models(s: Session) -> list[RegisteredModel]:
 
 
 def latest_monitor_results(s: Session, model: str) -> dict[str, Any]:
-    """The newest drift share and live metric recorded for ``model`` (for the server's /metrics gauges)."""
-    from mlopsctl.store.models import MonitorResult
-
-    out: dict[str, Any] = {}
-    for kind in ("drift", "live_metric"):
-        r = s.scalar(select(MonitorResult).where(MonitorResult.model == model, MonitorResult.kind == kind)
-                     .order_by(MonitorResult.id.desc()).limit(1))
-        if r is not None:
-            out[kind] = {"value": r.value, "version": r.version, "details": r.details}
-    return out
+    """The newest drift share and live metric recorded for ``model`` (:mod:`mlopsctl.registry_core`)."""
+    return registry_core.latest_monitor_results(s.connection(), model)

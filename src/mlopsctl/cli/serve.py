@@ -5,7 +5,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from mlopsctl.cli._console import err_console, settings_from
+from mlopsctl.cli._console import settings_from
 from mlopsctl.cli._errors import reports_errors
 
 
@@ -59,7 +59,9 @@ def register(app: typer.Typer) -> None:
             print(warning, file=sys.stderr)
 
         def ready(url: str) -> None:
-            err_console().print(f"[green]Serving[/] {model or settings.registry.model_name} on {url}; Ctrl-C to stop.")
+            # a plain line, not rich's console: importing rich took ~0.1 s in the server's parent before the
+            # workers were started (the front calls this first)
+            print(f"Serving {model or settings.registry.model_name} on {url}; Ctrl-C to stop.", file=sys.stderr, flush=True)
 
         server.run(settings, model, host=s.host, port=s.port, workers=s.workers, threads=s.threads, device=s.device,
                    dev=s.dev, on_ready=ready, front=s.server)

@@ -18,7 +18,7 @@ from werkzeug.exceptions import HTTPException
 from mlopsctl.config import Settings
 from mlopsctl.errors import MlopsError, Unauthorized
 from mlopsctl.project import open_project
-from mlopsctl.registry import parse_ref
+from mlopsctl.registry_core import parse_ref
 from mlopsctl.serving import mlflow, predict, v2
 from mlopsctl.serving.http import error_response, http_error_message, json_response, token_ok
 from mlopsctl.serving.metrics import Metrics

@@ -43,7 +43,7 @@ import numpy as np
 import orjson
 
 from mlopsctl.predlog_format import concat, encode_columns, has_pending, index_pending, write_index
-from mlopsctl.store.models import PredictionBatch, utcnow
+from mlopsctl.store.tables import prediction_batches, utcnow
 
 log = logging.getLogger("mlopsctl.serve")
 INDEX_NOW_MAX = 256  # a window of at most this many records writes its index rows at once; a busier one defers them
@@ -202,7 +202,7 @@ class PredictionLog:
             _pause()
             with engine.begin() as conn:
                 for model, version, created_at, n_rows, data, doc in prepared:
-                    batch_id = conn.execute(insert(PredictionBatch).values(
+                    batch_id = conn.execute(insert(prediction_batches).values(
                         model=model, version=version, n_rows=n_rows, data=data, created_at=created_at,
                         pending_index=doc if defer else None,
                     )).inserted_primary_key[0]

@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 from mlopsctl.contract import Contract
 from mlopsctl.project import Project
-from mlopsctl.registry import ModelRef
+from mlopsctl.registry_core import ModelRef
 from mlopsctl.errors import ConfigError
 from mlopsctl.scoring import (CPU, CUDA, Scorer, compute_providers, cuda_missing_message, describe_placement,
                                providers_for)

@@ -8,6 +8,7 @@ workers' Prometheus values live in one ``PROMETHEUS_MULTIPROC_DIR`` that /metric
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -15,7 +16,7 @@ import shutil
 import socket
 import tempfile
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from mlopsctl.config import Settings
 from mlopsctl.errors import ConfigError, InvalidInputError
@@ -56,7 +57,6 @@ def preflight(settings: Settings, model_ref: str | None, device: str) -> str:
     device exists. Returns the resolved reference text."""
     from mlopsctl.project import open_project
     from mlopsctl.scoring import probe_in_child
-    from mlopsctl.store.db import close_all
 
     project = open_project(settings)
     ref = project.ref(model_ref or settings.registry.model_name)
@@ -65,7 +65,9 @@ def preflight(settings: Settings, model_ref: str | None, device: str) -> str:
         # asked in a child process: onnxruntime must not be imported in the gunicorn master, or the
         # forked workers abort at exit (its thread pools do not survive fork)
         probe_in_child(device, loaded.onnx)
-    close_all()  # workers open their own connections after the fork
+    # the pooled connections closed, the store kept open: the workers open their own connections after the
+    # fork, on this engine (the store is opened and its schema checked once, here; ~15 ms of each worker's start)
+    project.store.dispose()
     return str(ref)
 
 
@@ -79,9 +81,9 @@ def run(settings: Settings, model_ref: str | None, *, host: str, port: int, work
         raise ConfigError(f"--device must be cpu, cuda or auto, got {device!r}.")
     if front not in FRONTS:
         raise ConfigError(f"--server must be granian or gunicorn, got {front!r}.")
-    ref = preflight(settings, model_ref, device)
-    check_port(host, port)
     if dev:
+        ref = preflight(settings, model_ref, device)
+        check_port(host, port)
         from mlopsctl.serving.app import create_app
 
         app = create_app(settings, ref, workers=1, device=device)
@@ -89,20 +91,48 @@ def run(settings: Settings, model_ref: str | None, *, host: str, port: int, work
             on_ready(f"http://{host}:{port} (Flask development server)")
         app.run(host=host, port=port, threaded=True, use_reloader=False)
         return
-    launch = _run_granian if front == "granian" else _run_gunicorn
-    launch(settings, ref, host=host, port=port, workers=workers, device=device, on_ready=on_ready, threads=threads)
+    parent = os.getpid()
+    metrics_dir = ""
+    try:
+        with _gc_paused():
+            ref = preflight(settings, model_ref, device)
+            check_port(host, port)
+            metrics_dir = _metrics_dir()  # before prometheus_client is imported: it reads the variable then
+            _preload(settings, front)
+        launch = _run_granian if front == "granian" else _run_gunicorn
+        launch(settings, ref, host=host, port=port, workers=workers, device=device, on_ready=on_ready, threads=threads)
+    finally:
+        if metrics_dir and os.getpid() == parent:  # gunicorn's workers leave through this frame too
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """No cyclic garbage collection while the server starts, and what the start built frozen out of later
+    passes when it succeeds: the passes over the objects that importing SQLAlchemy, numpy, Flask and ONNX
+    Runtime creates were ~10 % of that import time (alternating runs), and the first pass after the pause
+    would have walked them all (~30 ms). They live as long as the process: the modules, the app, the model."""
+    import gc
+
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+        gc.freeze()
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def worker_app(settings: Settings, ref: str, workers: int, device: str) -> Any:
     """One worker's app, built after the fork."""
-    import gc
     import sys
 
     from mlopsctl.serving.app import create_app
 
-    app = create_app(settings, ref, workers=workers, device=device)
+    with _gc_paused():  # the app, model and modules live as long as the worker: frozen out of GC passes
+        app = create_app(settings, ref, workers=workers, device=device)
     sys.setswitchinterval(GIL_SWITCH_S)
-    gc.freeze()  # the app, model and modules live as long as the worker: keep them out of GC passes
     return app
 
 
@@ -160,13 +190,21 @@ def _forget_dead_workers() -> None:
                 multiprocess.mark_process_dead(int(pid), path)
 
 
-def _preload(settings: Settings) -> None:
+def _preload(settings: Settings, front: str) -> None:
     """Import in the parent what every worker imports, so that the workers share those pages (forked
-    copy-on-write) instead of each importing its own: the app's modules and, when predictions are logged,
+    copy-on-write) instead of each importing its own: the front, the app's modules and, when predictions are logged,
     pyarrow (~22 MB less for 2 workers), with its buffers from malloc (Arrow's default pool, mimalloc,
     held ~10 MB more per worker after load; the ``ARROW_DEFAULT_MEMORY_POOL`` environment variable still
     chooses). Never onnxruntime: its thread pools do not survive a fork."""
+    import msgspec  # noqa: F401 - the records decoder's, imported when a worker builds its model
+    import prometheus_client.multiprocess  # noqa: F401 - each new granian worker's first import (_forget_dead_workers)
+
     import mlopsctl.serving.app  # noqa: F401
+
+    if front == "granian":
+        import granian.server  # noqa: F401
+    else:
+        import gunicorn.app.base  # noqa: F401
 
     if settings.serve.log_predictions:
         os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")  # read once, when pyarrow is imported
@@ -190,8 +228,6 @@ def _run_granian(settings: Settings, ref: str, *, host: str, port: int, workers:
     from granian.log import LogLevels
     from granian.server import Server
 
-    _preload(settings)
-
     def load(_target: str) -> Any:
         from multiprocessing.util import Finalize
 
@@ -212,19 +248,12 @@ def _run_granian(settings: Settings, ref: str, *, host: str, port: int, workers:
         if on_ready:
             on_ready(f"http://{host}:{port} ({workers} granian worker(s) × {threads} thread(s))")
 
-    metrics_dir = _metrics_dir()
-    try:
-        server.serve(target_loader=load)
-    finally:
-        shutil.rmtree(metrics_dir, ignore_errors=True)
+    server.serve(target_loader=load)
 
 
 def _run_gunicorn(settings: Settings, ref: str, *, host: str, port: int, workers: int, device: str,
                   on_ready: Callable[[str], None] | None, threads: int) -> None:
     from gunicorn.app.base import BaseApplication
-
-    _preload(settings)
-    metrics_dir = _metrics_dir()
 
     def child_exit(_server: Any, worker: Any) -> None:
         from prometheus_client import multiprocess
@@ -259,9 +288,4 @@ def _run_gunicorn(settings: Settings, ref: str, *, host: str, port: int, workers
         def load(self):
             return worker_app(settings, ref, workers, device)
 
-    master = os.getpid()
-    try:
-        App().run()
-    finally:
-        if os.getpid() == master:  # workers leave run() through this frame too (SystemExit after fork)
-            shutil.rmtree(metrics_dir, ignore_errors=True)
+    App().run()

@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Optional
 
-from sqlalchemy import JSON, ForeignKey, Index, LargeBinary, String, Text, UniqueConstraint, text
+from sqlalchemy import JSON, ForeignKey, Index, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from mlopsctl.store import tables
@@ -120,13 +120,7 @@ class ModelVersion(Base):
 class Alias(Base):
     """A mutable pointer (``production``, ``champion``, ...) to one version of a model."""
 
-    __tablename__ = "aliases"
-    __table_args__ = (UniqueConstraint("model_id", "name", name="uq_aliases_model_id_name"),)
-    id: Mapped[int] = mapped_column(primary_key=True)
-    model_id: Mapped[int] = mapped_column(ForeignKey("registered_models.id", ondelete="CASCADE"))
-    name: Mapped[str] = mapped_column(String(100))
-    version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id", ondelete="RESTRICT"))
-    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    __table__ = tables.aliases
     model: Mapped[RegisteredModel] = relationship(back_populates="aliases")
     version: Mapped[ModelVersion] = relationship()
 
@@ -171,38 +165,13 @@ class PredictionBatch(Base):
     """A flush of the prediction log for one model version: every logged row's normalized inputs and
     outputs as one Arrow IPC table (columnar, so monitoring reads 100,000 rows in one pass)."""
 
-    __tablename__ = "prediction_batches"
-    # A partial index on both dialects (migration m006 creates it with sqlite_where and postgresql_where). Only
-    # SQLite's predicate is named here: naming PostgreSQL's imports SQLAlchemy's PostgreSQL dialect in every
-    # command (30-60 ms of start-up), and Alembic's autogenerate does not compare index predicates.
-    __table_args__ = (Index("ix_prediction_batches_model_version_id", "model", "version", "id"),
-                      Index("ix_prediction_batches_pending", "id", sqlite_where=text("pending_index IS NOT NULL")))
-    id: Mapped[int] = mapped_column(primary_key=True)
-    model: Mapped[str] = mapped_column(String(100))
-    version: Mapped[int]
-    n_rows: Mapped[int]
-    data: Mapped[bytes] = mapped_column(LargeBinary)
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
-    # the batch's per-request index rows not yet in ``predictions`` (a JSON array; m006_pending_index):
-    # a busy server defers them, the next quiet window or the first reader writes them
-    pending_index: Mapped[Optional[str]] = mapped_column(Text, nullable=True, default=None)
+    __table__ = tables.prediction_batches
 
 
 class PredictionRecord(Base):
     """One served request: which version answered, when, how fast, and where its rows are (batch, offset)."""
 
-    __tablename__ = "predictions"
-    __table_args__ = (Index("ix_predictions_model_version_id", "model", "version", "id"),)
-    id: Mapped[int] = mapped_column(primary_key=True)
-    request_id: Mapped[str] = mapped_column(String(100), index=True)
-    model: Mapped[str] = mapped_column(String(100))
-    version: Mapped[int]
-    endpoint: Mapped[str] = mapped_column(String(40))
-    n_rows: Mapped[int]
-    latency_ms: Mapped[float]
-    batch_id: Mapped[int] = mapped_column(ForeignKey("prediction_batches.id", ondelete="CASCADE"), index=True)
-    offset: Mapped[int]  # first row of this request inside its batch
-    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    __table__ = tables.predictions
 
 
 # ---- continuous training (m004_watch) -----------------------------------------------------------------
@@ -259,15 +228,7 @@ class Feedback(Base):
 class MonitorResult(Base):
     """The latest drift checks and live metrics (what /metrics exposes as gauges and reports plot)."""
 
-    __tablename__ = "monitor_results"
-    __table_args__ = (Index("ix_monitor_results_model_kind_id", "model", "kind", "id"),)
-    id: Mapped[int] = mapped_column(primary_key=True)
-    model: Mapped[str] = mapped_column(String(100))
-    version: Mapped[Optional[int]]
-    kind: Mapped[str] = mapped_column(String(20))  # drift | live_metric
-    value: Mapped[float]
-    details: Mapped[dict[str, Any]] = mapped_column(default=dict)
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    __table__ = tables.monitor_results
 
 
 # ---- pipelines (m007_pipeline) ------------------------------------------------------------------------

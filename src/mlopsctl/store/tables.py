@@ -1,4 +1,5 @@
-"""The tables a fully cached ``mlopsctl pipeline run`` reads and writes, as SQLAlchemy Core ``Table`` objects.
+"""The tables a fully cached ``mlopsctl pipeline run`` and a serving worker read and write, as SQLAlchemy Core
+``Table`` objects.
 
 They live in the one ``MetaData`` that :mod:`mlopsctl.store.models` declares every other table in, and the
 ORM classes there map these same objects (``__table__``): one schema definition, which the migrations are
@@ -12,8 +13,8 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from sqlalchemy import (JSON, Column, DateTime, Double, ForeignKey, Index, Integer, MetaData, String, Table, Text,
-                        UniqueConstraint)
+from sqlalchemy import (JSON, Column, DateTime, Double, ForeignKey, Index, Integer, LargeBinary, MetaData, String, Table,
+                        Text, UniqueConstraint, text)
 
 NAMING = {
     "ix": "ix_%(column_0_label)s",
@@ -91,6 +92,65 @@ model_versions = Table(
     _created_at(),
     UniqueConstraint("model_id", "version", name="uq_model_versions_model_id_version"),
     UniqueConstraint("model_id", "run_id", name="uq_model_versions_model_id_run_id"),
+)
+
+aliases = Table(  # a mutable pointer (``production``, ``champion``, ...) to one version of a model
+    "aliases", metadata,
+    _id(),
+    _ref("model_id", "registered_models.id", "CASCADE", nullable=False),
+    Column("name", String(100), nullable=False),
+    _ref("version_id", "model_versions.id", "RESTRICT", nullable=False),
+    Column("updated_at", DateTime, nullable=False, default=utcnow),
+    UniqueConstraint("model_id", "name", name="uq_aliases_model_id_name"),
+)
+
+# ---- prediction log (m003_prediction_log): what a serving worker writes --------------------------------
+
+prediction_batches = Table(  # a flush of the prediction log for one model version (an Arrow IPC table)
+    "prediction_batches", metadata,
+    _id(),
+    Column("model", String(100), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("n_rows", Integer, nullable=False),
+    Column("data", LargeBinary, nullable=False),
+    _created_at(),
+    # the batch's per-request index rows not yet in ``predictions`` (a JSON array; m006_pending_index):
+    # a busy server defers them, the next quiet window or the first reader writes them
+    Column("pending_index", Text, nullable=True, default=None),
+    # A partial index on both dialects (migration m006 creates it with sqlite_where and postgresql_where). Only
+    # SQLite's predicate is named here: naming PostgreSQL's imports SQLAlchemy's PostgreSQL dialect in every
+    # command (30-60 ms of start-up), and Alembic's autogenerate does not compare index predicates.
+    Index("ix_prediction_batches_model_version_id", "model", "version", "id"),
+    Index("ix_prediction_batches_pending", "id", sqlite_where=text("pending_index IS NOT NULL")),
+)
+
+predictions = Table(  # one served request: which version answered, when, how fast, where its rows are
+    "predictions", metadata,
+    _id(),
+    Column("request_id", String(100), nullable=False, index=True),
+    Column("model", String(100), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("endpoint", String(40), nullable=False),
+    Column("n_rows", Integer, nullable=False),
+    Column("latency_ms", Double, nullable=False),
+    _ref("batch_id", "prediction_batches.id", "CASCADE", nullable=False, index=True),
+    Column("offset", Integer, nullable=False),  # first row of this request inside its batch
+    Column("created_at", DateTime, nullable=False, default=utcnow, index=True),
+    Index("ix_predictions_model_version_id", "model", "version", "id"),
+)
+
+# ---- monitoring (m005_monitoring) ----------------------------------------------------------------------
+
+monitor_results = Table(  # drift checks and live metrics (what /metrics exposes as gauges and reports plot)
+    "monitor_results", metadata,
+    _id(),
+    Column("model", String(100), nullable=False),
+    Column("version", Integer),
+    Column("kind", String(20), nullable=False),  # drift | live_metric
+    Column("value", Double, nullable=False),
+    Column("details", JSON, nullable=False, default=dict),
+    _created_at(),
+    Index("ix_monitor_results_model_kind_id", "model", "kind", "id"),
 )
 
 # ---- pipelines (m007_pipeline) ------------------------------------------------------------------------
