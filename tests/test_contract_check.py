@@ -391,6 +391,29 @@ def test_a_burst_is_one_transaction_and_flush_cuts_the_window_short(store, contr
     assert logged["r0000"]["outputs"]["label"] == ["a"]
 
 
+def test_a_cycle_that_wrote_hands_the_freed_heap_back(store, contract):
+    """glibc's malloc_trim runs after each writer cycle that wrote records (not after an idle one)."""
+    import platform
+
+    from mlopsctl.serving.predlog import PredictionLog
+
+    glibc = platform.libc_ver()[0] == "glibc"
+    checked = contract.check({k: v[:1] for k, v in _data().items()})
+    log = PredictionLog(store, flush_interval=30.0)
+    try:
+        assert (log._trim is not None) == glibc
+        assert log.flush(timeout=60) and log.trims == 0  # nothing to write: no trim
+        for i in range(300):
+            assert log.submit(**_record(contract, checked, f"t{i:04d}"))
+        assert log.flush(timeout=60)
+        assert (log.written, log.trims) == (300, 1 if glibc else 0)
+        assert log.flush(timeout=60) and log.trims == (1 if glibc else 0)
+        assert log.submit(**_record(contract, checked, "last")) and log.flush(timeout=60)
+        assert (log.written, log.trims) == (301, 2 if glibc else 0)
+    finally:
+        log.close()
+
+
 def _busy_then_quiet(store, contract, busy: int, quiet: int) -> None:
     from mlopsctl.serving.predlog import PredictionLog
 
