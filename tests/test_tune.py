@@ -212,6 +212,35 @@ def test_shapes_through_a_short_tune(tmp_path, name):
     assert open_project(settings).store is not None
 
 
+def test_a_fold_without_any_value_of_a_categorical_column(tmp_path):
+    """12 rows, a categorical column filled in 2 of them: in 2-fold CV on the training split one fold's training
+    rows hold no value of it at all. The fold's imputer keeps the column (filled as missing) instead of dropping
+    it, so the encoder gets every column and no trial fails ("Found array with 0 feature(s)" before)."""
+    import numpy as np
+    import pandas as pd
+
+    from mlopsctl import data
+    from mlopsctl.config import load_settings
+    from mlopsctl.services import project as project_service
+    from mlopsctl.services import runs, tune
+    from mlopsctl.training import cv, estimators, train as training
+
+    rng = np.random.default_rng(3)
+    frame = pd.DataFrame({"x": rng.normal(size=12), "plan": [None] * 12, "label": [0, 1] * 6})
+    frame.loc[[0, 3], "plan"] = ["gold", "basic"]  # both in one fold of the training split (asserted below)
+    root = tmp_path / "p"
+    project_service.init_project(root)
+    frame.to_csv(root / "data.csv", index=False)
+    settings = load_settings({"data.target": "label", "train.model": TREE, "tune.trials": 4, "tune.cv": 2}, {}, root)
+    prepared = training.prepare(data.read_table(root / "data.csv"), runs.train_spec(settings, root / "data.csv"))
+    folds = cv.make_folds(prepared, 2, "roc_auc")
+    assert any((folds.X.iloc[train]["plan"] == estimators.MISSING_CATEGORY).all() for train, _ in folds.indices), \
+        "no fold without a value of plan: the test lost its case"
+    out = tune.tune(settings, study="sparse", data_path=root / "data.csv")
+    assert (out["complete"] + out["pruned"], out["failed"]) == (4, 0)
+    assert out["refit"]["status"] == "FINISHED" and out["refit"]["parity"]["passed"] is True
+
+
 def test_retrain_with_a_small_tune(make_project, settings_of):
     """The function a retrain job calls instead of runs.train_and_track when watch.tune_trials > 0."""
     from mlopsctl.config import with_overrides

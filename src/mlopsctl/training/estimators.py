@@ -209,8 +209,10 @@ def build_pipeline(contract: Contract, estimator: Any, frame: Any = None, max_ca
                    else OneHotEncoder(categories=categories, handle_unknown="ignore", sparse_output=False))
         transformers.append(
             ("categorical", Pipeline([
+                # keep_empty_features: a column with no value in these rows (a CV fold of a small or sparse
+                # table) is filled, not dropped, so the encoder still sees every column the contract names
                 ("impute", SimpleImputer(missing_values=MISSING_CATEGORY, strategy="constant",
-                                         fill_value=FILL_CATEGORY)),
+                                         fill_value=FILL_CATEGORY, keep_empty_features=True)),
                 ("native" if native else "onehot", encoder),
             ]), categorical_columns)
         )
